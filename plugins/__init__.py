@@ -1,0 +1,24 @@
+"""Built-in plugins. Each module uses only the public hook API, as a third-party plugin would:
+it defines components and registers them through `runner.hookimpl` hooks.
+
+`BUILTIN` lists them in load order; third-party plugins (entry-point group `finetune`) load after.
+"""
+
+BUILTIN = [
+    "plugins.data_files",
+    "plugins.data_hub",
+    "plugins.data_inline",
+    "plugins.data_synthetic",
+    "plugins.tokenizer_pretrained",
+    "plugins.tokenizer_trained",
+    "plugins.model_pretrained",
+    "plugins.model_config",
+    "plugins.task_classification",
+    "plugins.task_causal_lm",
+    "plugins.strategy_full",
+    "plugins.strategy_freeze",
+    "plugins.strategy_lora",
+    "plugins.trainer_hf",
+    "plugins.metrics",
+    "plugins.reporter_rich",
+]

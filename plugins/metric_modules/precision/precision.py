@@ -1,0 +1,19 @@
+"""Precision for single-label classification, averaged over classes ("macro", "weighted", "micro")."""
+
+import datasets
+import evaluate
+from sklearn.metrics import precision_score
+
+
+class Precision(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description="predictions, references: class ids; average: macro, weighted or micro",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references, average="macro", labels=None):
+        value = precision_score(references, predictions, average=average, labels=labels, zero_division=0)
+        return {"precision": float(value)}

@@ -1,0 +1,364 @@
+"""Trainer `hf`: the Hugging Face `Trainer`, with the usual knobs named plainly.
+
+What it adds to the plain Trainer:
+- a NaN or infinite loss stops training before the optimizer step that would spread it;
+- every checkpoint gets a manifest written last (runner.checkpoints), and rotation deletes only
+  complete checkpoints, after the new one is complete;
+- Ctrl-C or SIGTERM saves a checkpoint at the end of the current step and stops;
+- progress goes to the run's reporters and metrics.jsonl through the core's events.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from runner import (
+    FinetuneError,
+    NonNegativeFloat,
+    Options,
+    PositiveFloat,
+    Trainer,
+    TrainingDiverged,
+    TrainOutcome,
+    hookimpl,
+)
+from runner.options import Fraction
+
+Interval = Literal["epoch"] | int
+
+
+class HFTrainerOptions(Options):
+    learning_rate: PositiveFloat = Field(default=5e-5, description="Peak learning rate.")
+    batch_size: int = Field(default=16, gt=0, description="Rows per device per micro-batch.")
+    eval_batch_size: int | None = Field(default=None, gt=0, description="Rows per evaluation batch (default: 2x).")
+    gradient_accumulation_steps: int = Field(default=1, gt=0, description="Micro-batches per optimizer step.")
+    epochs: PositiveFloat = Field(default=3.0, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        default=None, gt=0, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    weight_decay: NonNegativeFloat = Field(default=0.0, description="AdamW weight decay.")
+    warmup_ratio: Fraction = Field(default=0.0, description="Share of steps spent warming the learning rate up.")
+    warmup_steps: int = Field(default=0, ge=0, description="Warm-up steps (instead of warmup_ratio).")
+    scheduler: Literal[
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+    ] = Field(default="linear", description="Learning-rate schedule after warm-up.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd"] = Field(
+        default="adamw_torch", description="Optimizer."
+    )
+    max_grad_norm: NonNegativeFloat = Field(default=1.0, description="Clip gradients to this norm (0: no clipping).")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto", description="'auto': bf16 on GPUs that have it, else fp16 on GPU, none on CPU."
+    )
+    eval_every: Interval = Field(default="epoch", description="Evaluate every N steps, or every 'epoch'.")
+    save_every: Interval | None = Field(
+        default=None, description="Checkpoint every N steps or 'epoch' (default: as eval_every)."
+    )
+    log_every: int = Field(default=10, gt=0, description="Log training loss every N steps.")
+    keep_checkpoints: int = Field(default=2, gt=0, description="Newest complete checkpoints to keep (plus the best).")
+    keep_best: bool = Field(default=True, description="End with the weights of the best evaluation, not the last.")
+    best_metric: str = Field(
+        default="loss", description="Validation metric that decides 'best': 'loss' or a metric key."
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="Stop after this many evaluations without improvement."
+    )
+    group_by_length: bool = Field(default=True, description="Batch rows of similar length together (less padding).")
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
+    dataloader_workers: int = Field(default=0, ge=0, description="Worker processes loading batches.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if isinstance(self.eval_every, int) and self.eval_every <= 0:
+            raise ValueError("eval_every must be > 0 or 'epoch'")
+        if isinstance(self.save_every, int) and self.save_every <= 0:
+            raise ValueError("save_every must be > 0 or 'epoch'")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("give warmup_ratio or warmup_steps, not both")
+        save = self.save_every if self.save_every is not None else self.eval_every
+        if self.keep_best or self.early_stopping_patience:
+            why = "keep_best" if self.keep_best else "early_stopping_patience"
+            if isinstance(save, int) != isinstance(self.eval_every, int) or (
+                isinstance(save, int) and save % self.eval_every
+            ):
+                raise ValueError(
+                    f"with {why}, checkpoints must fall on evaluations: save_every ({save}) must be "
+                    f"eval_every ({self.eval_every}) or a multiple of it"
+                )
+        return self
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss {value} at step {step}")
+        self.step, self.value = step, value
+
+
+def _make_trainer_class():
+    import torch
+    import transformers
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    from runner import checkpoints
+
+    class EpochSeededLengthSampler(LengthGroupedSampler):
+        """Length grouping whose order depends only on (seed, epoch).
+
+        transformers' sampler draws from the global RNG when an epoch starts, so a run resumed
+        mid-epoch would see a different order than the run it continues. Seeding per epoch makes
+        a resumed run take exactly the batches the uninterrupted one would have."""
+
+        def __init__(self, batch_size, lengths, seed):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    class _Trainer(transformers.Trainer):
+        keep_checkpoints = 2
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
+                batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                return EpochSeededLengthSampler(batch, list(dataset["length"]), self.args.data_seed or self.args.seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            # Checked before backward: a non-finite loss never reaches the weights or the optimizer.
+            if model.training and not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+            return result
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if not self.args.should_save:
+                return
+            path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            checkpoints.mark_complete(path)
+            best = Path(self.state.best_model_checkpoint) if self.state.best_model_checkpoint else None
+            checkpoints.rotate(path.parent, self.keep_checkpoints, protect=best)
+
+    return _Trainer
+
+
+def _bridge(job, state_holder):
+    from transformers import TrainerCallback
+
+    class Bridge(TrainerCallback):
+        interrupted = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            job.events.train_begin(state.max_steps, state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                keep = ("loss", "learning_rate", "grad_norm", "epoch")
+                job.events.log(state.global_step, {k: logs[k] for k in keep if k in logs})
+            elif "train_runtime" in logs:
+                state_holder["train_summary"] = dict(logs)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if state_holder.get("fitting"):
+                values = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
+                job.events.evaluated("validation", state.global_step, values)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if job.stop_requested():
+                self.interrupted = True
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            job.events.train_end()
+
+    return Bridge()
+
+
+class HF(Trainer):
+    """The Hugging Face Trainer: AdamW, schedules, mixed precision, early stopping, best model."""
+
+    name = "hf"
+    Options = HFTrainerOptions
+    aliases = {
+        "lr": "learning_rate",
+        "num_train_epochs": "epochs",
+        "num_epochs": "epochs",
+        "per_device_train_batch_size": "batch_size",
+        "micro_batch_size": "batch_size",
+        "per_device_eval_batch_size": "eval_batch_size",
+        "lr_scheduler_type": "scheduler",
+        "lr_scheduler": "scheduler",
+        "optim": "optimizer",
+        "fp16": "mixed_precision",
+        "bf16": "mixed_precision",
+        "eval_steps": "eval_every",
+        "save_steps": "save_every",
+        "logging_steps": "log_every",
+        "save_total_limit": "keep_checkpoints",
+        "load_best_model_at_end": "keep_best",
+        "metric_for_best_model": "best_metric",
+    }
+
+    @classmethod
+    def check(cls, options, recipe):
+        keys = ["loss"] + [spec.create().key() for spec in recipe.metrics]
+        if options.best_metric not in keys:
+            yield (
+                ("best_metric",),
+                f"no validation metric '{options.best_metric}'; choose one of: {', '.join(keys)}",
+            )
+
+    # -- arguments -----------------------------------------------------------------------------------
+    def _precision(self) -> dict:
+        import torch
+
+        mode = self.options.mixed_precision
+        cuda = torch.cuda.is_available()
+        if mode == "auto":
+            mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+        if mode == "fp16" and not cuda:
+            raise FinetuneError("training.mixed_precision = 'fp16' needs a CUDA GPU", hint="use 'bf16' or 'no' on CPU")
+        return {"bf16": mode == "bf16", "fp16": mode == "fp16", "use_cpu": not cuda}
+
+    def _arguments(self, job, has_eval: bool):
+        from transformers import TrainingArguments
+
+        o = self.options
+
+        def strategy(every):
+            return ("epoch", None) if every == "epoch" else ("steps", every)
+
+        eval_strategy, eval_steps = strategy(o.eval_every) if has_eval else ("no", None)
+        save_strategy, save_steps = strategy(o.save_every if o.save_every is not None else o.eval_every)
+        best = "eval_loss" if o.best_metric == "loss" else f"eval_{o.best_metric}"
+        greater = False if o.best_metric == "loss" else job.greater_is_better.get(o.best_metric, True)
+        return TrainingArguments(
+            output_dir=str(job.checkpoint_dir),
+            per_device_train_batch_size=o.batch_size,
+            per_device_eval_batch_size=o.eval_batch_size or 2 * o.batch_size,
+            gradient_accumulation_steps=o.gradient_accumulation_steps,
+            learning_rate=o.learning_rate,
+            weight_decay=o.weight_decay,
+            num_train_epochs=o.epochs,
+            max_steps=o.max_steps or -1,
+            lr_scheduler_type=o.scheduler,
+            warmup_steps=o.warmup_ratio if o.warmup_ratio else o.warmup_steps,
+            optim=o.optimizer,
+            max_grad_norm=o.max_grad_norm,
+            eval_strategy=eval_strategy,
+            eval_steps=eval_steps,
+            save_strategy=save_strategy,
+            save_steps=save_steps,
+            save_total_limit=None,  # rotation happens after a checkpoint is marked complete
+            logging_strategy="steps",
+            logging_steps=o.log_every,
+            logging_first_step=True,
+            logging_nan_inf_filter=False,
+            load_best_model_at_end=has_eval and o.keep_best,
+            metric_for_best_model=best if has_eval else None,
+            greater_is_better=greater,
+            train_sampling_strategy="group_by_length" if o.group_by_length else "random",
+            length_column_name="length",
+            remove_unused_columns=False,  # the collator keeps only model inputs
+            label_names=["labels"],
+            report_to="none",
+            disable_tqdm=True,
+            seed=job.seed,
+            data_seed=job.seed,
+            full_determinism=job.deterministic,
+            gradient_checkpointing=o.gradient_checkpointing,
+            dataloader_num_workers=o.dataloader_workers,
+            **self._precision(),
+        )
+
+    def _trainer(self, job, has_eval: bool, callbacks=()):
+        trainer = _make_trainer_class()(
+            model=job.model,
+            args=self._arguments(job, has_eval),
+            train_dataset=job.train,
+            eval_dataset=job.evaluation,
+            data_collator=job.collator,
+            processing_class=job.tokenizer,
+            compute_metrics=job.compute_metrics,
+            preprocess_logits_for_metrics=job.task.preprocess_logits,
+            callbacks=list(callbacks),
+        )
+        trainer.keep_checkpoints = self.options.keep_checkpoints
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the run's reporters show progress instead
+        return trainer
+
+    # -- the component's work -----------------------------------------------------------------------
+    def fit(self, job) -> TrainOutcome:
+        from transformers import EarlyStoppingCallback
+
+        has_eval = job.evaluation is not None and len(job.evaluation) > 0
+        if self.options.early_stopping_patience and not has_eval:
+            raise FinetuneError("training.early_stopping_patience needs a validation split, and there is none")
+        holder: dict = {"fitting": True}
+        bridge = _bridge(job, holder)
+        callbacks = [bridge]
+        if self.options.early_stopping_patience and has_eval:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.options.early_stopping_patience))
+        trainer = self._trainer(job, has_eval, callbacks)
+        self._last = trainer
+        try:
+            output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+        except NonFiniteLoss as exc:
+            from runner import checkpoints
+
+            last = checkpoints.latest_complete(job.checkpoint_dir)
+            kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written before it"
+            raise TrainingDiverged(
+                f"training stopped: the loss became {exc.value} at step {exc.step}, before the optimizer step{kept}",
+                hint="lower training.learning_rate, or set training.max_grad_norm",
+            ) from None
+        finally:
+            holder["fitting"] = False
+        best = trainer.state.best_model_checkpoint
+        return TrainOutcome(
+            global_step=trainer.state.global_step,
+            train_loss=output.training_loss,
+            interrupted=bridge.interrupted,
+            best_checkpoint=Path(best) if best else None,
+            metrics={k: v for k, v in holder.get("train_summary", {}).items() if isinstance(v, int | float)},
+        )
+
+    def evaluate(self, job, dataset) -> dict[str, float]:
+        trainer = getattr(self, "_last", None)
+        if trainer is None or trainer.model is not job.model:
+            trainer = self._trainer(job, has_eval=False)
+            self._last = trainer
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
+        return {k.removeprefix("eval_"): v for k, v in metrics.items()}
+
+    def planned_steps(self, train_rows: int) -> int | None:
+        o = self.options
+        if o.max_steps:
+            return o.max_steps
+        per_epoch = math.ceil(math.ceil(train_rows / o.batch_size) / o.gradient_accumulation_steps)
+        return math.ceil(per_epoch * o.epochs)
+
+
+@hookimpl
+def register_trainers(register):
+    register(HF)

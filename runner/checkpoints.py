@@ -1,0 +1,106 @@
+"""Checkpoints that are either complete or ignored.
+
+A trainer writes `checkpoint-N/` however it likes; then `mark_complete` flushes every file to disk
+and writes a manifest (sizes and SHA-256 of each file) last. Resume only ever considers
+checkpoints with a manifest, and verifies the files against it before loading anything, so a
+checkpoint cut off by a crash is skipped and a damaged file is named instead of loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from runner.errors import FinetuneError
+from runner.rundir import fsync_dir, read_json, write_json
+
+MANIFEST = "finetune-checkpoint.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def step_of(path: Path) -> int | None:
+    m = _NAME.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def mark_complete(checkpoint: Path) -> None:
+    """Flush a fully written checkpoint to disk and record its manifest, last."""
+    files = {}
+    for path in sorted(checkpoint.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            rel = path.relative_to(checkpoint).as_posix()
+            files[rel] = {"size": path.stat().st_size, "sha256": _hash(path)}
+    for directory in {p.parent for p in checkpoint.rglob("*")} | {checkpoint}:
+        fsync_dir(directory)
+    write_json(checkpoint / MANIFEST, {"step": step_of(checkpoint), "files": files})
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / MANIFEST).is_file()
+
+
+def verify(checkpoint: Path) -> None:
+    """Raise FinetuneError naming the first file that is missing, truncated or altered."""
+    try:
+        manifest = read_json(checkpoint / MANIFEST)
+    except (OSError, ValueError) as exc:
+        raise FinetuneError(f"checkpoint {checkpoint}: unreadable manifest {MANIFEST} ({exc})") from exc
+    for rel, expected in manifest["files"].items():
+        path = checkpoint / rel
+        if not path.is_file():
+            raise FinetuneError(f"checkpoint {checkpoint} is damaged: {path} is missing")
+        size = path.stat().st_size
+        if size != expected["size"]:
+            raise FinetuneError(
+                f"checkpoint {checkpoint} is damaged: {path} has {size} bytes, {expected['size']} were written",
+                hint="resume from an earlier checkpoint with --checkpoint",
+            )
+        if _hash(path) != expected["sha256"]:
+            raise FinetuneError(
+                f"checkpoint {checkpoint} is damaged: {path} does not match the checksum written with it",
+                hint="resume from an earlier checkpoint with --checkpoint",
+            )
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """All checkpoint directories, newest step first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=step_of, reverse=True)
+
+
+def latest_complete(directory: Path) -> Path | None:
+    for checkpoint in checkpoints(directory):
+        if is_complete(checkpoint):
+            return checkpoint
+    return None
+
+
+def remove_incomplete(directory: Path) -> list[Path]:
+    """Delete checkpoints without a manifest (cut off by a crash); a resumed run rewrites them."""
+    removed = [c for c in checkpoints(directory) if not is_complete(c)]
+    for checkpoint in removed:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return removed
+
+
+def rotate(directory: Path, keep: int, protect: Path | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints (and `protect`, the best one); delete the rest."""
+    complete = [c for c in checkpoints(directory) if is_complete(c)]
+    for checkpoint in complete[keep:]:
+        if protect is not None and checkpoint.resolve() == protect.resolve():
+            continue
+        shutil.rmtree(checkpoint, ignore_errors=True)

@@ -1,0 +1,115 @@
+"""The `finetune` command.
+
+`--help`, `validate`, `plugins` and `recipes` import neither torch nor transformers: they answer
+in a fraction of a second. User errors print one message and exit with code 2 (`--debug` adds the
+traceback); a diverged run exits 1, an interrupted one 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from runner import __version__
+from runner.errors import FinetuneError
+
+EPILOG = """\
+exit codes: 0 done, 1 training diverged (NaN/inf loss), 2 error in a recipe, data or arguments,
+130 interrupted (a checkpoint was saved: finetune resume RUN continues it)
+
+examples:
+  finetune run recipes/quickstart.toml
+  finetune run my.toml --set training.learning_rate=3e-4 --set strategy.type=lora
+  finetune validate recipes/*.toml
+  finetune plan my.toml --offline
+  finetune resume runs/quickstart/20261122-101500
+"""
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a recipe value, in TOML syntax (repeatable), e.g. training.epochs=1",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune",
+        description="Fine-tune language models from a declarative TOML recipe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"finetune-runner {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train, evaluate and save a recipe's model")
+    p.add_argument("recipe", type=Path)
+    _add_recipe_args(p)
+    p.add_argument("--output", type=Path, help="run directory to create (default: <output_dir>/<name>/<time>)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model/tokenizer/metric code from the Hub to run (a recipe alone can never allow it)",
+    )
+
+    p = sub.add_parser("validate", help="check recipes and report every error with file:line")
+    p.add_argument("recipes", type=Path, nargs="+")
+    _add_recipe_args(p)
+
+    p = sub.add_parser("plan", help="show what a run would do, without training")
+    p.add_argument("recipe", type=Path)
+    _add_recipe_args(p)
+    p.add_argument("--offline", action="store_true", help="do not contact the Hub; show what is known locally")
+
+    p = sub.add_parser("eval", help="evaluate a finished run's model again")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", choices=["validation", "test"], default="test")
+
+    p = sub.add_parser("predict", help="predictions from a finished run's model")
+    p.add_argument("run_dir", type=Path)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--text", action="append", help="a text to predict (repeatable)")
+    group.add_argument("--input", type=Path, help="a .jsonl file with a 'text' field per line, or a .txt file")
+    p.add_argument("--output", type=Path, help="write predictions as JSON lines here (default: stdout)")
+
+    p = sub.add_parser("resume", help="continue an interrupted run from its last complete checkpoint")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--checkpoint", help="resume from this checkpoint (e.g. checkpoint-40) instead of the newest")
+    p.add_argument("--force", action="store_true", help="resume even though the data changed")
+    p.add_argument("--trust-remote-code", action="store_true", help="as for `run`")
+
+    sub.add_parser("plugins", help="installed plugins, versions and the components they register")
+    sub.add_parser("recipes", help="shipped recipes with a one-line description each")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from runner import commands
+
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except FinetuneError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

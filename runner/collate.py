@@ -1,0 +1,47 @@
+"""Batching encoded rows: pad each batch to its longest row (or to a fixed length)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class PadCollator:
+    """Pads `input_ids` with the pad id, masks with 0, and sequence `labels` with -100.
+
+    Padding is masked by position, never recognised by token id: a tokenizer that pads with its
+    EOS token still has every real EOS supervised. Keys other than model inputs and `labels`
+    (such as `length`) are dropped.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to: int | None = None, sequence_labels: bool = False):
+        self.pad_token_id = pad_token_id
+        self.pad_to = pad_to
+        self.sequence_labels = sequence_labels
+
+    def __call__(self, features: Sequence[dict]):
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        width = max(self.pad_to or 0, longest)
+        batch = {}
+        for key in MODEL_INPUTS:
+            if key not in features[0]:
+                continue
+            fill = self.pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([list(f[key]) + [fill] * (width - len(f[key])) for f in features])
+        if "attention_mask" not in batch:
+            batch["attention_mask"] = torch.tensor(
+                [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
+            )
+        if "labels" in features[0]:
+            if self.sequence_labels:
+                batch["labels"] = torch.tensor(
+                    [list(f["labels"]) + [-100] * (width - len(f["labels"])) for f in features]
+                )
+            else:
+                labels = [f["labels"] for f in features]
+                dtype = torch.float32 if isinstance(labels[0], float) else torch.long
+                batch["labels"] = torch.tensor(labels, dtype=dtype)
+        return batch

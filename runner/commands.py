@@ -1,0 +1,233 @@
+"""The CLI's commands. Heavy imports happen inside the commands that train or load models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from runner.errors import FinetuneError, RecipeError
+from runner.plugin_manager import get_plugins
+from runner.recipe.load import load_recipe
+from runner.recipe.resolved import Recipe
+from runner.recipe.validate import validate
+from runner.rundir import RunDir
+
+
+def load_and_validate(path: Path, overrides: list[str] | None = None) -> Recipe:
+    return validate(load_recipe(path, overrides), get_plugins().registry)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def cmd_validate(args) -> int:
+    console = _console()
+    failed = 0
+    for path in args.recipes:
+        try:
+            recipe = load_and_validate(path, args.overrides)
+        except RecipeError as exc:
+            failed += 1
+            console.print(f"[red]✗[/] {path}", highlight=False)
+            for issue in exc.issues:
+                print(f"  {issue.render()}")
+        except FinetuneError as exc:
+            failed += 1
+            console.print(f"[red]✗[/] {path}")
+            print(f"  {exc.render()}")
+        else:
+            names = f"{recipe.task.name}, {recipe.model.name} model, {recipe.strategy.name}"
+            console.print(f"[green]✓[/] {path} [dim]({names})[/]")
+    return 2 if failed else 0
+
+
+def _enable_offline(flag: bool) -> None:
+    if flag:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def cmd_run(args) -> int:
+    from runner.run import execute
+
+    recipe = load_and_validate(args.recipe, args.overrides)
+    if args.output is not None:
+        if args.output.exists() and any(args.output.iterdir()):
+            raise FinetuneError(f"--output {args.output} exists and is not empty", hint="name a new directory")
+        args.output.mkdir(parents=True, exist_ok=True)
+        run_dir = RunDir(args.output)
+    else:
+        run_dir = RunDir.create(Path(recipe.run.output_dir), recipe.name)
+    execute(recipe, run_dir, get_plugins(), trust_remote_code=args.trust_remote_code, debug=args.debug)
+    return 0
+
+
+def _still_running(run_dir: RunDir) -> int | None:
+    status = run_dir.status()
+    pid = status.get("pid")
+    if status.get("state") != "running" or not pid or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return pid
+
+
+def cmd_resume(args) -> int:
+    from runner import checkpoints
+    from runner.run import execute
+
+    run_dir = RunDir.open(args.run_dir)
+    status = run_dir.status()
+    if status.get("state") == "completed":
+        print(f"{run_dir.path} is complete (step {status.get('global_step')}); nothing to resume")
+        return 0
+    pid = _still_running(run_dir)
+    if pid:
+        raise FinetuneError(f"{run_dir.path} is still running (process {pid})")
+    recipe = load_and_validate(run_dir.recipe)
+    if args.checkpoint:
+        checkpoint = run_dir.checkpoints / args.checkpoint
+        if not checkpoint.is_dir():
+            found = ", ".join(c.name for c in checkpoints.checkpoints(run_dir.checkpoints)) or "none"
+            raise FinetuneError(f"no checkpoint {checkpoint}", hint=f"checkpoints: {found}")
+        if not checkpoints.is_complete(checkpoint):
+            raise FinetuneError(f"{checkpoint} is incomplete (it has no {checkpoints.MANIFEST})")
+    else:
+        checkpoint = checkpoints.latest_complete(run_dir.checkpoints)
+    if checkpoint is not None:
+        checkpoints.verify(checkpoint)
+        step = checkpoints.step_of(checkpoint)
+        for removed in checkpoints.remove_incomplete(run_dir.checkpoints):
+            print(f"removed incomplete checkpoint {removed.name}")
+        for later in checkpoints.checkpoints(run_dir.checkpoints):
+            if checkpoints.step_of(later) > step:  # a resume from an older one rewrites these
+                import shutil
+
+                shutil.rmtree(later)
+        run_dir.rewind_metrics(step)
+        print(f"resuming {run_dir.path} from {checkpoint.name}")
+    else:
+        import shutil
+
+        print(f"{run_dir.path} has no complete checkpoint: starting again from step 0")
+        shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
+        run_dir.rewind_metrics(-1)
+    execute(
+        recipe,
+        run_dir,
+        get_plugins(),
+        trust_remote_code=args.trust_remote_code,
+        resume_from=checkpoint,
+        force=args.force,
+        debug=args.debug,
+    )
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from runner.plan import plan
+
+    _enable_offline(args.offline)
+    recipe = load_and_validate(args.recipe, args.overrides)
+    plan(recipe, _console(), offline=args.offline)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from runner.saved import evaluate_run
+
+    evaluate_run(RunDir.open(args.run_dir), args.split, _console(), debug=args.debug)
+    return 0
+
+
+def _read_inputs(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FinetuneError(f"--input {path}: no such file")
+    texts = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise FinetuneError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise FinetuneError(f"{path}:{n}: expected an object with a 'text' string")
+            texts.append(row["text"])
+    else:
+        texts = [line for line in lines if line.strip()]
+    return texts
+
+
+def cmd_predict(args) -> int:
+    from runner.saved import predict_run
+
+    texts = args.text if args.text else _read_inputs(args.input)
+    rows = predict_run(RunDir.open(args.run_dir), texts, debug=args.debug)
+    lines = [json.dumps({"text": text, **row}, ensure_ascii=False) + "\n" for text, row in zip(texts, rows, strict=True)]
+    if args.output:
+        args.output.write_text("".join(lines), encoding="utf-8")
+    else:
+        sys.stdout.writelines(lines)
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from rich.table import Table
+
+    registry = get_plugins().registry
+    console = _console()
+    table = Table(title="plugins")
+    for column in ("plugin", "version", "source", "components"):
+        table.add_column(column)
+    for info in registry.plugins.values():
+        if info.error:
+            components = f"[red]failed to load: {info.error}[/]"
+        else:
+            components = ", ".join(f"{kind.replace('_', ' ')} [bold]{name}[/]" for kind, name in info.components)
+        table.add_row(info.name, info.version, info.source, components or "-")
+    console.print(table)
+    for (kind, name), regs in registry.conflicts.items():
+        plugins = " and ".join(r.plugin for r in regs)
+        console.print(f"[red]conflict:[/] {kind.replace('_', ' ')} '{name}' is registered by {plugins}")
+    return 0
+
+
+def shipped_recipes_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    packaged = here / "_recipes"
+    return packaged if packaged.is_dir() else here.parent / "recipes"
+
+
+def recipe_description(path: Path) -> str:
+    """The recipe's [run] description, read without validating it."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "(unreadable)"
+    run = data.get("run", {})
+    return run.get("description", "") if isinstance(run, dict) else ""
+
+
+def cmd_recipes(args) -> int:
+    from rich.table import Table
+
+    directory = shipped_recipes_dir()
+    table = Table(title=f"recipes in {directory}")
+    table.add_column("recipe")
+    table.add_column("description")
+    for path in sorted(directory.glob("*.toml")):
+        table.add_row(path.name, recipe_description(path))
+    _console().print(table)
+    return 0

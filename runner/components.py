@@ -1,0 +1,378 @@
+"""The component kinds a plugin can register, and what each must do.
+
+A recipe names a component with `type = "<name>"` in the section of its kind. A component is a
+class with a `name`, an `Options` model (see `runner.options`) and the methods of its kind below.
+Plugins register classes through the hooks in `runner.hookspecs`; the core instantiates them with
+their validated options and calls these methods. Nothing here imports torch: a plugin module must
+keep heavy imports inside its methods, so that `finetune --help` and `finetune validate` stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from runner.options import Options
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from runner.recipe.resolved import Recipe
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class RunContext:
+    """What a component may know about the run it is part of."""
+
+    seed: int
+    cache_dir: Path
+    run_dir: Path | None = None  # None while planning
+    trust_remote_code: bool = False
+    offline: bool = False
+    info: Callable[[str], None] = print
+    warn: Callable[[str], None] = print
+
+
+class Component:
+    """Base of every component. Subclasses set `name` and, usually, `Options`.
+
+    The first line of the class docstring is the one-line summary `finetune plugins` shows.
+    """
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
+    # Names other tools use for our options, e.g. {"num_train_epochs": "epochs"}: an unknown key
+    # found here is answered with the name this component uses instead of a bare "unknown key".
+    aliases: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    @classmethod
+    def check(cls, options: Options, recipe: Recipe) -> Iterable[tuple[tuple, str]]:
+        """Checks that need the whole recipe. Yield (key path inside this section, message)."""
+        return ()
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+class DataSourceOptions(Options):
+    """Options every data source has."""
+
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map the task's column names to this source's, e.g. {text = 'tweet', label = 'sentiment'}.",
+    )
+
+
+@dataclass
+class RawSplit:
+    """One split as a data source delivers it, before any processing."""
+
+    dataset: Dataset
+    origin: str  # a file path or a description such as "inline rows in recipe.toml"
+    row_word: str = "row"  # how to name a row of this origin: "row", "line"
+    first_row: int = 1  # the number the first row has in `origin` (a CSV header makes it 2)
+
+    def where(self, index: int) -> str:
+        """Name row `index` of `dataset` the way the user finds it in the origin."""
+        row = self.dataset[index]["_row"] if "_row" in self.dataset.column_names else index
+        return f"{self.origin}, {self.row_word} {row + self.first_row}"
+
+
+class DataSource(Component):
+    """Reads rows from somewhere. Options subclass `DataSourceOptions`."""
+
+    kind = "data_source"
+    Options = DataSourceOptions
+
+    def load(self, ctx: RunContext) -> dict[str, RawSplit]:
+        """Return the splits this source provides: keys among "train", "validation", "test", or
+        the single key "all" for data that is not split yet (the core splits it)."""
+        raise NotImplementedError
+
+    def fingerprint(self, ctx: RunContext) -> dict[str, Any]:
+        """Identify the data exactly (file hashes, a content hash); recorded in environment.json and
+        compared on resume."""
+        raise NotImplementedError
+
+
+# -- tokenizers and models --------------------------------------------------------------------
+
+
+class TokenizerOptions(Options):
+    """Options every tokenizer has."""
+
+    max_length: int | None = Field(
+        default=None, gt=0, description="Truncate inputs to this many tokens (default: the model's limit)."
+    )
+    padding: Literal["dynamic", "max_length"] = Field(
+        default="dynamic",
+        description="'dynamic' pads each batch to its longest row; 'max_length' pads every row to max_length.",
+    )
+
+
+class Tokenizer(Component):
+    """Provides a tokenizer. Options subclass `TokenizerOptions`."""
+
+    kind = "tokenizer"
+    Options = TokenizerOptions
+
+    def build(self, ctx: RunContext, texts: Callable[[], Iterator[str]]) -> PreTrainedTokenizerBase:
+        """Return a ready tokenizer. `texts()` iterates the training texts, for tokenizers that are
+        trained on the data."""
+        raise NotImplementedError
+
+    def model_max_length(self) -> int | None:
+        """The longest input the tokenizer knows of, if any (used when max_length is not set)."""
+        return None
+
+
+@dataclass
+class ModelSpec:
+    """What a task needs from a model: the head and the sizes that depend on data and tokenizer."""
+
+    head: Literal["sequence_classification", "causal_lm"]
+    vocab_size: int
+    max_length: int
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+
+    def config_overrides(self) -> dict[str, Any]:
+        """Values to set on the model config (what a pretrained config must be told)."""
+        keys = ("pad_token_id", "num_labels", "id2label", "label2id", "problem_type")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class Model(Component):
+    """Builds the model to fine-tune."""
+
+    kind = "model"
+
+    def build(self, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
+        """Return the model with the head `spec` asks for."""
+        raise NotImplementedError
+
+    def build_empty(self, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
+        """The model without weights (on PyTorch's meta device): for `finetune plan` to count
+        parameters without allocating or downloading them."""
+        import torch
+
+        with torch.device("meta"):
+            return self.build(ctx, spec)
+
+    def base_reference(self) -> str | None:
+        """A hub id or path that loads the untouched base model; None when it exists only in this run
+        (random init), in which case the core saves it next to an adapter."""
+        return None
+
+    def max_positions(self) -> int | None:
+        """The longest sequence the model accepts, if known without loading it."""
+        return None
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+
+class Task(Component):
+    """Turns rows into model inputs and model outputs into predictions and metric inputs."""
+
+    kind = "task"
+    # What predictions look like, which decides the metrics that fit: "classes", "scores" or "tokens".
+    produces: ClassVar[str] = ""
+    columns: ClassVar[tuple[str, ...]] = ("text",)  # columns every row must have
+    optional_columns: ClassVar[tuple[str, ...]] = ()
+    stratify_column: ClassVar[str | None] = None  # split fractions keep this column's proportions
+    default_metrics: ClassVar[tuple[dict, ...]] = ()
+
+    def fit(self, splits: dict[str, list[RawSplit]]) -> None:
+        """Learn what the task needs from the data (the label set) and check every row, raising
+        DataError naming the origin and row of the first bad ones."""
+
+    def model_spec(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> ModelSpec:
+        raise NotImplementedError
+
+    def encode(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+        """Tokenize: return a dataset of model inputs with `labels` and a `length` column."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to: int | None) -> Callable:
+        """Batch encoded rows. pad_to None pads each batch to its longest row."""
+        raise NotImplementedError
+
+    def preprocess_logits(self, logits, labels):
+        """Reduce logits during evaluation so that only what metrics need is kept in memory."""
+        return logits
+
+    def metric_inputs(self, predictions, label_ids) -> tuple[Any, Any]:
+        """Turn gathered evaluation outputs into (predictions, references) for metrics."""
+        raise NotImplementedError
+
+    def summarize(self, predictions, label_ids) -> dict[str, float]:
+        """Task-level evaluation figures that need no metric component (perplexity for LMs)."""
+        return {}
+
+    def predict(self, model: PreTrainedModel, tokenizer, texts: list[str], max_length: int) -> list[dict]:
+        """Predictions for raw texts, for `finetune predict`."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """What must be saved with the model to restore this task (label names)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Restore from `state()` when loading a finished run."""
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+
+class Strategy(Component):
+    """Decides which parameters train, and how the fine-tuned model is saved and loaded."""
+
+    kind = "strategy"
+    can_merge: ClassVar[bool] = False
+
+    def apply(self, model: PreTrainedModel, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
+        """Prepare the model for training (freeze, wrap with adapters); return the model to train.
+        `spec` says which head the model has."""
+        return model
+
+    def save(self, model: PreTrainedModel, directory: Path) -> None:
+        """Write the trained model in safetensors, loadable by plain transformers/peft."""
+        model.save_pretrained(directory)
+
+    def load(self, directory: Path, spec: ModelSpec, base: Callable[[], PreTrainedModel]) -> PreTrainedModel:
+        """Load what `save` wrote. `base()` builds the untouched base model when one is needed."""
+        from runner.modeling import auto_class
+
+        return auto_class(spec.head).from_pretrained(directory)
+
+    def saves_adapter(self) -> bool:
+        """True when `save` writes only an adapter, so the base model must be findable."""
+        return False
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainJob:
+    """Everything a trainer needs; assembled by the core."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    task: Task
+    train: Dataset | None
+    evaluation: Dataset | None
+    collator: Callable
+    compute_metrics: Callable[[Any], dict[str, float]]
+    checkpoint_dir: Path
+    seed: int
+    events: Any  # runner.events.Events
+    resume_from: Path | None = None
+    deterministic: bool = False
+    greater_is_better: dict[str, bool] = field(default_factory=dict)  # metric key -> direction
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class TrainOutcome:
+    global_step: int
+    train_loss: float | None
+    interrupted: bool = False
+    best_checkpoint: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer(Component):
+    """Runs the optimisation loop, evaluation and checkpoints."""
+
+    kind = "trainer"
+
+    def fit(self, job: TrainJob) -> TrainOutcome:
+        raise NotImplementedError
+
+    def evaluate(self, job: TrainJob, dataset: Dataset) -> dict[str, float]:
+        """Evaluate `job.model` on `dataset`: loss and metrics, keys without a prefix."""
+        raise NotImplementedError
+
+    def planned_steps(self, train_rows: int) -> int | None:
+        """Optimizer steps the run will take for this many training rows (for `finetune plan`)."""
+        return None
+
+
+# -- metrics and reporters ----------------------------------------------------------------------
+
+
+class Metric(Component):
+    """Scores predictions against references."""
+
+    kind = "metric"
+    consumes: ClassVar[frozenset[str]] = frozenset()  # task `produces` values it understands
+    greater_is_better: ClassVar[bool] = True
+
+    def key(self) -> str:
+        """The name its value has in results, unique within a recipe (e.g. "f1_macro")."""
+        return self.name
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Load what computing needs (an evaluate module) before training starts, so that a metric
+        that cannot load fails the run early rather than at its first evaluation."""
+
+    def compute(self, predictions, references) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Reporter(Component):
+    """Shows a run's progress. Every method has a do-nothing default; override what you show."""
+
+    kind = "reporter"
+
+    def start(self, run: dict[str, Any]) -> None:
+        """The run begins: its name, directory and recipe summary."""
+
+    def stage(self, text: str) -> None:
+        """A preparation stage begins ("loading data", "tokenizing")."""
+
+    def message(self, text: str, level: str = "info") -> None:
+        """Something the user should read (level "info" or "warning")."""
+
+    def train_begin(self, total_steps: int, start_step: int) -> None:
+        """Training starts, or resumes at `start_step`."""
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Training figures at an optimizer step (loss, learning_rate, epoch)."""
+
+    def evaluated(self, split: str, step: int | None, metrics: dict[str, float]) -> None:
+        """An evaluation finished; step is None after training."""
+
+    def train_end(self) -> None:
+        """Training stopped (finished, interrupted or failed)."""
+
+    def finish(self, status: str, summary: dict[str, Any]) -> None:
+        """The run is over: status "completed", "interrupted" or "failed", and its final metrics."""
+
+
+KINDS: dict[str, type[Component]] = {
+    cls.kind: cls for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, Metric, Reporter)
+}

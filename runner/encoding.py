@@ -1,0 +1,102 @@
+"""Tokenization, done once and cached.
+
+The cache key is the content of the split (not its file name), the tokenizer's full definition,
+the task and its options, and the maximum length: change any of them and the split is encoded
+again; change nothing and a rerun or a resume reads the cached Arrow files instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from runner.components import Task
+from runner.data import ORIGIN_COLUMNS
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FINETUNE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "finetune-runner" if xdg else Path.home() / ".cache" / "finetune-runner"
+
+
+class _HashSink:
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.h.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def content_hash(dataset) -> str:
+    """SHA-256 of a dataset's rows and schema (Arrow IPC stream of its table)."""
+    import pyarrow as pa
+
+    table = dataset.flatten_indices().data.table if dataset._indices is not None else dataset.data.table
+    sink = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=65536):
+            writer.write_batch(batch)
+    return sink.h.hexdigest()
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """SHA-256 of everything that decides how a tokenizer encodes text."""
+    parts = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "padding_side": tokenizer.padding_side,
+        "truncation_side": tokenizer.truncation_side,
+    }
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        parts["backend"] = backend.to_str()
+    else:
+        parts["vocab"] = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def encode_splits(
+    task: Task, tokenizer, splits: dict, max_length: int, cache_dir: Path, use_cache: bool = True
+) -> tuple[dict, dict[str, bool]]:
+    """Encode every split with the task; return the encoded splits and which came from the cache."""
+    from datasets import load_from_disk
+
+    common = {
+        "version": CACHE_VERSION,
+        "task": task.name,
+        "task_options": task.options.model_dump(mode="json"),
+        "tokenizer": tokenizer_hash(tokenizer),
+        "max_length": max_length,
+    }
+    encoded, cached = {}, {}
+    for name, dataset in splits.items():
+        rows = dataset.remove_columns([c for c in ORIGIN_COLUMNS if c in dataset.column_names])
+        key = hashlib.sha256(json.dumps({**common, "data": content_hash(rows)}, sort_keys=True).encode()).hexdigest()
+        path = cache_dir / "encoded" / key[:32]
+        if use_cache and (path / "dataset_info.json").is_file():
+            encoded[name], cached[name] = load_from_disk(str(path)), True
+            continue
+        result = task.encode(rows, tokenizer, max_length)
+        cached[name] = False
+        if use_cache:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            result.save_to_disk(str(tmp))
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+            result = load_from_disk(str(path))  # memory-mapped, like a cache hit
+        encoded[name] = result
+    return encoded, cached

@@ -1,0 +1,104 @@
+"""User-facing errors: one clear message each, with file, line and key path.
+
+Every error a user can fix is a `FinetuneError`. The CLI prints it without a traceback and exits
+with its `exit_code` (2 for user errors); `--debug` shows the traceback too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+KeyPath = tuple[str | int, ...]
+
+
+def format_key(path: Sequence[str | int]) -> str:
+    """Render a key path the way a user writes it: `data.sources[0].path`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value came from: a recipe file position, or a command-line override."""
+
+    file: str
+    line: int | None = None
+    col: int | None = None
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return self.file
+        if self.col is None:
+            return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a recipe, data file or command line."""
+
+    message: str
+    location: Location | None = None
+    key: KeyPath = ()
+    hint: str | None = None
+
+    def render(self) -> str:
+        prefix = f"{self.location}: " if self.location else ""
+        key = f"{format_key(self.key)}: " if self.key else ""
+        text = f"{prefix}{key}{self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class FinetuneError(Exception):
+    """An error the user can fix. Printed as a message, never as a traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def render(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class RecipeError(FinetuneError):
+    """One or more problems in a recipe, all reported together."""
+
+    def __init__(self, issues: Iterable[Issue]):
+        self.issues = list(issues)
+        count = len(self.issues)
+        header = f"{count} problem{'s' if count != 1 else ''} in the recipe:"
+        super().__init__("\n".join([header, *("  " + i.render() for i in self.issues)]))
+
+    def render(self) -> str:
+        return self.message
+
+
+class DataError(FinetuneError):
+    """Bad input data: a missing file or column, an unknown label, an empty split, bad encoding."""
+
+
+class PluginError(FinetuneError):
+    """A plugin problem the user must resolve, such as two plugins registering one name."""
+
+
+class TrainingDiverged(FinetuneError):
+    """The training loss became NaN or infinite; the run stopped before the optimizer step."""
+
+    exit_code = 1
+
+
+class RunInterrupted(FinetuneError):
+    """Ctrl-C or SIGTERM: a checkpoint was written and the run can be resumed."""
+
+    exit_code = 130

@@ -1,0 +1,66 @@
+"""The base of every component's options: strict, closed pydantic models.
+
+A component declares `class Options(runner.Options)`; the recipe table that names the component is
+validated against it. Unknown keys are rejected at every depth (nested models must subclass
+`Options` too), values are not coerced across TOML types (a string is never silently a number),
+and integers are accepted where a float is expected.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+
+class Options(BaseModel):
+    """Base class for component options. Subclass it; nested tables subclass it too."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class _FileMarker:
+    """Marks a string option as a path to an existing file, relative to the recipe that sets it."""
+
+    def __init__(self, must_exist: bool = True, directory: bool = False, hub: bool = False):
+        self.must_exist = must_exist
+        self.directory = directory
+        self.hub = hub  # a Hugging Face Hub id is accepted where no such local path exists
+
+    def __repr__(self) -> str:
+        return "FilePath"
+
+
+FilePath = Annotated[str, _FileMarker()]
+"""A path to an existing file. Relative paths are resolved against the recipe that sets them."""
+
+DirPath = Annotated[str, _FileMarker(directory=True)]
+"""A path to an existing directory, resolved like `FilePath`."""
+
+HubOrPath = Annotated[str, _FileMarker(must_exist=False, hub=True)]
+"""A Hugging Face Hub id ("gpt2", "org/name") or a local directory. A value that exists relative to
+the recipe, or that starts with "/", "./", "../" or "~", is a local path and must exist."""
+
+
+def _finite_positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number > 0 (got {value})")
+    return value
+
+
+def _finite_non_negative(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite number >= 0 (got {value})")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError(f"must be a fraction between 0 and 1 (got {value})")
+    return value
+
+
+PositiveFloat = Annotated[float, AfterValidator(_finite_positive)]
+NonNegativeFloat = Annotated[float, AfterValidator(_finite_non_negative)]
+Fraction = Annotated[float, AfterValidator(_fraction)]

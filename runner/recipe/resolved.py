@@ -1,0 +1,134 @@
+"""A validated recipe: every section's component class with its validated options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from runner.components import Component
+from runner.errors import KeyPath
+from runner.options import Fraction, Options
+from runner.recipe.load import RecipeSource
+
+
+class RunOptions(Options):
+    """`[run]`: naming, seeding and where the run directory goes."""
+
+    name: str | None = Field(default=None, description="Run name (default: the recipe file's name).")
+    description: str = Field(default="", description="One line shown by `finetune recipes`.")
+    seed: int = Field(default=42, ge=0, description="Seeds data splits, initialisation and data order.")
+    output_dir: str = Field(
+        default="runs",
+        description="Run directories go to <output_dir>/<name>/<timestamp>/ (relative to cwd).",
+    )
+    threads: int | None = Field(default=None, gt=0, description="CPU threads for torch (default: torch's).")
+    deterministic: bool = Field(
+        default=False, description="Use deterministic algorithms only (slower; bitwise-repeatable on GPU)."
+    )
+
+
+class SplitOptions(Options):
+    """`[data.split]`: how splits a source does not provide are carved out, seeded and stratified."""
+
+    train: Fraction = 0.8
+    validation: Fraction = 0.1
+    test: Fraction = 0.1
+    stratify: bool = Field(default=True, description="Keep label proportions in every split (classification).")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must sum to 1 (got {total:g})")
+        if self.train == 0:
+            raise ValueError("train must be greater than 0")
+        return self
+
+
+class DataOptions(Options):
+    """`[data]` apart from its sources."""
+
+    split: SplitOptions = Field(default_factory=SplitOptions)
+    max_rows: dict[Literal["train", "validation", "test"], int] = Field(
+        default_factory=dict, description="Keep at most this many rows of a split (a seeded sample)."
+    )
+
+    @model_validator(mode="after")
+    def _positive(self):
+        for split, n in self.max_rows.items():
+            if n <= 0:
+                raise ValueError(f"max_rows.{split} must be > 0 (got {n})")
+        return self
+
+
+@dataclass
+class ComponentSpec:
+    """A recipe section resolved to its component class and validated options."""
+
+    kind: str
+    name: str
+    cls: type[Component]
+    options: Options
+    key: KeyPath  # where the section is in the recipe, e.g. ("data", "sources", 0)
+
+    def create(self) -> Component:
+        return self.cls(self.options)
+
+    def as_table(self) -> dict[str, Any]:
+        return {"type": self.name, **self.options.model_dump(mode="json", exclude_none=True)}
+
+
+@dataclass
+class Recipe:
+    """A recipe that passed validation."""
+
+    source: RecipeSource
+    run: RunOptions
+    data: DataOptions
+    sources: list[ComponentSpec]
+    tokenizer: ComponentSpec
+    model: ComponentSpec
+    task: ComponentSpec
+    strategy: ComponentSpec
+    training: ComponentSpec
+    metrics: list[ComponentSpec]
+    reporters: list[ComponentSpec]
+    metrics_defaulted: bool = False  # metrics came from the task's defaults
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run.name or self.source.path.stem
+
+    def components(self) -> list[ComponentSpec]:
+        return [
+            *self.sources,
+            self.tokenizer,
+            self.model,
+            self.task,
+            self.strategy,
+            self.training,
+            *self.metrics,
+            *self.reporters,
+        ]
+
+    def resolved(self) -> dict[str, Any]:
+        """The whole recipe with every default filled in, as written to recipe.resolved.toml."""
+        run = self.run.model_dump(mode="json", exclude_none=True)
+        run["name"] = self.name
+        return {
+            "run": run,
+            "data": {
+                **self.data.model_dump(mode="json", exclude_none=True),
+                "sources": [s.as_table() for s in self.sources],
+            },
+            "tokenizer": self.tokenizer.as_table(),
+            "model": self.model.as_table(),
+            "task": self.task.as_table(),
+            "strategy": self.strategy.as_table(),
+            "training": self.training.as_table(),
+            "metrics": [m.as_table() for m in self.metrics],
+            "reporters": [r.as_table() for r in self.reporters],
+        }

@@ -1,0 +1,363 @@
+"""Validating a recipe against the components plugins registered.
+
+Every problem is collected and reported at once, each with file, line, column and key path:
+unknown sections, keys and component types (with a "did you mean"), wrong value types, values that
+make no sense, files that do not exist, and combinations that cannot work (a metric the task cannot
+feed). Nothing in a recipe can name code: a `type` is looked up among registered components only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from runner.errors import Issue, KeyPath, PluginError, RecipeError
+from runner.options import Options, _FileMarker
+from runner.recipe.load import RecipeSource
+from runner.recipe.resolved import ComponentSpec, DataOptions, Recipe, RunOptions
+from runner.registry import Registry
+
+# section -> (component kind, default type)
+SECTIONS: dict[str, tuple[str, str | None]] = {
+    "tokenizer": ("tokenizer", None),
+    "model": ("model", None),
+    "task": ("task", None),
+    "strategy": ("strategy", "full"),
+    "training": ("trainer", "hf"),
+}
+LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter"}
+DEFAULT_REPORTERS = [{"type": "rich"}]
+TOP_LEVEL = ["run", "data", *SECTIONS, *LISTS]
+REQUIRED = ["data", "tokenizer", "model", "task"]
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "list_type": "an array",
+}
+
+
+def suggest(word: str, choices: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The plain types inside Optional/Union/Annotated/list/dict annotations."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list, dict, tuple, set):
+        args = typing.get_args(annotation)
+        if origin is dict:
+            args = args[1:]
+        return [t for a in args for t in _unwrap(a)]
+    return [annotation]
+
+
+def _fields_at(model: type[BaseModel], path: KeyPath) -> list[str] | None:
+    """Field names of the options model found at `path` inside `model`, if it is a model."""
+    current: list[type[BaseModel]] = [model]
+    for part in path:
+        if isinstance(part, int):
+            continue
+        nxt: list[type[BaseModel]] = []
+        for m in current:
+            field = m.model_fields.get(part)
+            if field is None:
+                continue
+            nxt += [t for t in _unwrap(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not nxt:
+            return None
+        current = nxt
+    return sorted({name for m in current for name in m.model_fields})
+
+
+def _marker_of(annotation: Any) -> _FileMarker | None:
+    if typing.get_origin(annotation) is typing.Annotated:
+        for meta in typing.get_args(annotation)[1:]:
+            if isinstance(meta, _FileMarker):
+                return meta
+    for arg in typing.get_args(annotation):
+        found = _marker_of(arg)
+        if found:
+            return found
+    return None
+
+
+class Validator:
+    def __init__(self, source: RecipeSource, registry: Registry):
+        self.source = source
+        self.registry = registry
+        self.issues: list[Issue] = []
+
+    def issue(self, key: KeyPath, message: str, hint: str | None = None) -> None:
+        self.issues.append(Issue(message, self.source.locate(key), key, hint))
+
+    # -- pydantic errors -> issues -------------------------------------------------------------
+    def options(
+        self, model: type[Options], raw: dict, key: KeyPath, aliases: dict[str, str] | None = None
+    ) -> Options | None:
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            self._report(model, raw, key, exc, aliases or {})
+            return None
+
+    def _report(self, model, raw, key, exc: ValidationError, aliases: dict[str, str]) -> None:
+        grouped: dict[KeyPath, list[dict]] = {}
+        for err in exc.errors():
+            real: list[str | int] = []
+            node: Any = raw
+            loc = err["loc"]
+            for i, part in enumerate(loc):
+                if (
+                    isinstance(node, dict)
+                    and part in node
+                    or isinstance(node, list)
+                    and isinstance(part, int)
+                    and part < len(node)
+                ):
+                    node = node[part]
+                elif i == len(loc) - 1 and err["type"] == "missing":
+                    pass
+                else:
+                    continue  # a union member's tag, not a key of the recipe
+                real.append(part)
+            grouped.setdefault(tuple(real), []).append(err)
+        for path, errors in grouped.items():
+            self._report_one(model, (*key, *path), path, errors, aliases)
+
+    def _report_one(self, model, full_key, rel_path, errors, aliases) -> None:
+        typed = [e for e in errors if e["type"] in _TYPE_WORDS]
+        others = [e for e in errors if e["type"] not in _TYPE_WORDS]
+        if typed and not others:
+            wanted = " or ".join(dict.fromkeys(_TYPE_WORDS[e["type"]] for e in typed))
+            self.issue(full_key, f"expected {wanted} (got {_show(typed[0]['input'])})")
+            return
+        for err in others:
+            kind, msg = err["type"], err["msg"]
+            if kind == "extra_forbidden":
+                name = str(rel_path[-1])
+                if len(rel_path) == 1 and name in aliases:
+                    self.issue(full_key, "unknown key", hint=f"this runner calls it '{aliases[name]}'")
+                    continue
+                fields = _fields_at(model, rel_path[:-1]) or []
+                close = suggest(name, fields)
+                hint = f"did you mean '{close}'?" if close else (f"known keys: {', '.join(fields)}" if fields else None)
+                self.issue(full_key, "unknown key", hint=hint)
+            elif kind == "missing":
+                self.issue(full_key, "required key is missing")
+            elif kind == "literal_error":
+                expected = err.get("ctx", {}).get("expected", "")
+                got = err["input"]
+                choices = [c.strip("'") for c in expected.replace(" or ", ", ").split(", ")]
+                close = suggest(str(got), choices) if isinstance(got, str) else None
+                self.issue(
+                    full_key,
+                    f"expected one of {expected} (got {_show(got)})",
+                    hint=f"did you mean '{close}'?" if close else None,
+                )
+            elif kind == "value_error":
+                self.issue(full_key, msg.removeprefix("Value error, "))
+            else:
+                text = msg.replace("Input should be", "must be")
+                self.issue(full_key, f"{text} (got {_show(err['input'])})")
+
+    # -- components -------------------------------------------------------------------------------
+    def component(self, kind: str, raw: Any, key: KeyPath, default: str | None = None) -> ComponentSpec | None:
+        noun = kind.replace("_", " ")
+        if not isinstance(raw, dict):
+            self.issue(key, f"expected a table (got {_show(raw)})")
+            return None
+        name = raw.get("type", default)
+        names = self.registry.names(kind)
+        if name is None:
+            self.issue(key, f"missing `type`: which {noun}?", hint=f"one of: {', '.join(names)}")
+            return None
+        if not isinstance(name, str):
+            self.issue((*key, "type"), f"expected a string (got {_show(name)})")
+            return None
+        try:
+            cls = self.registry.get(kind, name)
+        except PluginError as exc:
+            self.issue((*key, "type"), exc.message, exc.hint)
+            return None
+        if cls is None:
+            close = suggest(name, names)
+            hint = f"did you mean '{close}'?" if close else f"available: {', '.join(names) or 'none'}"
+            self.issue((*key, "type"), f"unknown {noun} '{name}'", hint=hint)
+            return None
+        options = self.options(cls.Options, {k: v for k, v in raw.items() if k != "type"}, key, cls.aliases)
+        if options is None:
+            return None
+        self._resolve_paths(options, key)
+        return ComponentSpec(kind=kind, name=name, cls=cls, options=options, key=key)
+
+    def _resolve_paths(self, options: Options, key: KeyPath) -> None:
+        """Make file options absolute, relative to the recipe file that set them, and check they exist."""
+        for name, field in type(options).model_fields.items():
+            value = getattr(options, name)
+            marker = _marker_of(field.annotation) or next(
+                (m for m in field.metadata if isinstance(m, _FileMarker)), None
+            )
+            fkey = (*key, name)
+            if marker is not None:
+                if isinstance(value, str):
+                    setattr(options, name, self._path(value, fkey, marker))
+                elif isinstance(value, dict):
+                    setattr(options, name, {k: self._path(v, (*fkey, k), marker) for k, v in value.items()})
+                elif isinstance(value, list):
+                    setattr(options, name, [self._path(v, (*fkey, i), marker) for i, v in enumerate(value)])
+            elif isinstance(value, Options):
+                self._resolve_paths(value, fkey)
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, Options):
+                        self._resolve_paths(item, (*fkey, i))
+
+    def _path(self, value: str, key: KeyPath, marker: _FileMarker) -> str:
+        base = self.source.directory_of(key)
+        path = Path(os.path.expanduser(value))
+        path = path if path.is_absolute() else base / path
+        if marker.hub:
+            looks_local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+            if path.exists():
+                return str(path.resolve())
+            if not looks_local:
+                return value  # a Hub id
+            self.issue(key, f"no such local path: {value}", hint=f"looked in {base}")
+            return value
+        if marker.must_exist:
+            ok = path.is_dir() if marker.directory else path.is_file()
+            if not ok:
+                what = "directory" if marker.directory else "file"
+                self.issue(key, f"{what} not found: {value}", hint=f"looked in {base}" if base else None)
+        return str(path.resolve())
+
+    def component_list(self, kind: str, raw: Any, key: KeyPath) -> list[ComponentSpec]:
+        if not isinstance(raw, list):
+            self.issue(key, f"expected an array of tables, e.g. [[{key[-1]}]] (got {_show(raw)})")
+            return []
+        specs = [self.component(kind, item, (*key, i)) for i, item in enumerate(raw)]
+        return [s for s in specs if s is not None]
+
+    # -- the recipe --------------------------------------------------------------------------------
+    def validate(self) -> Recipe:
+        data = self.source.data
+        for section in data:
+            if section not in TOP_LEVEL:
+                close = suggest(section, TOP_LEVEL)
+                hint = f"did you mean '{close}'?" if close else f"sections: {', '.join(TOP_LEVEL)}"
+                self.issue((section,), "unknown section", hint=hint)
+        for section in REQUIRED:
+            if section not in data:
+                self.issue((), f"missing section [{section}]")
+
+        run = self.options(RunOptions, data.get("run", {}), ("run",)) if self._table(data, "run") else None
+        data_options, sources = self._data(data.get("data"))
+        specs: dict[str, ComponentSpec | None] = {}
+        for section, (kind, default) in SECTIONS.items():
+            if section in data or default is not None:
+                specs[section] = self.component(kind, data.get(section, {}), (section,), default)
+        metrics_defaulted = "metrics" not in data
+        metrics = self.component_list("metric", data["metrics"], ("metrics",)) if not metrics_defaulted else []
+        reporters = self.component_list("reporter", data.get("reporters", DEFAULT_REPORTERS), ("reporters",))
+
+        task = specs.get("task")
+        if metrics_defaulted and task is not None:
+            defaults = [self.component("metric", dict(m), ("task",)) for m in task.cls.default_metrics]
+            metrics = [m for m in defaults if m is not None]
+
+        if self.issues or run is None or data_options is None or any(s is None for s in specs.values()):
+            raise RecipeError(self.issues)
+        recipe = Recipe(
+            source=self.source,
+            run=run,
+            data=data_options,
+            sources=sources,
+            tokenizer=specs["tokenizer"],
+            model=specs["model"],
+            task=specs["task"],
+            strategy=specs["strategy"],
+            training=specs["training"],
+            metrics=metrics,
+            reporters=reporters,
+            metrics_defaulted=metrics_defaulted,
+        )
+        self._cross_checks(recipe)
+        if self.issues:
+            raise RecipeError(self.issues)
+        return recipe
+
+    def _table(self, data: dict, section: str) -> bool:
+        if section in data and not isinstance(data[section], dict):
+            self.issue((section,), f"expected a table [{section}] (got {_show(data[section])})")
+            return False
+        return True
+
+    def _data(self, raw: Any) -> tuple[DataOptions | None, list[ComponentSpec]]:
+        if raw is None:
+            return None, []
+        if not isinstance(raw, dict):
+            self.issue(("data",), f"expected a table [data] (got {_show(raw)})")
+            return None, []
+        if "sources" not in raw:
+            self.issue(("data",), "no data sources", hint="add a [[data.sources]] table with a `type`")
+            sources: list[ComponentSpec] = []
+        else:
+            sources = self.component_list("data_source", raw["sources"], ("data", "sources"))
+            if isinstance(raw["sources"], list) and not raw["sources"]:
+                self.issue(("data", "sources"), "no data sources")
+        rest = {k: v for k, v in raw.items() if k != "sources"}
+        return self.options(DataOptions, rest, ("data",)), sources
+
+    def _cross_checks(self, recipe: Recipe) -> None:
+        task = recipe.task.cls
+        seen: dict[str, KeyPath] = {}
+        for spec in recipe.metrics:
+            metric = spec.create()
+            if task.produces not in spec.cls.consumes:
+                self.issue(
+                    (*spec.key, "type") if not recipe.metrics_defaulted else spec.key,
+                    f"metric '{spec.name}' cannot score the predictions of task '{recipe.task.name}' ({task.produces})",
+                )
+            key = metric.key()
+            if key in seen:
+                self.issue(spec.key, f"a second metric named '{key}' (first at {recipe.source.locate(seen[key])})")
+            seen[key] = spec.key
+        for spec in recipe.components():
+            try:
+                problems = list(spec.cls.check(spec.options, recipe))
+            except Exception as exc:  # a plugin's check must not hide the other problems
+                problems = [((), f"check of '{spec.name}' failed: {type(exc).__name__}: {exc}")]
+            for rel, message in problems:
+                self.issue((*spec.key, *rel), message)
+
+
+def validate(source: RecipeSource, registry: Registry) -> Recipe:
+    """Validate a loaded recipe; raise RecipeError listing every problem found."""
+    return Validator(source, registry).validate()

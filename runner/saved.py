@@ -1,0 +1,109 @@
+"""Using a finished run: load its model, evaluate it again, predict with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runner.components import RunContext, TrainJob
+from runner.errors import FinetuneError
+from runner.plugin_manager import get_plugins
+from runner.recipe.load import load_recipe
+from runner.recipe.resolved import Recipe
+from runner.recipe.validate import validate
+from runner.run import BASE_MODEL, MODEL_META, MetricsComputer, quiet_libraries
+from runner.rundir import RunDir, read_json, write_json
+
+
+@dataclass
+class Finished:
+    recipe: Recipe
+    task: Any
+    tokenizer: Any
+    model: Any
+    meta: dict[str, Any]
+    ctx: RunContext
+
+
+def load_finished(run_dir: RunDir, debug: bool = False) -> Finished:
+    """The recipe, task, tokenizer and model of a completed run, loaded from its model/ directory."""
+    from transformers import AutoTokenizer
+
+    from runner.encoding import default_cache_dir
+    from runner.modeling import auto_class
+
+    meta_path = run_dir.model / MODEL_META
+    if not meta_path.is_file():
+        state = run_dir.status().get("state", "unknown")
+        raise FinetuneError(
+            f"{run_dir.path} has no final model (run state: {state})",
+            hint=f"finish it with: finetune resume {run_dir.path}" if state != "completed" else None,
+        )
+    quiet_libraries(debug)
+    meta = read_json(meta_path)
+    recipe = validate(load_recipe(run_dir.recipe), get_plugins().registry)
+    ctx = RunContext(seed=recipe.run.seed, cache_dir=default_cache_dir(), run_dir=run_dir.path)
+    task = recipe.task.create()
+    task.restore(meta["task_state"])
+    tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
+    spec = task.model_spec(tokenizer, meta["max_length"])
+    strategy = recipe.strategy.create()
+
+    def base():
+        base_dir = run_dir.path / BASE_MODEL
+        if base_dir.is_dir():
+            return auto_class(spec.head).from_pretrained(base_dir)
+        return recipe.model.create().build(ctx, spec)
+
+    model = strategy.load(run_dir.model, spec, base)
+    return Finished(recipe, task, tokenizer, model, meta, ctx)
+
+
+def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> dict[str, float]:
+    from runner.data import prepare_data
+    from runner.encoding import encode_splits
+
+    done = load_finished(run_dir, debug)
+    recipe, task = done.recipe, done.task
+    data = prepare_data(recipe, recipe.task.create(), done.ctx)  # same rows, splits and checks as the run
+    if split not in data.splits:
+        raise FinetuneError(f"the run has no {split} split", hint=f"splits: {', '.join(data.splits)}")
+    encoded, _ = encode_splits(
+        task, done.tokenizer, {split: data.splits[split]}, done.meta["max_length"], done.ctx.cache_dir
+    )
+    metrics = [spec.create() for spec in recipe.metrics]
+    for metric in metrics:
+        metric.prepare(done.ctx)
+    trainer = recipe.training.create()
+    job = TrainJob(
+        model=done.model,
+        tokenizer=done.tokenizer,
+        task=task,
+        train=None,
+        evaluation=encoded[split],
+        collator=task.collator(done.tokenizer, None),
+        compute_metrics=MetricsComputer(task, metrics),
+        checkpoint_dir=run_dir.path / ".eval",
+        seed=recipe.run.seed,
+        events=None,
+    )
+    result = trainer.evaluate(job, encoded[split])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    write_json(run_dir.path / "evaluations" / f"{split}-{stamp}.json", result)
+    from rich.table import Table
+
+    table = Table(title=f"{recipe.name}: {split} ({len(encoded[split])} rows)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    return result
+
+
+def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False) -> list[dict]:
+    if not texts:
+        raise FinetuneError("no texts to predict")
+    done = load_finished(run_dir, debug)
+    return done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"])
