@@ -173,7 +173,9 @@ def cmd_predict(args) -> int:
 
     texts = args.text if args.text else _read_inputs(args.input)
     rows = predict_run(RunDir.open(args.run_dir), texts, debug=args.debug)
-    lines = [json.dumps({"text": text, **row}, ensure_ascii=False) + "\n" for text, row in zip(texts, rows, strict=True)]
+    lines = [
+        json.dumps({"text": text, **row}, ensure_ascii=False) + "\n" for text, row in zip(texts, rows, strict=True)
+    ]
     if args.output:
         args.output.write_text("".join(lines), encoding="utf-8")
     else:

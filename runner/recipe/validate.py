@@ -289,7 +289,9 @@ class Validator:
 
         task = specs.get("task")
         if metrics_defaulted and task is not None:
-            defaults = [self.component("metric", dict(m), ("task",)) for m in task.cls.default_metrics]
+            defaults = [
+                self.component("metric", dict(m), ("metrics", i)) for i, m in enumerate(task.cls.default_metrics)
+            ]
             metrics = [m for m in defaults if m is not None]
 
         if self.issues or run is None or data_options is None or any(s is None for s in specs.values()):
