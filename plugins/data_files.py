@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -75,12 +76,27 @@ def check_utf8(path: Path) -> None:
             raise DataError(f"{path}: ends in the middle of a UTF-8 character (line {line})") from None
 
 
+def _has_rows(file: Path, fmt: str) -> bool:
+    """Whether a text file holds anything beyond a CSV header (datasets fails obscurely otherwise)."""
+    with open(file, encoding="utf-8") as f:
+        lines = (line for line in f if line.strip())
+        if fmt == "csv":
+            next(lines, None)
+        return next(lines, None) is not None
+
+
 def read_file(path: str, fmt: str, options: FilesOptions) -> RawSplit:
     from datasets import Dataset
 
     file = Path(path)
     if fmt != "parquet":
         check_utf8(file)
+        if not _has_rows(file, fmt):
+            raise DataError(f"{path}: no rows")
+    # datasets logs its own traceback before raising; the DataError below says it in one line
+    datasets_log = logging.getLogger("datasets")
+    level = datasets_log.level
+    datasets_log.setLevel(logging.CRITICAL)
     try:
         if fmt == "csv":
             delimiter = options.delimiter or ("\t" if file.suffix.lower() == ".tsv" else ",")
@@ -98,6 +114,8 @@ def read_file(path: str, fmt: str, options: FilesOptions) -> RawSplit:
     except Exception as exc:  # pyarrow and pandas parse errors, with their own detail
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read it as {fmt}: {detail}") from exc
+    finally:
+        datasets_log.setLevel(level)
 
 
 def sha256_file(path: str) -> str:

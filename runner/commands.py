@@ -192,15 +192,20 @@ def cmd_plugins(args) -> int:
     for column in ("plugin", "version", "source", "components"):
         table.add_column(column)
     for info in registry.plugins.values():
+        by_kind: dict[str, list[str]] = {}
+        for kind, name in info.components:
+            by_kind.setdefault(kind.replace("_", " "), []).append(name)
+        components = "; ".join(f"{kind}: [bold]{', '.join(names)}[/]" for kind, names in by_kind.items())
         if info.error:
-            components = f"[red]failed to load: {info.error}[/]"
-        else:
-            components = ", ".join(f"{kind.replace('_', ' ')} [bold]{name}[/]" for kind, name in info.components)
+            components = "[red]failed (see below)[/]"
         table.add_row(info.name, info.version, info.source, components or "-")
     console.print(table)
+    for info in registry.plugins.values():
+        if info.error:
+            console.print(f"[red]failed:[/] plugin '{info.name}': {info.error}", soft_wrap=True)
     for (kind, name), regs in registry.conflicts.items():
         plugins = " and ".join(r.plugin for r in regs)
-        console.print(f"[red]conflict:[/] {kind.replace('_', ' ')} '{name}' is registered by {plugins}")
+        console.print(f"[red]conflict:[/] {kind.replace('_', ' ')} '{name}' is registered by {plugins}", soft_wrap=True)
     return 0
 
 

@@ -84,21 +84,23 @@ def _check_text_column(ds, name: str, raw: RawSplit) -> None:
 
 
 def _carve(n: int, fractions: dict[str, float], strata: list | None, seed: int) -> dict[str, np.ndarray]:
-    """Split range(n) into named parts by fractions; seeded; within each stratum when given."""
+    """Split range(n) into named parts by fractions, seeded.
+
+    Rows are shuffled within each stratum and the strata laid end to end; walking that order,
+    each row goes to the part furthest behind its share. Totals match the fractions to within a
+    row, and every stratum is spread over the parts in proportion, however small it is.
+    """
     rng = np.random.default_rng(seed)
     groups: dict[Any, list[int]] = {}
     for i in range(n):
         groups.setdefault(strata[i] if strata is not None else 0, []).append(i)
+    order = [i for key in sorted(groups, key=str) for i in rng.permutation(groups[key]).tolist()]
     total = sum(fractions.values())
+    shares = {name: f / total for name, f in fractions.items()}
     parts: dict[str, list[int]] = {name: [] for name in fractions}
-    names = list(fractions)
-    for key in sorted(groups, key=str):
-        idx = rng.permutation(groups[key])
-        start = 0
-        for j, name in enumerate(names):
-            count = len(idx) - start if j == len(names) - 1 else round(len(idx) * fractions[name] / total)
-            parts[name].extend(idx[start : start + count].tolist())
-            start += count
+    for k, index in enumerate(order, 1):
+        name = max(shares, key=lambda s: shares[s] * k - len(parts[s]))
+        parts[name].append(index)
     return {name: np.sort(np.array(part, dtype=np.int64)) for name, part in parts.items()}
 
 

@@ -62,7 +62,11 @@ def tokenizer_hash(tokenizer) -> str:
     }
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        parts["backend"] = backend.to_str()
+        definition = json.loads(backend.to_str())
+        # encoding sets these on the backend as a side effect; they are call arguments, not identity
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        parts["backend"] = definition
     else:
         parts["vocab"] = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -49,9 +49,15 @@ class Issue:
     hint: str | None = None
 
     def render(self) -> str:
-        prefix = f"{self.location}: " if self.location else ""
-        key = f"{format_key(self.key)}: " if self.key else ""
-        text = f"{prefix}{key}{self.message}"
+        # file:line:col key.path: message -- the form compilers use, so editors can jump to it
+        where = str(self.location) if self.location else ""
+        key = format_key(self.key)
+        if where and key:
+            text = f"{where} {key}: {self.message}"
+        elif where or key:
+            text = f"{where or key}: {self.message}"
+        else:
+            text = self.message
         if self.hint:
             text += f" ({self.hint})"
         return text

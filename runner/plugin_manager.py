@@ -90,7 +90,7 @@ class Plugins:
             hook = getattr(self.pm.hook, hook_name)
             # Call each implementation on its own so that every component is attributed to its
             # plugin and one plugin's failure does not stop the others from registering.
-            for impl in reversed(hook.get_hookimpls()):  # pluggy lists them last-registered first
+            for impl in hook.get_hookimpls():  # in registration order: built-ins first
                 info = self.registry.plugins[impl.plugin_name]
                 if info.error:
                     continue

@@ -40,6 +40,8 @@ class RunResult:
     run_dir: RunDir
     metrics: dict[str, Any]
     global_step: int
+    model: Any = None  # the trained model, as it was saved
+    tokenizer: Any = None
 
 
 def quiet_libraries(debug: bool) -> None:
@@ -183,10 +185,17 @@ def _pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, 
         events.info(note)
     events.info("rows: " + ", ".join(f"{k} {v}" for k, v in data.sizes().items()))
     environment_path = run_dir.environment
-    if resume_from is not None and environment_path.is_file():
-        changed = _fingerprints_changed(read_json(environment_path).get("data", []), data.fingerprints)
-        if changed and not force:
+    recipe_sha256 = hashlib.sha256(run_dir.recipe.read_bytes()).hexdigest()
+    if resume_from is not None and environment_path.is_file() and not force:
+        started = read_json(environment_path)
+        changed = _fingerprints_changed(started.get("data", []), data.fingerprints)
+        if changed:
             raise FinetuneError(f"cannot resume: {changed}", hint="pass --force to resume with the new data anyway")
+        if started.get("recipe_sha256") != recipe_sha256:
+            raise FinetuneError(
+                f"cannot resume: {run_dir.recipe} changed since the run started",
+                hint="pass --force to resume with the edited recipe anyway",
+            )
 
     events.stage("preparing the tokenizer")
     model_component = recipe.model.create()
@@ -248,7 +257,7 @@ def _pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, 
             seed=seed,
             data=data.fingerprints,
             split_sizes=data.sizes(),
-            recipe_sha256=hashlib.sha256(run_dir.recipe.read_bytes()).hexdigest(),
+            recipe_sha256=recipe_sha256,
             max_length=max_length,
             parameters=parameters,
         )
@@ -299,7 +308,7 @@ def _pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, 
     write_json(run_dir.metrics, final)
     run_dir.set_status("completed", global_step=outcome.global_step, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     events.info(f"model saved to {model_dir}")
-    return RunResult(run_dir=run_dir, metrics=final, global_step=outcome.global_step)
+    return RunResult(run_dir, final, outcome.global_step, model=model, tokenizer=tokenizer)
 
 
 def save_model(run_dir, model, tokenizer, task, strategy, spec, recipe, model_component, base_dir) -> Path:

@@ -29,6 +29,7 @@ class _Scanner:
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.positions: dict[Path, Position] = {}
         self.aot_index: dict[Path, int] = {}  # array-of-tables path -> index of its current entry
+        self.header_start = 0
 
     # -- helpers ---------------------------------------------------------------------------
     def position(self, offset: int) -> Position:
@@ -81,6 +82,7 @@ class _Scanner:
         path: Path = ()
         for name in names:
             path = (*path, name)
+            self.record(path, self.header_start)  # a table made implicitly by a header
             if path in self.aot_index:
                 path = (*path, self.aot_index[path])
         return path
@@ -164,7 +166,7 @@ class _Scanner:
             self.skip_blank(newlines=True)
             if self.i >= len(self.s):
                 return self.positions
-            start = self.i
+            start = self.header_start = self.i
             if self.s.startswith("[[", self.i):
                 self.i += 2
                 parts = self.key()

@@ -1,0 +1,102 @@
+"""Shared test set-up: offline, a private cache, tiny recipes, in-process runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+
+# A complete, tiny, offline recipe: the quickstart's components at a size that trains in seconds.
+TINY = """
+[run]
+seed = 7
+threads = 1
+
+[[data.sources]]
+type = "synthetic"
+rows = {rows}
+
+[tokenizer]
+type = "trained"
+vocab_size = 400
+max_length = 32
+
+[model]
+type = "config"
+architecture = "gpt2"
+config = {{ n_layer = 1, n_head = 2, n_embd = 32, n_positions = 32 }}
+
+[task]
+type = "classification"
+
+[training]
+learning_rate = 3e-3
+batch_size = 32
+epochs = {epochs}
+log_every = 1
+eval_every = {eval_every}
+"""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    os.environ["FINETUNE_CACHE"] = str(tmp_path_factory.mktemp("finetune-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins(monkeypatch):
+    """Every test starts from the installed plugins, loaded anew."""
+    from runner.plugin_manager import reset_plugins
+
+    monkeypatch.delenv("FINETUNE_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("FINETUNE_LOAD_PLUGINS", raising=False)
+    reset_plugins()
+    yield
+    reset_plugins()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def tiny_recipe(path: Path, *, rows: int = 300, epochs: int = 2, eval_every: str | int = '"epoch"', extra: str = ""):
+    return write(path, TINY.format(rows=rows, epochs=epochs, eval_every=eval_every) + textwrap.dedent(extra))
+
+
+def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
+    """Run a recipe in this process, as `finetune run` does; returns runner.run.RunResult."""
+    from runner.commands import load_and_validate
+    from runner.plugin_manager import get_plugins
+    from runner.rundir import RunDir
+    from runner.run import execute
+
+    recipe = load_and_validate(path, overrides)
+    output.mkdir(parents=True, exist_ok=True)
+    return execute(recipe, RunDir(output), get_plugins())
+
+
+def cli(*args: str) -> int:
+    from runner.cli import main
+
+    return main([str(a) for a in args])
+
+
+def finetune_subprocess() -> list[str]:
+    return [sys.executable, "-m", "runner.cli"]
+
+
+@pytest.fixture
+def recipe_dir(tmp_path) -> Path:
+    return tmp_path

@@ -1,0 +1,166 @@
+"""The plugin system: built-ins, conflicts, failing plugins, enabling and disabling."""
+
+import pytest
+from conftest import cli, tiny_recipe
+
+from runner import Metric, Options, Strategy, hookimpl
+from runner.commands import load_and_validate
+from runner.errors import RecipeError
+from runner.plugin_manager import Plugins, get_plugins, reset_plugins
+from runner.registry import Registry
+
+
+class NoOptions(Options):
+    pass
+
+
+class OtherFull(Strategy):
+    """A second strategy called 'full'."""
+
+    name = "full"
+    Options = NoOptions
+
+
+class Shiny(Strategy):
+    """A new strategy."""
+
+    name = "shiny"
+    Options = NoOptions
+
+
+class ConflictingPlugin:
+    __name__ = "conflicting"
+
+    @hookimpl
+    def register_strategies(self, register):
+        register(OtherFull)
+        register(Shiny)
+
+
+class BrokenPlugin:
+    __name__ = "broken"
+
+    @hookimpl
+    def register_metrics(self, register):
+        raise RuntimeError("cannot register")
+
+
+class WrongKindPlugin:
+    __name__ = "wrongkind"
+
+    @hookimpl
+    def register_metrics(self, register):
+        register(Shiny)  # a strategy offered as a metric
+
+
+def test_builtins_register_every_kind():
+    registry = get_plugins().registry
+    assert {"files", "hub", "inline", "synthetic"} <= set(registry.names("data_source"))
+    assert {"pretrained", "trained"} <= set(registry.names("tokenizer"))
+    assert {"pretrained", "config"} <= set(registry.names("model"))
+    assert {"classification", "regression", "causal_lm"} <= set(registry.names("task"))
+    assert {"full", "freeze", "lora"} <= set(registry.names("strategy"))
+    assert registry.names("trainer") == ["hf"]
+    assert {"accuracy", "precision", "recall", "f1", "perplexity"} <= set(registry.names("metric"))
+    assert "rich" in registry.names("reporter")
+
+
+def test_every_component_options_reject_unknown_keys_at_every_depth():
+    from pydantic import BaseModel
+
+    def check(model: type[BaseModel], seen: set):
+        if model in seen:
+            return
+        seen.add(model)
+        assert model.model_config.get("extra") == "forbid", model
+        for field in model.model_fields.values():
+            for sub in getattr(field.annotation, "__args__", ()) + (field.annotation,):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    check(sub, seen)
+
+    registry = get_plugins().registry
+    seen: set = set()
+    for kind in ("data_source", "tokenizer", "model", "task", "strategy", "trainer", "metric", "reporter"):
+        for _name, registration in registry.registrations(kind):
+            assert registration.cls.summary(), f"{registration.cls} has no docstring summary"
+            check(registration.cls.Options, seen)
+
+
+def test_two_plugins_with_one_name_is_an_error_naming_both(tmp_path):
+    plugins = Plugins(extra=[ConflictingPlugin()])
+    reset_plugins(plugins)
+    assert "shiny" in plugins.registry.names("strategy")  # the rest of the plugin still registers
+    path = tiny_recipe(tmp_path / "r.toml")
+    with pytest.raises(RecipeError) as err:
+        load_and_validate(path, ["strategy.type=full"])
+    message = err.value.issues[0].render()
+    assert "registered by two plugins: 'strategy_full' and 'conflicting'" in message
+    load_and_validate(path, ["strategy.type=shiny"])  # unrelated names keep working
+
+
+def test_plugins_command_shows_conflicts_and_failures(capsys):
+    reset_plugins(Plugins(extra=[ConflictingPlugin(), BrokenPlugin(), WrongKindPlugin()]))
+    assert cli("plugins") == 0
+    out = capsys.readouterr().out
+    assert "conflict: strategy 'full' is registered by strategy_full and conflicting" in out
+    assert "RuntimeError: cannot register" in out
+    assert "not a Metric" in " ".join(out.split())
+
+
+def test_a_failing_plugin_does_not_break_other_runs(tmp_path):
+    reset_plugins(Plugins(extra=[BrokenPlugin()]))
+    load_and_validate(tiny_recipe(tmp_path / "r.toml"))
+
+
+def test_disable_a_builtin_plugin(monkeypatch, tmp_path):
+    monkeypatch.setenv("FINETUNE_DISABLE_PLUGINS", "strategy_lora, metrics")
+    plugins = Plugins()
+    assert "lora" not in plugins.registry.names("strategy")
+    assert "strategy_lora" not in plugins.registry.plugins
+    reset_plugins(plugins)
+    with pytest.raises(RecipeError) as err:
+        load_and_validate(tiny_recipe(tmp_path / "r.toml"), ["strategy.type=lora"])
+    assert "unknown strategy 'lora'" in err.value.message
+
+
+def test_registry_rejects_classes_of_the_wrong_kind():
+    from runner.errors import PluginError
+
+    registry = Registry()
+    with pytest.raises(PluginError, match="not a Metric"):
+        registry.add("metric", Shiny, "p")
+
+    class Nameless(Metric):
+        pass
+
+    with pytest.raises(PluginError, match="has no `name`"):
+        registry.add("metric", Nameless, "p")
+
+
+def test_lifecycle_hooks_are_called_once_per_run(tmp_path):
+    from conftest import run_recipe
+
+    calls = []
+
+    class Recorder:
+        __name__ = "recorder"
+
+        @hookimpl
+        def on_run_start(self, run):
+            calls.append(("start", run["name"]))
+
+        @hookimpl
+        def on_evaluation(self, run, split, step, metrics):
+            calls.append(("eval", split, step is None, "accuracy" in metrics))
+
+        @hookimpl
+        def on_run_end(self, run, status, metrics):
+            calls.append(("end", status, sorted(metrics)))
+
+    reset_plugins(Plugins(extra=[Recorder()]))
+    run_recipe(tiny_recipe(tmp_path / "r.toml", rows=120, epochs=1), tmp_path / "run")
+    assert calls[0] == ("start", "r")
+    assert ("eval", "validation", False, True) in calls  # during training
+    assert ("eval", "test", True, True) in calls  # final
+    assert calls[-1] == ("end", "completed", ["test", "train", "validation"])
+    assert sum(1 for c in calls if c[0] == "start") == 1
