@@ -112,7 +112,7 @@ class HubMetricOptions(Options):
     consumes: Literal["classes", "scores", "tokens"] = Field(
         default="classes", description="Which task predictions it scores."
     )
-    greater_is_better: bool = True
+    greater_is_better: bool = Field(default=True, description="Whether a higher value is better.")
 
 
 class HubMetric(Metric):

@@ -43,7 +43,8 @@ class RunContext:
 class Component:
     """Base of every component. Subclasses set `name` and, usually, `Options`.
 
-    The first line of the class docstring is the one-line summary `finetune plugins` shows.
+    The first line of the class docstring is the one-line summary that `finetune plan` and the
+    generated recipe reference show.
     """
 
     kind: ClassVar[str] = ""

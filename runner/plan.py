@@ -31,9 +31,9 @@ def provenance_table(recipe: Recipe):
     from rich.table import Table
 
     table = Table(title="resolved recipe", show_lines=False)
-    table.add_column("key")
-    table.add_column("value")
-    table.add_column("from", style="dim")
+    table.add_column("key", overflow="fold")
+    table.add_column("value", overflow="fold")
+    table.add_column("from", style="dim", overflow="fold")
     prov = recipe.source.provenance
     for key, value in _leaves(recipe.resolved()):
         origin = prov.get(key)

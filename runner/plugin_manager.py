@@ -79,6 +79,15 @@ class Plugins:
         self._collect()
 
     def _load(self, info: PluginInfo, load) -> None:
+        if info.name in self.registry.plugins:
+            # A second plugin of one name would shadow the first (a built-in, say): refuse it.
+            taken = self.registry.plugins[info.name]
+            info.error = (
+                f"the plugin name '{info.name}' is already taken by {taken.source} plugin '{taken.name}'; "
+                "rename this entry point"
+            )
+            self.registry.plugins[f"{info.name} ({info.source})"] = info
+            return
         self.registry.plugins[info.name] = info
         try:
             self.pm.register(load(), name=info.name)

@@ -79,8 +79,8 @@ def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
     """Run a recipe in this process, as `finetune run` does; returns runner.run.RunResult."""
     from runner.commands import load_and_validate
     from runner.plugin_manager import get_plugins
-    from runner.rundir import RunDir
     from runner.run import execute
+    from runner.rundir import RunDir
 
     recipe = load_and_validate(path, overrides)
     output.mkdir(parents=True, exist_ok=True)

@@ -164,3 +164,19 @@ def test_lifecycle_hooks_are_called_once_per_run(tmp_path):
     assert ("eval", "test", True, True) in calls  # final
     assert calls[-1] == ("end", "completed", ["test", "train", "validation"])
     assert sum(1 for c in calls if c[0] == "start") == 1
+
+
+def test_a_plugin_named_like_a_builtin_is_refused_not_shadowing_it(tmp_path):
+    class Impostor:
+        __name__ = "plugins.metrics"  # short name 'metrics', as the built-in
+
+        @hookimpl
+        def register_metrics(self, register):
+            raise AssertionError("must not be called")
+
+    plugins = Plugins(extra=[Impostor()])
+    assert "accuracy" in plugins.registry.names("metric")
+    refused = plugins.registry.plugins["metrics (in-process)"]
+    assert "already taken by built-in plugin 'metrics'" in refused.error
+    reset_plugins(plugins)
+    load_and_validate(tiny_recipe(tmp_path / "r.toml"))

@@ -129,7 +129,12 @@ def test_damaged_checkpoint_is_named_and_partial_checkpoints_are_ignored(recipe,
 
 def test_nan_loss_stops_before_the_optimizer_step_and_keeps_the_last_good_checkpoint(recipe, tmp_path, capsys):
     output = tmp_path / "run"
-    overrides = ["training.learning_rate=1e12", "training.max_grad_norm=0", "training.eval_every=1", "training.keep_best=false"]
+    overrides = [
+        "training.learning_rate=1e12",
+        "training.max_grad_norm=0",
+        "training.eval_every=1",
+        "training.keep_best=false",
+    ]
     code = cli("run", recipe, "--output", output, *[a for o in overrides for a in ("--set", o)])
     err = capsys.readouterr().err
     assert code == 1, err

@@ -52,7 +52,7 @@ keys = st.text(alphabet="abcxyz_-", min_size=1, max_size=6)
 scalars = st.one_of(
     st.integers(-1000, 1000),
     st.booleans(),
-    st.text(alphabet='ab "\\#=[]{}\n\'', max_size=12),
+    st.text(alphabet="ab \"\\#=[]{}\n'", max_size=12),
     st.floats(allow_nan=False, allow_infinity=False),
 )
 values = st.recursive(
@@ -87,6 +87,6 @@ def test_every_key_of_generated_documents_is_located(doc, multiline):
         if isinstance(path[-1], str):
             # a key is written at its position, bare or quoted
             written = lines[line - 1][col - 1 :]
-            assert written.startswith((path[-1], f'"{path[-1]}"', f"[{path[-1]}", f"[[{path[-1]}")) or written.startswith(
-                "["
-            ), (path, text)
+            assert written.startswith(
+                (path[-1], f'"{path[-1]}"', f"[{path[-1]}", f"[[{path[-1]}")
+            ) or written.startswith("["), (path, text)

@@ -7,7 +7,6 @@ import torch
 from conftest import RECIPES, cli, run_recipe, tiny_recipe, write
 
 from runner.commands import load_and_validate
-from runner.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +124,10 @@ def test_freeze_trains_only_the_named_parts():
     assert all(n.startswith(("transformer.h.2.", "score.")) for n in trainable)
     assert any(n.startswith("transformer.h.2.") for n in trainable)
     Freeze(FreezeOptions(train_head=False, train_modules=[r"\.ln_f\."])).apply(model, ctx, spec)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"transformer.ln_f.weight", "transformer.ln_f.bias"}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "transformer.ln_f.weight",
+        "transformer.ln_f.bias",
+    }
 
 
 def test_causal_lm_learns_and_reloads(tmp_path):

@@ -72,7 +72,9 @@ def test_learning_rate_must_be_finite_and_positive(tmp_path, value):
 
 
 def test_unknown_keys_are_rejected_at_every_depth(tmp_path):
-    path = tiny_recipe(tmp_path / "r.toml", extra='[data.split]\ntrain = 0.8\nvalidation = 0.1\ntest = 0.1\nstratfy = true\n')
+    path = tiny_recipe(
+        tmp_path / "r.toml", extra="[data.split]\ntrain = 0.8\nvalidation = 0.1\ntest = 0.1\nstratfy = true\n"
+    )
     rendered, _ = issues_of(path, ["data.sources[0].colums={text='t'}"])
     assert "did you mean 'stratify'?" in one(rendered, "data.split.stratfy")
     assert "did you mean 'columns'?" in one(rendered, "data.sources[0].colums")

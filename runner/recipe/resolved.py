@@ -32,9 +32,9 @@ class RunOptions(Options):
 class SplitOptions(Options):
     """`[data.split]`: how splits a source does not provide are carved out, seeded and stratified."""
 
-    train: Fraction = 0.8
-    validation: Fraction = 0.1
-    test: Fraction = 0.1
+    train: Fraction = Field(default=0.8, description="Share of the carved rows that train.")
+    validation: Fraction = Field(default=0.1, description="Share for validation (0: no validation split).")
+    test: Fraction = Field(default=0.1, description="Share for test (0: no test split).")
     stratify: bool = Field(default=True, description="Keep label proportions in every split (classification).")
 
     @model_validator(mode="after")
@@ -50,7 +50,7 @@ class SplitOptions(Options):
 class DataOptions(Options):
     """`[data]` apart from its sources."""
 
-    split: SplitOptions = Field(default_factory=SplitOptions)
+    split: SplitOptions = Field(default_factory=SplitOptions, description="See [data.split].")
     max_rows: dict[Literal["train", "validation", "test"], int] = Field(
         default_factory=dict, description="Keep at most this many rows of a split (a seeded sample)."
     )
