@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field
 
 from runner import DataError, DataSource, DataSourceOptions, RawSplit, RunContext, hookimpl
+from runner.hub import is_offline
 
 
 class HubOptions(DataSourceOptions):
@@ -18,12 +18,6 @@ class HubOptions(DataSourceOptions):
         default_factory=dict,
         description="Which Hub split serves as ours, e.g. { validation = 'dev' }; by default the same names.",
     )
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") or os.environ.get(
-        "HF_DATASETS_OFFLINE", "0"
-    ).lower() in ("1", "true", "yes", "on")
 
 
 class Hub(DataSource):
@@ -40,9 +34,9 @@ class Hub(DataSource):
             return load_dataset(o.path, o.name, revision=o.revision)
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if offline():
+            if is_offline():
                 raise DataError(
-                    f"cannot load Hub dataset '{o.path}': offline (HF_HUB_OFFLINE=1) and not in the local cache",
+                    f"cannot load Hub dataset '{o.path}': working offline and it is not in the local cache",
                     hint="run once with network access to cache it, or use a `files` source",
                 ) from exc
             raise DataError(f"cannot load Hub dataset '{o.path}': {reason}") from exc

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from runner import FinetuneError, HubOrPath, Model, ModelSpec, Options, RunContext, hookimpl
+from runner.hub import hub_load_error
 from runner.modeling import auto_class
 
 DTYPES = Literal["float32", "bfloat16", "float16", "auto"]
@@ -27,10 +29,11 @@ class Pretrained(Model):
     Options = PretrainedModelOptions
 
     def build(self, ctx: RunContext, spec: ModelSpec):
-        from plugins.tokenizer_pretrained import load_failure
-
         o = self.options
         cls = auto_class(spec.head)
+        local = Path(o.path)
+        if local.is_dir() and not list(local.glob("*.safetensors")) and list(local.glob("*.bin")):
+            raise self._pickled()
         try:
             # Pickled .bin weights can run code when loaded: only safetensors are accepted.
             model = cls.from_pretrained(
@@ -43,30 +46,31 @@ class Pretrained(Model):
             )
         except OSError as exc:
             if "safetensors" in str(exc) and ".bin" in str(exc):
-                raise FinetuneError(
-                    f"model '{o.path}' has no safetensors weights; pickled weights are refused (they can run code)",
-                    hint="convert it to safetensors once, or pick a repository that ships model.safetensors",
-                ) from exc
-            raise load_failure("model", o.path, exc) from exc
+                raise self._pickled() from exc
+            raise hub_load_error("model", o.path, exc) from exc
         except ValueError as exc:
-            raise load_failure("model", o.path, exc) from exc
+            raise hub_load_error("model", o.path, exc) from exc
         embeddings = model.get_input_embeddings()
         if embeddings is not None and spec.vocab_size > embeddings.num_embeddings:
             ctx.info(f"resizing token embeddings {embeddings.num_embeddings} -> {spec.vocab_size} (new tokens)")
             model.resize_token_embeddings(spec.vocab_size)
         return model
 
+    def _pickled(self) -> FinetuneError:
+        return FinetuneError(
+            f"model '{self.options.path}' has no safetensors weights; pickled weights are refused (they can run code)",
+            hint="convert it to safetensors once, or pick a repository that ships model.safetensors",
+        )
+
     def build_empty(self, ctx: RunContext, spec: ModelSpec):
         import torch
         from transformers import AutoConfig
-
-        from plugins.tokenizer_pretrained import load_failure
 
         o = self.options
         try:
             config = AutoConfig.from_pretrained(o.path, revision=o.revision, trust_remote_code=ctx.trust_remote_code)
         except (OSError, ValueError) as exc:
-            raise load_failure("model config", o.path, exc) from exc
+            raise hub_load_error("model config", o.path, exc) from exc
         for key, value in spec.config_overrides().items():
             setattr(config, key, value)
         with torch.device("meta"):

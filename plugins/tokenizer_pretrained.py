@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from runner import FinetuneError, HubOrPath, RunContext, Tokenizer, TokenizerOptions, hookimpl
+from runner import HubOrPath, RunContext, Tokenizer, TokenizerOptions, hookimpl
+from runner.hub import hub_load_error
 
 
 class PretrainedTokenizerOptions(TokenizerOptions):
     path: HubOrPath = Field(description="Hub id ('gpt2') or local directory of a saved tokenizer.")
     revision: str | None = Field(default=None, description="Branch, tag or commit on the Hub.")
-
-
-def load_failure(what: str, path: str, exc: Exception) -> FinetuneError:
-    from plugins.data_hub import offline
-
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if offline():
-        return FinetuneError(
-            f"cannot load {what} '{path}': offline (HF_HUB_OFFLINE=1) and not in the local cache",
-            hint="run once with network access to cache it, or point `path` at a local directory",
-        )
-    return FinetuneError(f"cannot load {what} '{path}': {reason}")
 
 
 class Pretrained(Tokenizer):
@@ -37,7 +26,7 @@ class Pretrained(Tokenizer):
         try:
             return AutoTokenizer.from_pretrained(o.path, revision=o.revision, trust_remote_code=ctx.trust_remote_code)
         except Exception as exc:
-            raise load_failure("tokenizer", o.path, exc) from exc
+            raise hub_load_error("tokenizer", o.path, exc) from exc
 
 
 @hookimpl

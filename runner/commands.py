@@ -46,16 +46,24 @@ def cmd_validate(args) -> int:
     return 2 if failed else 0
 
 
-def _enable_offline(flag: bool) -> None:
-    if flag:
+def _offline(requested: bool = False) -> None:
+    """Offline when asked, or when the Hub is unreachable (decided before any Hub library loads)."""
+    from runner.hub import go_offline_if_unreachable
+
+    if requested:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
+        return
+    note = go_offline_if_unreachable()
+    if note:
+        print(note, file=sys.stderr)
 
 
 def cmd_run(args) -> int:
+    recipe = load_and_validate(args.recipe, args.overrides)
+    _offline()
     from runner.run import execute
 
-    recipe = load_and_validate(args.recipe, args.overrides)
     if args.output is not None:
         if args.output.exists() and any(args.output.iterdir()):
             raise FinetuneError(f"--output {args.output} exists and is not empty", hint="name a new directory")
@@ -92,6 +100,7 @@ def cmd_resume(args) -> int:
     if pid:
         raise FinetuneError(f"{run_dir.path} is still running (process {pid})")
     recipe = load_and_validate(run_dir.recipe)
+    _offline()
     if args.checkpoint:
         checkpoint = run_dir.checkpoints / args.checkpoint
         if not checkpoint.is_dir():
@@ -134,8 +143,8 @@ def cmd_resume(args) -> int:
 def cmd_plan(args) -> int:
     from runner.plan import plan
 
-    _enable_offline(args.offline)
     recipe = load_and_validate(args.recipe, args.overrides)
+    _offline(args.offline)
     plan(recipe, _console(), offline=args.offline)
     return 0
 
@@ -143,6 +152,7 @@ def cmd_plan(args) -> int:
 def cmd_eval(args) -> int:
     from runner.saved import evaluate_run
 
+    _offline()
     evaluate_run(RunDir.open(args.run_dir), args.split, _console(), debug=args.debug)
     return 0
 
@@ -172,6 +182,7 @@ def cmd_predict(args) -> int:
     from runner.saved import predict_run
 
     texts = args.text if args.text else _read_inputs(args.input)
+    _offline()
     rows = predict_run(RunDir.open(args.run_dir), texts, debug=args.debug)
     lines = [
         json.dumps({"text": text, **row}, ensure_ascii=False) + "\n" for text, row in zip(texts, rows, strict=True)

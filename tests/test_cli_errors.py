@@ -118,3 +118,26 @@ def test_validate_reports_every_recipe(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "good.toml" in out and "run.seed: must be greater than or equal to 0 (got -1)" in out
     assert "missing section [model]" in out
+
+
+def test_an_unreachable_hub_switches_to_offline_at_once(monkeypatch):
+    from runner.hub import go_offline_if_unreachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    note = go_offline_if_unreachable(timeout=2)
+    assert note and "unreachable" in note
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert go_offline_if_unreachable() is None  # already offline: nothing to probe
+
+
+def test_hub_recipe_offline_fails_fast_with_a_clear_message(capsys):
+    from conftest import RECIPES
+
+    code = cli("run", RECIPES / "gpt2-tweet-sentiment.toml", "--output", "/tmp/never-created-by-this-test")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot load Hub dataset 'mteb/tweet_sentiment_extraction': working offline" in err

@@ -1,0 +1,82 @@
+"""The real loading path (a Hub id or a local directory), exercised on a tiny model saved locally."""
+
+import pytest
+import torch
+from conftest import cli, run_recipe, tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory):
+    """A small GPT-2 causal LM and its tokenizer saved as a Hub repository would hold them."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from plugins.data_synthetic import generate
+    from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
+
+    directory = tmp_path_factory.mktemp("hub") / "tiny-gpt2"
+    texts = [r["text"] for r in generate(500, seed=5)]
+    tokenizer = Trained(TrainedTokenizerOptions(vocab_size=300)).build(None, lambda: iter(texts))
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tokenizer))
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def pretrained_recipe(tmp_path, model_dir, extra=""):
+    path = tiny_recipe(tmp_path / "r.toml", rows=200, epochs=1, extra=extra)
+    text = path.read_text()
+    start, end = text.index("[tokenizer]"), text.index("[task]")
+    local = f'[tokenizer]\ntype = "pretrained"\npath = "{model_dir}"\nmax_length = 32\n\n'
+    local += f'[model]\ntype = "pretrained"\npath = "{model_dir}"\n\n'
+    path.write_text(text[:start] + local + text[end:])
+    return path
+
+
+def test_fine_tunes_a_local_pretrained_model(local_model, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    result = run_recipe(pretrained_recipe(tmp_path, local_model), tmp_path / "run")
+    assert result.model.config.num_labels == 3 and result.model.config.pad_token_id is not None
+    pretrained = load_file(local_model / "model.safetensors")["transformer.wpe.weight"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(result.run_dir.model)
+    tuned = reloaded.state_dict()["transformer.wpe.weight"]
+    assert tuned.shape == pretrained.shape and not torch.equal(tuned, pretrained)  # it started there and moved
+    assert (result.run_dir.model / "finetune.json").read_text().count(str(local_model)) == 1
+
+
+def test_lora_adapter_over_a_local_base_loads_with_plain_peft(local_model, tmp_path):
+    import json
+
+    from peft import AutoPeftModelForSequenceClassification
+
+    result = run_recipe(pretrained_recipe(tmp_path, local_model, '[strategy]\ntype = "lora"\n'), tmp_path / "run")
+    adapter = result.run_dir.model
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(local_model)
+    assert not (result.run_dir.path / "base_model").exists()  # the base is loadable: no copy is kept
+    # the base knows nothing of the new head: tell it what the run's finetune.json records
+    head = {"num_labels": 3, "pad_token_id": result.tokenizer.pad_token_id}
+    reloaded = AutoPeftModelForSequenceClassification.from_pretrained(adapter, **head)
+    enc = result.tokenizer(["the pizza was great", "the bus was okay"], padding=True, return_tensors="pt")
+    reloaded.eval()
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**enc).logits, result.model(**enc).logits, atol=1e-6)
+
+
+def test_pickled_weights_are_refused(local_model, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(local_model, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    code = cli("run", pretrained_recipe(tmp_path, pickled), "--output", tmp_path / "run")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "has no safetensors weights; pickled weights are refused" in err
