@@ -3,7 +3,7 @@
 This is a benchmark, not a test: it asserts nothing, takes minutes, and its numbers depend on the
 machine. Run it with
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/padding.py                # ~4-5 minutes on 2 CPU cores
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/padding.py                # about 3 minutes on 2 CPU cores
     HF_HUB_OFFLINE=1 .venv/bin/python bench/padding.py --rows 3000 --epochs 4 --json padding.json
 
 (`make bench` runs the first line.)
@@ -43,8 +43,9 @@ What it reports, per variant, read from the run directories:
 The ratio printed is dynamic / classic. At the default size (1 epoch of 800 rows, chosen so that
 the classic variant finishes in a few minutes on 2 CPU cores) the tiny model has taken ~20
 optimizer steps and both accuracies are still near chance (3 classes): use `--rows 3000 --epochs 4`
-(the quickstart's size; the classic variant then needs about 45 minutes on 2 CPU cores, far less on
-a GPU) to compare accuracy meaningfully.
+(the quickstart's size; the classic variant then needs about 40 minutes on 2 CPU cores, far less on
+a GPU) to compare accuracy meaningfully. `--workdir DIR` keeps both run directories (and their logs)
+for a closer look.
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ DEFAULT_RECIPE = ROOT / "recipes" / "quickstart.toml"
 
 VARIANTS = {
     "classic": {
-        "title": "classic (pad to max_length, random batches)",
+        "title": "classic: every row padded to max_length, random batches",
         "overrides": ['tokenizer.padding="max_length"', "training.group_by_length=false"],
     },
     "dynamic": {
-        "title": "runner default (dynamic padding, length grouping)",
+        "title": "dynamic: the runner's default, each batch padded to its longest row, length-grouped batches",
         "overrides": ['tokenizer.padding="dynamic"', "training.group_by_length=true"],
     },
 }
@@ -85,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=800, help="synthetic rows generated (80%% train, 10%% val, 10%% test)")
     p.add_argument("--epochs", type=float, default=1.0, help="training epochs, both variants")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="run.threads (torch CPU threads), both")
-    p.add_argument("--batch-size", type=int, default=None, help="training.batch_size (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=None, help="run.seed (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="training.batch_size, both (None: the recipe's)")
+    p.add_argument("--seed", type=int, default=None, help="run.seed, both (None: the recipe's)")
     p.add_argument("--max-length", type=int, default=1024, help="model n_positions and tokenizer.max_length")
     p.add_argument("--log-every", type=int, default=10, help="training.log_every, both (for steps-only speed)")
     p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="a quickstart-like classification recipe")
@@ -312,16 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     table.add_column("")
     for name in variants:
-        table.add_column(VARIANTS[name]["title"], justify="right")
+        table.add_column(name, justify="right")
+        console.print(f"{VARIANTS[name]['title']}", soft_wrap=True)
     both = len(variants) == 2
     if both:
-        table.add_column("dynamic / classic", justify="right")
+        table.add_column("dynamic/classic", justify="right")
 
     def row(label, values, digits=2, show_ratio=True):
         cells = [fmt(v, digits) for v in values]
         if both:
             r = ratio(values[0], values[1]) if show_ratio else None
-            cells.append(f"{r:.2f}x" if r else "-")
+            cells.append(f"{r:.3g}x" if r else "-")
         table.add_row(label, *cells)
 
     get = lambda key: [results[n][key] for n in variants]  # noqa: E731
@@ -367,14 +369,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         s = summary["speedup"]
         console.print(
-            f"speed-up of the runner's default over the classic padding: {fmt(s['train_samples_per_second'])}x "
-            f"(metrics.json train_samples_per_second), {fmt(s['steps_only_samples_per_second'])}x (steps only)"
+            f"speed-up of the runner's default over the classic padding: {fmt(s['train_samples_per_second'], 1)}x "
+            f"(metrics.json train_samples_per_second), {fmt(s['steps_only_samples_per_second'], 1)}x (steps only)"
         )
         accuracies = [a for a in get("test_accuracy") if a is not None]
         if accuracies and max(accuracies) < 0.6:
             console.print(
                 "[dim]note: test accuracy is still near chance (3 classes) at this size; compare accuracy with "
-                "--rows 3000 --epochs 4 (the quickstart's size).[/]"
+                "--rows 3000 --epochs 4 (the quickstart's size; ~40 min for the classic variant on 2 CPU cores).[/]"
             )
     console.print(f"total time of the runs: {total:.1f} s")
     if args.json:

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from runner import checkpoints
-from runner.components import RunContext, TrainJob
+from runner.components import RunContext, TrainJob, TrainOutcome
 from runner.data import prepare_data
 from runner.encoding import default_cache_dir, encode_splits
 from runner.environment import describe
 from runner.errors import FinetuneError, RunInterrupted
 from runner.events import Events
-from runner.modeling import count_parameters, describe_parameters, ensure_pad_token
+from runner.hub import is_offline
+from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token
 from runner.plugin_manager import Plugins
 from runner.recipe.resolved import Recipe
 from runner.rundir import RunDir, publish_dir, read_json, write_json
@@ -137,7 +138,12 @@ def execute(
     events.start(run_info)
     status, final = "failed", {}
     try:
-        result = _pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, force, debug)
+        quiet_libraries(debug)
+        if recipe.run.threads:
+            import torch
+
+            torch.set_num_threads(recipe.run.threads)
+        result = _Pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, force).run()
         status, final = "completed", result.metrics
         return result
     except RunInterrupted:
@@ -145,11 +151,10 @@ def execute(
         raise
     except KeyboardInterrupt:
         status = "interrupted"
-        run_dir.set_status("interrupted")
-        raise RunInterrupted(
-            "interrupted before training saved a checkpoint",
-            hint=f"finetune resume {run_dir.path} starts it again",
-        ) from None
+        last = checkpoints.latest_complete(run_dir.checkpoints)
+        run_dir.set_status("interrupted", checkpoint=str(last) if last else None)
+        where = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved"
+        raise RunInterrupted(f"interrupted; {where}", hint=f"finetune resume {run_dir.path}") from None
     except BaseException as exc:
         run_dir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -159,176 +164,196 @@ def execute(
         plugins.hook.on_run_end(run=run_info, status=status, metrics=final)
 
 
-def _pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, force, debug) -> RunResult:
-    import torch
-    from transformers import set_seed
+def publish(run_dir: RunDir, name: str, write) -> Path:
+    """Have `write(directory)` fill a temporary directory, then rename it to `run_dir/name`."""
+    tmp = run_dir.path / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    publish_dir(tmp, run_dir.path / name)
+    return run_dir.path / name
 
-    quiet_libraries(debug)
-    if recipe.run.threads:
-        torch.set_num_threads(recipe.run.threads)
-    seed = recipe.run.seed
-    set_seed(seed)
-    ctx = RunContext(
-        seed=seed,
-        cache_dir=default_cache_dir(),
-        run_dir=run_dir.path,
-        trust_remote_code=trust_remote_code,
-        offline=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"),
-        info=events.info,
-        warn=events.warn,
-    )
 
-    events.stage("loading data")
-    task = recipe.task.create()
-    data = prepare_data(recipe, task, ctx)
-    for note in data.notes:
-        events.info(note)
-    events.info("rows: " + ", ".join(f"{k} {v}" for k, v in data.sizes().items()))
-    environment_path = run_dir.environment
-    recipe_sha256 = hashlib.sha256(run_dir.recipe.read_bytes()).hexdigest()
-    if resume_from is not None and environment_path.is_file() and not force:
-        started = read_json(environment_path)
-        changed = _fingerprints_changed(started.get("data", []), data.fingerprints)
+class _Pipeline:
+    """The steps of one run, in order; each step leaves what the next one needs on `self`."""
+
+    def __init__(self, recipe, run_dir, plugins, events, trust_remote_code, resume_from, force):
+        self.recipe, self.run_dir, self.plugins, self.events = recipe, run_dir, plugins, events
+        self.resume_from, self.force = resume_from, force
+        self.seed = recipe.run.seed
+        self.ctx = RunContext(
+            seed=self.seed,
+            cache_dir=default_cache_dir(),
+            run_dir=run_dir.path,
+            trust_remote_code=trust_remote_code,
+            offline=is_offline(),
+            info=events.info,
+            warn=events.warn,
+        )
+        self.task = recipe.task.create()
+        self.model_component = recipe.model.create()
+        self.strategy = recipe.strategy.create()
+        self.recipe_sha256 = hashlib.sha256(run_dir.recipe.read_bytes()).hexdigest()
+
+    def run(self) -> RunResult:
+        from transformers import set_seed
+
+        set_seed(self.seed)
+        self.load_data()
+        self.prepare_tokenizer()
+        self.tokenize()
+        set_seed(self.seed)  # initialisation does not depend on how much randomness data preparation used
+        self.build_model()
+        self.record_environment()
+        outcome = self.train()
+        final = self.evaluate(outcome)
+        self.events.stage("saving the model")
+        model_dir = self.save_model()
+        write_json(self.run_dir.metrics, final)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.run_dir.set_status("completed", global_step=outcome.global_step, finished=stamp)
+        self.events.info(f"model saved to {model_dir}")
+        return RunResult(self.run_dir, final, outcome.global_step, model=self.model, tokenizer=self.tokenizer)
+
+    def load_data(self) -> None:
+        self.events.stage("loading data")
+        self.data = prepare_data(self.recipe, self.task, self.ctx)
+        for note in self.data.notes:
+            self.events.info(note)
+        self.events.info("rows: " + ", ".join(f"{k} {v}" for k, v in self.data.sizes().items()))
+        if self.resume_from is None or self.force or not self.run_dir.environment.is_file():
+            return
+        started = read_json(self.run_dir.environment)
+        changed = _fingerprints_changed(started.get("data", []), self.data.fingerprints)
         if changed:
             raise FinetuneError(f"cannot resume: {changed}", hint="pass --force to resume with the new data anyway")
-        if started.get("recipe_sha256") != recipe_sha256:
+        if started.get("recipe_sha256") != self.recipe_sha256:
             raise FinetuneError(
-                f"cannot resume: {run_dir.recipe} changed since the run started",
+                f"cannot resume: {self.run_dir.recipe} changed since the run started",
                 hint="pass --force to resume with the edited recipe anyway",
             )
 
-    events.stage("preparing the tokenizer")
-    model_component = recipe.model.create()
-    tokenizer_dir = run_dir.path / TOKENIZER
-    if tokenizer_dir.is_dir():
-        # A resumed run uses the tokenizer it started with, never a re-trained or re-downloaded one.
-        from transformers import AutoTokenizer
+    def prepare_tokenizer(self) -> None:
+        self.events.stage("preparing the tokenizer")
+        saved = self.run_dir.path / TOKENIZER
+        if saved.is_dir():
+            # A resumed run uses the tokenizer it started with, never a re-trained or re-downloaded one.
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        max_length = tokenizer.model_max_length
-    else:
-        texts = data.splits["train"]
-        tokenizer = recipe.tokenizer.create().build(
-            ctx, lambda: (t for col in ("text", "text_pair") if col in texts.column_names for t in texts[col])
-        )
-        note = ensure_pad_token(tokenizer)
+            self.tokenizer = AutoTokenizer.from_pretrained(saved)
+            self.max_length = self.tokenizer.model_max_length
+            return
+        texts = self.data.splits["train"]
+        columns = [c for c in ("text", "text_pair") if c in texts.column_names]
+        self.tokenizer = self.recipe.tokenizer.create().build(self.ctx, lambda: (t for c in columns for t in texts[c]))
+        note = ensure_pad_token(self.tokenizer)
         if note:
-            events.info(note)
-        max_length = resolve_max_length(recipe, tokenizer, model_component)
-        tokenizer.model_max_length = max_length
-        tmp = run_dir.path / f".{TOKENIZER}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save_pretrained(tmp)
-        publish_dir(tmp, tokenizer_dir)
+            self.events.info(note)
+        self.max_length = resolve_max_length(self.recipe, self.tokenizer, self.model_component)
+        self.tokenizer.model_max_length = self.max_length
+        publish(self.run_dir, TOKENIZER, self.tokenizer.save_pretrained)
 
-    events.stage("tokenizing")
-    encoded, cached = encode_splits(task, tokenizer, data.splits, max_length, ctx.cache_dir)
-    if any(cached.values()):
-        events.info("encoded splits read from the cache: " + ", ".join(k for k, v in cached.items() if v))
+    def tokenize(self) -> None:
+        self.events.stage("tokenizing")
+        self.encoded, cached = encode_splits(
+            self.task, self.tokenizer, self.data.splits, self.max_length, self.ctx.cache_dir
+        )
+        if any(cached.values()):
+            self.events.info("encoded splits read from the cache: " + ", ".join(k for k, v in cached.items() if v))
 
-    events.stage("building the model")
-    spec = task.model_spec(tokenizer, max_length)
-    strategy = recipe.strategy.create()
-    set_seed(seed)  # initialisation does not depend on how much randomness data preparation used
-    base_dir = run_dir.path / BASE_MODEL
-    if base_dir.is_dir():
-        from runner.modeling import auto_class
+    def build_model(self) -> None:
+        self.events.stage("building the model")
+        self.spec = self.task.model_spec(self.tokenizer, self.max_length)
+        base_dir = self.run_dir.path / BASE_MODEL
+        if base_dir.is_dir():  # resuming an adapter run whose base exists only here
+            model = auto_class(self.spec.head).from_pretrained(base_dir)
+        else:
+            model = self.model_component.build(self.ctx, self.spec)
+        check_positions(model, self.max_length)
+        if self.strategy.saves_adapter() and self.model_component.base_reference() is None:
+            # A random-init base exists only in this run: keep it, so that the adapter can be loaded.
+            if not base_dir.is_dir():
+                publish(
+                    self.run_dir, BASE_MODEL, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d))
+                )
+            model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
+        self.model = self.strategy.apply(model, self.ctx, self.spec)
+        self.parameters = count_parameters(self.model)
+        self.events.info(f"{self.recipe.strategy.name}: {describe_parameters(self.parameters)}")
 
-        model = auto_class(spec.head).from_pretrained(base_dir)
-    else:
-        model = model_component.build(ctx, spec)
-    check_positions(model, max_length)
-    if strategy.saves_adapter() and model_component.base_reference() is None:
-        # A random-init base exists only in this run: keep it, so the adapter can be loaded.
-        if not base_dir.is_dir():
-            tmp = run_dir.path / f".{BASE_MODEL}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            publish_dir(tmp, base_dir)
-        model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
-    model = strategy.apply(model, ctx, spec)
-    parameters = count_parameters(model)
-    events.info(f"{recipe.strategy.name}: {describe_parameters(parameters)}")
-
-    if resume_from is None or not environment_path.is_file():
-        env = describe(recipe.source.base_dir, plugin_versions(plugins))
+    def record_environment(self) -> None:
+        if self.resume_from is not None and self.run_dir.environment.is_file():
+            return  # it describes how the run started
+        env = describe(self.recipe.source.base_dir, plugin_versions(self.plugins))
         env.update(
-            seed=seed,
-            data=data.fingerprints,
-            split_sizes=data.sizes(),
-            recipe_sha256=recipe_sha256,
-            max_length=max_length,
-            parameters=parameters,
+            seed=self.seed,
+            data=self.data.fingerprints,
+            split_sizes=self.data.sizes(),
+            recipe_sha256=self.recipe_sha256,
+            max_length=self.max_length,
+            parameters=self.parameters,
         )
-        write_json(environment_path, env)
+        write_json(self.run_dir.environment, env)
 
-    metrics = [spec_.create() for spec_ in recipe.metrics]
-    for metric in metrics:
-        metric.prepare(ctx)
-    trainer = recipe.training.create()
-    pad_to = max_length if recipe.tokenizer.options.padding == "max_length" else None
-    job = TrainJob(
-        model=model,
-        tokenizer=tokenizer,
-        task=task,
-        train=encoded["train"],
-        evaluation=encoded.get("validation"),
-        collator=task.collator(tokenizer, pad_to),
-        compute_metrics=MetricsComputer(task, metrics),
-        checkpoint_dir=run_dir.checkpoints,
-        seed=seed,
-        events=events,
-        resume_from=resume_from,
-        deterministic=recipe.run.deterministic,
-        greater_is_better={m.key(): m.greater_is_better for m in metrics},
-    )
-
-    events.stage("training")
-    with graceful_stop(events.warn) as stop:
-        job.stop_requested = stop.is_set
-        outcome = trainer.fit(job)
-    if outcome.interrupted:
-        last = checkpoints.latest_complete(run_dir.checkpoints)
-        run_dir.set_status("interrupted", global_step=outcome.global_step, checkpoint=str(last) if last else None)
-        raise RunInterrupted(
-            f"interrupted at step {outcome.global_step}; checkpoint saved: {last}",
-            hint=f"continue with: finetune resume {run_dir.path}",
+    def train(self) -> TrainOutcome:
+        self.metrics = [spec.create() for spec in self.recipe.metrics]
+        for metric in self.metrics:
+            metric.prepare(self.ctx)
+        self.trainer = self.recipe.training.create()
+        pad_to = self.max_length if self.recipe.tokenizer.options.padding == "max_length" else None
+        self.job = TrainJob(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            task=self.task,
+            train=self.encoded["train"],
+            evaluation=self.encoded.get("validation"),
+            collator=self.task.collator(self.tokenizer, pad_to),
+            compute_metrics=MetricsComputer(self.task, self.metrics),
+            checkpoint_dir=self.run_dir.checkpoints,
+            seed=self.seed,
+            events=self.events,
+            resume_from=self.resume_from,
+            deterministic=self.recipe.run.deterministic,
+            greater_is_better={m.key(): m.greater_is_better for m in self.metrics},
         )
+        self.events.stage("training")
+        with graceful_stop(self.events.warn) as stop:
+            self.job.stop_requested = stop.is_set
+            outcome = self.trainer.fit(self.job)
+        if outcome.interrupted:
+            last = checkpoints.latest_complete(self.run_dir.checkpoints)
+            self.run_dir.set_status("interrupted", global_step=outcome.global_step, checkpoint=str(last))
+            raise RunInterrupted(
+                f"interrupted at step {outcome.global_step}; checkpoint saved: {last}",
+                hint=f"continue with: finetune resume {self.run_dir.path}",
+            )
+        return outcome
 
-    events.stage("evaluating")
-    final: dict[str, Any] = {"train": {"global_step": outcome.global_step, **outcome.metrics}}
-    for split in ("validation", "test"):
-        if split in encoded:
-            final[split] = trainer.evaluate(job, encoded[split])
-            events.evaluated(split, None, final[split], final=True)
+    def evaluate(self, outcome: TrainOutcome) -> dict[str, Any]:
+        self.events.stage("evaluating")
+        final: dict[str, Any] = {"train": {"global_step": outcome.global_step, **outcome.metrics}}
+        for split in ("validation", "test"):
+            if split in self.encoded:
+                final[split] = self.trainer.evaluate(self.job, self.encoded[split])
+                self.events.evaluated(split, None, final[split], final=True)
+        return final
 
-    events.stage("saving the model")
-    model_dir = save_model(run_dir, model, tokenizer, task, strategy, spec, recipe, model_component, base_dir)
-    write_json(run_dir.metrics, final)
-    run_dir.set_status("completed", global_step=outcome.global_step, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    events.info(f"model saved to {model_dir}")
-    return RunResult(run_dir, final, outcome.global_step, model=model, tokenizer=tokenizer)
+    def save_model(self) -> Path:
+        base_dir = self.run_dir.path / BASE_MODEL
+        meta = {
+            "task": self.recipe.task.name,
+            "task_state": self.task.state(),
+            "head": self.spec.head,
+            "strategy": self.recipe.strategy.name,
+            "adapter": self.strategy.saves_adapter(),
+            "base_model": self.model_component.base_reference() or (str(base_dir) if base_dir.is_dir() else None),
+            "max_length": self.max_length,
+            "recipe": self.recipe.name,
+        }
 
+        def write(directory: Path) -> None:
+            self.strategy.save(self.model, directory)
+            self.tokenizer.save_pretrained(directory)
+            write_json(directory / MODEL_META, meta)
 
-def save_model(run_dir, model, tokenizer, task, strategy, spec, recipe, model_component, base_dir) -> Path:
-    """Write the final model to a temporary directory, then rename it into place."""
-    tmp = run_dir.path / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    strategy.save(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    base = model_component.base_reference() or (str(base_dir) if base_dir.is_dir() else None)
-    meta = {
-        "task": recipe.task.name,
-        "task_state": task.state(),
-        "head": spec.head,
-        "strategy": recipe.strategy.name,
-        "adapter": strategy.saves_adapter(),
-        "base_model": base,
-        "max_length": spec.max_length,
-        "recipe": recipe.name,
-    }
-    write_json(tmp / MODEL_META, meta)
-    publish_dir(tmp, run_dir.model)
-    return run_dir.model
+        return publish(self.run_dir, "model", write)

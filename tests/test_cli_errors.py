@@ -134,10 +134,10 @@ def test_an_unreachable_hub_switches_to_offline_at_once(monkeypatch):
     assert go_offline_if_unreachable() is None  # already offline: nothing to probe
 
 
-def test_hub_recipe_offline_fails_fast_with_a_clear_message(capsys):
+def test_hub_recipe_offline_fails_fast_with_a_clear_message(tmp_path, capsys):
     from conftest import RECIPES
 
-    code = cli("run", RECIPES / "gpt2-tweet-sentiment.toml", "--output", "/tmp/never-created-by-this-test")
+    code = cli("run", RECIPES / "gpt2-tweet-sentiment.toml", "--output", tmp_path / "run")
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot load Hub dataset 'mteb/tweet_sentiment_extraction': working offline" in err
