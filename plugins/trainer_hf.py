@@ -284,7 +284,7 @@ class HF(Trainer):
             seed=job.seed,
             data_seed=job.seed,
             full_determinism=job.deterministic,
-            gradient_checkpointing=o.gradient_checkpointing,
+            activation_checkpointing=o.gradient_checkpointing,
             dataloader_num_workers=o.dataloader_workers,
             **self._precision(),
         )

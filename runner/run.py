@@ -48,8 +48,11 @@ class RunResult:
 def quiet_libraries(debug: bool) -> None:
     """Library chatter (progress bars, info logs) would drown the reporter; --debug brings it back."""
     import datasets
+    import torch
     import transformers
 
+    if not torch.cuda.is_available():  # DeepSpeed warns on every import when it has to guess this
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if debug:
         transformers.logging.set_verbosity_info()
         return
