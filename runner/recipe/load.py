@@ -21,12 +21,12 @@ _TOML_ERROR_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
 def display_path(path: Path) -> str:
-    """A path as the user would type it: relative to the working directory when that is shorter."""
+    """A path as the user would type it: relative to the working directory when it is inside it."""
     try:
         rel = os.path.relpath(path)
     except ValueError:
         return str(path)
-    return rel if not rel.startswith("../../") else str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 @dataclass
