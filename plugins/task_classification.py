@@ -52,8 +52,17 @@ class _TextTask(Task):
 
         return dataset.map(fn, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
 
-    def _inputs(self, tokenizer, texts: list[str], max_length: int):
-        return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    def _logits(self, model, tokenizer, texts: list[str], max_length: int, batch: int = 32):
+        """The model's float32 logits for raw texts, a batch at a time, on the CPU."""
+        import torch
+
+        model.eval()
+        for start in range(0, len(texts), batch):
+            enc = tokenizer(
+                texts[start : start + batch], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            ).to(model.device)
+            with torch.no_grad():
+                yield model(**enc).logits.float().cpu()
 
 
 class Classification(_TextTask):
@@ -158,15 +167,9 @@ class Classification(_TextTask):
         return np.asarray(logits).argmax(-1), np.asarray(label_ids)
 
     def predict(self, model, tokenizer, texts, max_length):
-        import torch
-
-        model.eval()
         out = []
-        for start in range(0, len(texts), 32):
-            enc = self._inputs(tokenizer, texts[start : start + 32], max_length).to(model.device)
-            with torch.no_grad():
-                probs = model(**enc).logits.float().softmax(-1).cpu()
-            for row in probs:
+        for logits in self._logits(model, tokenizer, texts, max_length):
+            for row in logits.softmax(-1):
                 best = int(row.argmax())
                 out.append(
                     {
@@ -225,16 +228,11 @@ class Regression(_TextTask):
         return np.asarray(values).reshape(-1), np.asarray(label_ids).reshape(-1)
 
     def predict(self, model, tokenizer, texts, max_length):
-        import torch
-
-        model.eval()
-        out = []
-        for start in range(0, len(texts), 32):
-            enc = self._inputs(tokenizer, texts[start : start + 32], max_length).to(model.device)
-            with torch.no_grad():
-                values = model(**enc).logits.float().reshape(-1).cpu()
-            out += [{"value": round(float(v), 6)} for v in values]
-        return out
+        return [
+            {"value": round(float(v), 6)}
+            for logits in self._logits(model, tokenizer, texts, max_length)
+            for v in logits.reshape(-1)
+        ]
 
 
 @hookimpl

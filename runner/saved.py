@@ -97,6 +97,8 @@ def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> d
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.items():
+        if key.endswith(("runtime", "per_second", "preparation_time")) or key == "epoch":
+            continue  # timings are in the saved file; the table is for the scores
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     return result

@@ -156,3 +156,20 @@ def test_regression_beats_predicting_the_mean(tmp_path):
     result = run_recipe(recipe, tmp_path / "run", ["training.learning_rate=5e-3"])
     values = torch.tensor([score[r["label"]] for r in rows])
     assert result.metrics["test"]["mse"] < 0.6 * float(values.var())  # the mean predictor scores var
+
+
+def test_early_stopping_and_keeping_the_best_model(tmp_path):
+    # A learning rate this small changes nothing: accuracy never improves on the first evaluation,
+    # so with patience 2 training stops at the third evaluation, far before max_steps.
+    recipe = tiny_recipe(tmp_path / "r.toml", rows=300, eval_every=2)
+    overrides = [
+        "training.learning_rate=1e-12",
+        "training.max_steps=100",
+        "training.early_stopping_patience=2",
+        'training.best_metric="accuracy"',
+    ]
+    result = run_recipe(recipe, tmp_path / "run", overrides)
+    assert result.global_step == 6
+    evals = [r for r in result.run_dir.read_metrics_log() if r["split"] == "validation" and not r.get("final")]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert result.metrics["validation"]["accuracy"] == max(r["accuracy"] for r in evals)
