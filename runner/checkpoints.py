@@ -89,12 +89,33 @@ def latest_complete(directory: Path) -> Path | None:
     return None
 
 
-def remove_incomplete(directory: Path) -> list[Path]:
-    """Delete checkpoints without a manifest (cut off by a crash); a resumed run rewrites them."""
-    removed = [c for c in checkpoints(directory) if not is_complete(c)]
-    for checkpoint in removed:
+def resume_point(directory: Path, name: str | None = None) -> tuple[Path | None, list[str]]:
+    """The checkpoint a resume starts from: `name`, or the newest complete one; verified.
+
+    Checkpoints without a manifest (cut off by a crash) and those after the chosen one are removed:
+    the resumed run writes them again. Returns the checkpoint (None: start from step 0) and notes.
+    """
+    if name is not None:
+        chosen = directory / name
+        if not chosen.is_dir():
+            found = ", ".join(c.name for c in checkpoints(directory)) or "none"
+            raise FinetuneError(f"no checkpoint {chosen}", hint=f"checkpoints: {found}")
+        if not is_complete(chosen):
+            raise FinetuneError(f"{chosen} is incomplete (it has no {MANIFEST})")
+    else:
+        chosen = latest_complete(directory)
+    if chosen is not None:
+        verify(chosen)
+    notes = []
+    for checkpoint in checkpoints(directory):
+        if not is_complete(checkpoint):
+            notes.append(f"removed incomplete checkpoint {checkpoint.name}")
+        elif chosen is None or step_of(checkpoint) > step_of(chosen):
+            notes.append(f"removed {checkpoint.name}, after the one resumed from")
+        else:
+            continue
         shutil.rmtree(checkpoint, ignore_errors=True)
-    return removed
+    return chosen, notes
 
 
 def rotate(directory: Path, keep: int, protect: Path | None = None) -> None:

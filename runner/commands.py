@@ -101,33 +101,14 @@ def cmd_resume(args) -> int:
         raise FinetuneError(f"{run_dir.path} is still running (process {pid})")
     recipe = load_and_validate(run_dir.recipe)
     _offline()
-    if args.checkpoint:
-        checkpoint = run_dir.checkpoints / args.checkpoint
-        if not checkpoint.is_dir():
-            found = ", ".join(c.name for c in checkpoints.checkpoints(run_dir.checkpoints)) or "none"
-            raise FinetuneError(f"no checkpoint {checkpoint}", hint=f"checkpoints: {found}")
-        if not checkpoints.is_complete(checkpoint):
-            raise FinetuneError(f"{checkpoint} is incomplete (it has no {checkpoints.MANIFEST})")
-    else:
-        checkpoint = checkpoints.latest_complete(run_dir.checkpoints)
-    if checkpoint is not None:
-        checkpoints.verify(checkpoint)
-        step = checkpoints.step_of(checkpoint)
-        for removed in checkpoints.remove_incomplete(run_dir.checkpoints):
-            print(f"removed incomplete checkpoint {removed.name}")
-        for later in checkpoints.checkpoints(run_dir.checkpoints):
-            if checkpoints.step_of(later) > step:  # a resume from an older one rewrites these
-                import shutil
-
-                shutil.rmtree(later)
-        run_dir.rewind_metrics(step)
-        print(f"resuming {run_dir.path} from {checkpoint.name}")
-    else:
-        import shutil
-
+    checkpoint, notes = checkpoints.resume_point(run_dir.checkpoints, args.checkpoint)
+    for note in notes:
+        print(note)
+    run_dir.rewind_metrics(checkpoints.step_of(checkpoint) if checkpoint else -1)
+    if checkpoint is None:
         print(f"{run_dir.path} has no complete checkpoint: starting again from step 0")
-        shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
-        run_dir.rewind_metrics(-1)
+    else:
+        print(f"resuming {run_dir.path} from {checkpoint.name}")
     execute(
         recipe,
         run_dir,

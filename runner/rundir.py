@@ -168,7 +168,6 @@ class RunDir:
         return records
 
     def rewind_metrics(self, step: int) -> None:
-        """Drop training records after `step`: a resumed run logs those steps again."""
-        kept = [r for r in self.read_metrics_log() if r.get("step") is None or r["step"] <= step or r.get("final")]
-        kept = [r for r in kept if not r.get("final")]
+        """Keep only the records of steps up to `step`: a resumed run logs the later ones again."""
+        kept = [r for r in self.read_metrics_log() if r.get("step") is not None and r["step"] <= step]
         atomic_write(self.metrics_log, "".join(json.dumps(r) + "\n" for r in kept))
