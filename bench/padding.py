@@ -215,7 +215,7 @@ def train_lengths(recipe: Path, overrides: list[str], run_dir: Path, max_length:
     validated = load_and_validate(recipe, overrides)
     task = validated.task.create()
     quiet = lambda text: None  # noqa: E731
-    ctx = RunContext(seed=validated.run.seed, cache_dir=cache_dir, offline=True, info=quiet, warn=quiet)
+    ctx = RunContext(seed=validated.run.seed, cache_dir=cache_dir, info=quiet, warn=quiet)
     data = prepare_data(validated, task, ctx)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     encoded, _ = encode_splits(task, tokenizer, {"train": data.splits["train"]}, max_length, cache_dir)

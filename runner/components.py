@@ -35,7 +35,6 @@ class RunContext:
     cache_dir: Path
     run_dir: Path | None = None  # None while planning
     trust_remote_code: bool = False
-    offline: bool = False
     info: Callable[[str], None] = print
     warn: Callable[[str], None] = print
 
@@ -227,10 +226,6 @@ class Task(Component):
     def metric_inputs(self, predictions, label_ids) -> tuple[Any, Any]:
         """Turn gathered evaluation outputs into (predictions, references) for metrics."""
         raise NotImplementedError
-
-    def summarize(self, predictions, label_ids) -> dict[str, float]:
-        """Task-level evaluation figures that need no metric component (perplexity for LMs)."""
-        return {}
 
     def predict(self, model: PreTrainedModel, tokenizer, texts: list[str], max_length: int) -> list[dict]:
         """Predictions for raw texts, for `finetune predict`."""

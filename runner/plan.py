@@ -65,7 +65,6 @@ def plan(recipe: Recipe, console, offline: bool) -> None:
     ctx = RunContext(
         seed=recipe.run.seed,
         cache_dir=default_cache_dir(),
-        offline=offline,
         info=notes.append,
         warn=notes.append,
     )

@@ -24,7 +24,6 @@ from runner.encoding import default_cache_dir, encode_splits
 from runner.environment import describe
 from runner.errors import FinetuneError, RunInterrupted
 from runner.events import Events
-from runner.hub import is_offline
 from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token
 from runner.plugin_manager import Plugins
 from runner.recipe.resolved import Recipe
@@ -189,7 +188,6 @@ class _Pipeline:
             cache_dir=default_cache_dir(),
             run_dir=run_dir.path,
             trust_remote_code=trust_remote_code,
-            offline=is_offline(),
             info=events.info,
             warn=events.warn,
         )

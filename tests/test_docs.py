@@ -14,3 +14,18 @@ def test_readme_shows_the_two_setup_commands_and_the_measured_accuracy():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make demo" in readme and "make test" in readme
     assert "accuracy" in readme
+
+
+def test_the_readme_recipe_validates(tmp_path):
+    import re
+    import shutil
+
+    from runner.commands import load_and_validate
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    recipe = re.search(r"## A recipe\n\n```toml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "recipes" / "data" / "reviews.csv", tmp_path / "data" / "reviews.csv")
+    (tmp_path / "readme.toml").write_text(recipe, encoding="utf-8")
+    loaded = load_and_validate(tmp_path / "readme.toml")
+    assert loaded.strategy.name == "lora" and loaded.sources[0].options.columns == {"text": "review", "label": "rating"}
