@@ -17,7 +17,7 @@ BUILTIN = [
     "plugins.task_causal_lm",
     "plugins.strategy_full",
     "plugins.strategy_freeze",
-    "plugins.strategy_lora",
+    "plugins.strategy_peft",
     "plugins.trainer_hf",
     "plugins.metrics",
     "plugins.reporter_rich",

@@ -53,14 +53,12 @@ class FromConfig(Model):
                 yield ("config", key), f"'{options.architecture}' configs have no key '{key}'{hint}"
         limit = cls(options).max_positions()
         max_length = recipe.tokenizer.options.max_length
-        if limit is not None and max_length is not None and max_length > limit:
-            yield (
-                (),
-                (
-                    f"tokenizer.max_length = {max_length} exceeds the model's {limit} positions; "
-                    f"raise config.{next((k for k in POSITION_KEYS if k in fields), 'n_positions')} or lower max_length"
-                ),
-            )
+        extra = recipe.strategy.create().extra_positions()
+        if limit is not None and max_length is not None and max_length + extra > limit:
+            also = f" plus {extra} virtual tokens of the strategy" if extra else ""
+            key = next((k for k in POSITION_KEYS if k in fields), "n_positions")
+            message = f"tokenizer.max_length = {max_length}{also} exceeds the model's {limit} positions"
+            yield (), f"{message}; raise config.{key} or lower max_length"
 
     def max_positions(self) -> int | None:
         for key in POSITION_KEYS:

@@ -73,7 +73,7 @@ class CausalLM(Task):
         return encoded.filter(lambda row: row["length"] > 1, desc="dropping empty rows")
 
     def collator(self, tokenizer, pad_to: int | None):
-        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True)
+        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
 
     def preprocess_logits(self, logits, labels):
         """Per-row (summed token loss, predicted tokens): two numbers instead of a vocabulary of logits."""

@@ -40,7 +40,7 @@ class _TextTask(Task):
     optional_columns = ("text_pair",)
 
     def collator(self, tokenizer, pad_to: int | None):
-        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to)
+        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, side=tokenizer.padding_side)
 
     def _encode(self, dataset, tokenizer, max_length: int, label_of):
         def fn(batch):

@@ -80,11 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--input", type=Path, help="a .jsonl file with a 'text' field per line, or a .txt file")
     p.add_argument("--output", type=Path, help="write predictions as JSON lines here (default: stdout)")
 
+    p = sub.add_parser("export", help="write a finished run's model as a standalone directory")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--merge", action="store_true", help="fold adapters (LoRA, IA3, ...) into the base weights")
+    p.add_argument("--output", type=Path, help="where to write it (default: RUN_DIR/merged, or RUN_DIR/export)")
+
     p = sub.add_parser("resume", help="continue an interrupted run from its last complete checkpoint")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--checkpoint", help="resume from this checkpoint (e.g. checkpoint-40) instead of the newest")
     p.add_argument("--force", action="store_true", help="resume even though the data changed")
     p.add_argument("--trust-remote-code", action="store_true", help="as for `run`")
+
+    p = sub.add_parser("new", help="scaffold a plugin package")
+    p.add_argument("what", choices=["plugin"])
+    p.add_argument("name", help="package name, e.g. finetune-bitfit")
+    p.add_argument("--dir", type=Path, default=Path("."), help="where to create it (default: here)")
 
     sub.add_parser("plugins", help="installed plugins, versions and the components they register")
     sub.add_parser("recipes", help="shipped recipes with a one-line description each")

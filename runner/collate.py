@@ -15,10 +15,17 @@ class PadCollator:
     (such as `length`) are dropped.
     """
 
-    def __init__(self, pad_token_id: int, pad_to: int | None = None, sequence_labels: bool = False):
+    def __init__(
+        self, pad_token_id: int, pad_to: int | None = None, sequence_labels: bool = False, side: str = "right"
+    ):
         self.pad_token_id = pad_token_id
         self.pad_to = pad_to
         self.sequence_labels = sequence_labels
+        self.left = side == "left"
+
+    def _pad(self, row: list, width: int, fill) -> list:
+        padding = [fill] * (width - len(row))
+        return padding + row if self.left else row + padding
 
     def __call__(self, features: Sequence[dict]):
         import torch

@@ -138,6 +138,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from runner.saved import export_run
+
+    _offline()
+    written = export_run(RunDir.open(args.run_dir), args.merge, args.output, debug=args.debug)
+    print(f"{'merged model' if args.merge else 'model'} written to {written}")
+    return 0
+
+
 def _read_inputs(path: Path) -> list[str]:
     if not path.is_file():
         raise FinetuneError(f"--input {path}: no such file")
@@ -172,6 +181,14 @@ def cmd_predict(args) -> int:
         args.output.write_text("".join(lines), encoding="utf-8")
     else:
         sys.stdout.writelines(lines)
+    return 0
+
+
+def cmd_new(args) -> int:
+    from runner.scaffold import new_plugin
+
+    root = new_plugin(args.name, args.dir)
+    print(f"created {root}: pip install -e {root}, then pytest {root / 'tests'}")
     return 0
 
 

@@ -35,6 +35,7 @@ class RunContext:
     cache_dir: Path
     run_dir: Path | None = None  # None while planning
     trust_remote_code: bool = False
+    tokenizer_dir: Path | None = None  # where the run's tokenizer is saved, once it is
     info: Callable[[str], None] = print
     warn: Callable[[str], None] = print
 
@@ -247,6 +248,9 @@ class Strategy(Component):
 
     kind = "strategy"
     can_merge: ClassVar[bool] = False
+    # Prepends learned tokens to every input (prompt tuning): a model that classifies from the
+    # last position then needs left padding, so the last position is a real token.
+    virtual_tokens: ClassVar[bool] = False
 
     def apply(self, model: PreTrainedModel, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
         """Prepare the model for training (freeze, wrap with adapters); return the model to train.
@@ -266,6 +270,21 @@ class Strategy(Component):
     def saves_adapter(self) -> bool:
         """True when `save` writes only an adapter, so the base model must be findable."""
         return False
+
+    def extra_positions(self) -> int:
+        """Positions the strategy adds to every input (virtual tokens); they count against the
+        model's maximum length."""
+        return 0
+
+    def merge(self, model: PreTrainedModel) -> PreTrainedModel:
+        """A plain transformers model with what trained folded into its weights, for
+        `finetune export --merge`. A full model is already that; a strategy that cannot merge
+        raises FinetuneError saying why."""
+        if not self.saves_adapter():
+            return model
+        from runner.errors import FinetuneError
+
+        raise FinetuneError(f"strategy '{self.name}' cannot merge its adapter into the base model")
 
 
 # -- training -----------------------------------------------------------------------------------

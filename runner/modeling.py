@@ -32,6 +32,12 @@ def ensure_pad_token(tokenizer) -> str | None:
     return "the tokenizer has no pad or EOS token: added a new [PAD] token"
 
 
+def pools_last_token(model) -> bool:
+    """Whether a sequence classifier reads its input's last real token (GPT-2, Llama: a `score`
+    head) rather than the first (BERT: a `classifier` head)."""
+    return getattr(model, "score", None) is not None
+
+
 def count_parameters(model) -> dict[str, int]:
     total = trainable = 0
     seen = set()

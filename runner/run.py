@@ -24,7 +24,7 @@ from runner.encoding import default_cache_dir, encode_splits
 from runner.environment import describe
 from runner.errors import FinetuneError, RunInterrupted
 from runner.events import Events
-from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token
+from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token, pools_last_token
 from runner.plugin_manager import Plugins
 from runner.recipe.resolved import Recipe
 from runner.rundir import RunDir, publish_dir, read_json, write_json
@@ -84,6 +84,8 @@ class MetricsComputer:
 
 
 def resolve_max_length(recipe: Recipe, tokenizer, model_component) -> int:
+    """tokenizer.max_length, or the longest input the model and tokenizer allow, less the
+    positions the strategy's virtual tokens take."""
     explicit = recipe.tokenizer.options.max_length
     if explicit:
         return explicit
@@ -91,16 +93,17 @@ def resolve_max_length(recipe: Recipe, tokenizer, model_component) -> int:
     if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
         limits.append(tokenizer.model_max_length)
     known = [x for x in limits if x]
-    return min(known) if known else 512
+    return (min(known) if known else 512) - recipe.strategy.create().extra_positions()
 
 
-def check_positions(model, max_length: int) -> None:
+def check_positions(model, max_length: int, extra: int = 0) -> None:
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) if config is not None else None
-    if isinstance(limit, int) and max_length > limit:
+    if isinstance(limit, int) and max_length + extra > limit:
+        also = f" plus {extra} virtual tokens" if extra else ""
         raise FinetuneError(
-            f"tokenizer.max_length = {max_length} exceeds the model's {limit} positions",
-            hint=f"set tokenizer.max_length <= {limit}",
+            f"tokenizer.max_length = {max_length}{also} exceeds the model's {limit} positions",
+            hint=f"set tokenizer.max_length <= {limit - extra}",
         )
 
 
@@ -166,14 +169,14 @@ def execute(
         plugins.hook.on_run_end(run=run_info, status=status, metrics=final)
 
 
-def publish(run_dir: RunDir, name: str, write) -> Path:
-    """Have `write(directory)` fill a temporary directory, then rename it to `run_dir/name`."""
-    tmp = run_dir.path / f".{name}.tmp"
+def publish(final: Path, write) -> Path:
+    """Have `write(directory)` fill a temporary directory beside `final`, then rename it to `final`."""
+    tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
     write(tmp)
-    publish_dir(tmp, run_dir.path / name)
-    return run_dir.path / name
+    publish_dir(tmp, final)
+    return final
 
 
 class _Pipeline:
@@ -236,7 +239,7 @@ class _Pipeline:
 
     def prepare_tokenizer(self) -> None:
         self.events.stage("preparing the tokenizer")
-        saved = self.run_dir.path / TOKENIZER
+        saved = self.ctx.tokenizer_dir = self.run_dir.path / TOKENIZER
         if saved.is_dir():
             # A resumed run uses the tokenizer it started with, never a re-trained or re-downloaded one.
             from transformers import AutoTokenizer
@@ -252,7 +255,7 @@ class _Pipeline:
             self.events.info(note)
         self.max_length = resolve_max_length(self.recipe, self.tokenizer, self.model_component)
         self.tokenizer.model_max_length = self.max_length
-        publish(self.run_dir, TOKENIZER, self.tokenizer.save_pretrained)
+        publish(saved, self.tokenizer.save_pretrained)
 
     def tokenize(self) -> None:
         self.events.stage("tokenizing")
@@ -270,15 +273,16 @@ class _Pipeline:
             model = auto_class(self.spec.head).from_pretrained(base_dir)
         else:
             model = self.model_component.build(self.ctx, self.spec)
-        check_positions(model, self.max_length)
+        check_positions(model, self.max_length, self.strategy.extra_positions())
         if self.strategy.saves_adapter() and self.model_component.base_reference() is None:
             # A random-init base exists only in this run: keep it, so that the adapter can be loaded.
             if not base_dir.is_dir():
-                publish(
-                    self.run_dir, BASE_MODEL, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d))
-                )
+                publish(base_dir, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d)))
             model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
         self.model = self.strategy.apply(model, self.ctx, self.spec)
+        if self.strategy.virtual_tokens and self.spec.head == "sequence_classification" and pools_last_token(model):
+            # Virtual tokens hide the pad positions from a last-token classifier: pad on the left.
+            self.tokenizer.padding_side = "left"
         self.parameters = count_parameters(self.model)
         self.events.info(f"{self.recipe.strategy.name}: {describe_parameters(self.parameters)}")
 
@@ -357,4 +361,4 @@ class _Pipeline:
             self.tokenizer.save_pretrained(directory)
             write_json(directory / MODEL_META, meta)
 
-        return publish(self.run_dir, "model", write)
+        return publish(self.run_dir.model, write)

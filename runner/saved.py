@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runner.components import RunContext, TrainJob
@@ -12,7 +13,7 @@ from runner.plugin_manager import get_plugins
 from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
-from runner.run import BASE_MODEL, MODEL_META, MetricsComputer, quiet_libraries
+from runner.run import BASE_MODEL, MODEL_META, MetricsComputer, publish, quiet_libraries
 from runner.rundir import RunDir, read_json, write_json
 
 
@@ -109,3 +110,21 @@ def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False) -> list[
         raise FinetuneError("no texts to predict")
     done = load_finished(run_dir, debug)
     return done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"])
+
+
+def export_run(run_dir: RunDir, merge: bool, output: Path | None, debug: bool = False) -> Path:
+    """Write the run's model as a standalone directory; with `merge`, adapters folded into the base."""
+    done = load_finished(run_dir, debug)
+    strategy = done.recipe.strategy.create()
+    model = strategy.merge(done.model) if merge else done.model
+    final = output or run_dir.path / ("merged" if merge else "export")
+    meta = {**done.meta, "exported_from": str(run_dir.path)}
+    if merge and done.meta.get("adapter"):
+        meta.update(adapter=False, merged_from=done.meta["strategy"])
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory)
+        done.tokenizer.save_pretrained(directory)
+        write_json(directory / MODEL_META, meta)
+
+    return publish(final, write)

@@ -113,10 +113,10 @@ def test_a_failing_plugin_does_not_break_other_runs(tmp_path):
 
 
 def test_disable_a_builtin_plugin(monkeypatch, tmp_path):
-    monkeypatch.setenv("FINETUNE_DISABLE_PLUGINS", "strategy_lora, metrics")
+    monkeypatch.setenv("FINETUNE_DISABLE_PLUGINS", "strategy_peft, metrics")
     plugins = Plugins()
     assert "lora" not in plugins.registry.names("strategy")
-    assert "strategy_lora" not in plugins.registry.plugins
+    assert "strategy_peft" not in plugins.registry.plugins
     reset_plugins(plugins)
     with pytest.raises(RecipeError) as err:
         load_and_validate(tiny_recipe(tmp_path / "r.toml"), ["strategy.type=lora"])

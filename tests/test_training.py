@@ -173,3 +173,22 @@ def test_early_stopping_and_keeping_the_best_model(tmp_path):
     evals = [r for r in result.run_dir.read_metrics_log() if r["split"] == "validation" and not r.get("final")]
     assert [r["step"] for r in evals] == [2, 4, 6]
     assert result.metrics["validation"]["accuracy"] == max(r["accuracy"] for r in evals)
+
+
+def test_export_merges_lora_into_a_plain_model_and_refuses_prompt_tuning(tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = tiny_recipe(tmp_path / "r.toml", rows=200, epochs=1, extra='[strategy]\ntype = "lora"\nr = 4\n')
+    result = run_recipe(recipe, tmp_path / "run")
+    assert cli("export", result.run_dir.path, "--merge") == 0
+    merged_dir = result.run_dir.path / "merged"
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir)
+    assert not list(merged_dir.glob("adapter_*"))
+    assert torch.allclose(logits(merged, result.tokenizer), logits(result.model, result.tokenizer), atol=1e-5)
+
+    prompt = tiny_recipe(tmp_path / "p.toml", rows=200, epochs=1, extra='[strategy]\ntype = "prompt_tuning"\n')
+    result = run_recipe(prompt, tmp_path / "prompt-run", ["strategy.num_virtual_tokens=4", "tokenizer.max_length=28"])
+    capsys.readouterr()
+    assert cli("export", result.run_dir.path, "--merge") == 2
+    assert "cannot be merged: its virtual tokens are extra inputs" in capsys.readouterr().err
+    assert result.tokenizer.padding_side == "left"  # a GPT-2 classifier behind virtual tokens pads on the left

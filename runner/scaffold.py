@@ -1,0 +1,122 @@
+"""`finetune new plugin NAME`: a plugin package that installs, registers a strategy, and passes the
+strategy contract tests from the first minute."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from runner.errors import FinetuneError
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{name}"
+version = "0.1.0"
+description = "A finetune-runner plugin: the `{module}` strategy."
+requires-python = ">=3.11"
+dependencies = ["finetune-runner"]
+
+[project.optional-dependencies]
+test = ["pytest"]
+
+# finetune-runner loads every entry point of this group; the name is the plugin's name.
+[project.entry-points.finetune]
+{module} = "{module}"
+
+[tool.setuptools]
+py-modules = ["{module}"]
+"""
+
+MODULE = '''\
+"""{name}: a finetune-runner plugin registering the strategy `{module}`.
+
+Scaffolded by `finetune new plugin`. It implements BitFit (only bias terms and the task head
+train) as a starting point: change `apply` to decide what trains. Keep heavy imports (torch,
+transformers) inside methods, so that `finetune validate` stays fast.
+"""
+
+from pydantic import Field
+
+from runner import Options, Strategy, hookimpl
+
+HEADS = ("score.", "classifier.", "lm_head.")
+
+
+class {cls}Options(Options):
+    train_head: bool = Field(default=True, description="Also train the task head.")
+
+
+class {cls}(Strategy):
+    """BitFit: only bias terms (and the task head) train."""
+
+    name = "{module}"
+    Options = {cls}Options
+
+    def apply(self, model, ctx, spec):
+        head = HEADS if self.options.train_head else ()
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.endswith(".bias") or name.startswith(head))
+        return model
+
+
+@hookimpl
+def register_strategies(register):
+    register({cls})
+'''
+
+TEST = '''\
+"""The strategy contract every finetune-runner strategy passes (see runner.testing)."""
+
+from runner.testing import StrategyContract
+
+
+class Test{cls}(StrategyContract):
+    strategy = {{"type": "{module}"}}
+
+    def trains(self, name):
+        return name.endswith(".bias") or name.startswith(("score.", "classifier.", "lm_head."))
+'''
+
+README = """\
+# {name}
+
+A [finetune-runner](https://pypi.org/project/finetune-runner/) plugin: the strategy `{module}`.
+
+```
+pip install -e .           # into the environment where finetune-runner is installed
+finetune plugins           # lists `{module}`
+pytest tests               # the strategy contract: what trains, one step lowers the loss,
+                           # save then load reproduces the logits, merging
+```
+
+Use it in a recipe:
+
+```toml
+[strategy]
+type = "{module}"
+```
+"""
+
+
+def new_plugin(name: str, parent: Path) -> Path:
+    """Write the package `parent/name`; return its directory."""
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+        raise FinetuneError(
+            f"plugin name '{name}': use lower-case letters, digits, '-' and '_', starting with a letter"
+        )
+    module = name.replace("-", "_")
+    cls = "".join(part.capitalize() for part in module.split("_") if part)
+    root = parent / name
+    if root.exists():
+        raise FinetuneError(f"{root} already exists")
+    (root / "tests").mkdir(parents=True)
+    values = {"name": name, "module": module, "cls": cls}
+    (root / "pyproject.toml").write_text(PYPROJECT.format(**values), encoding="utf-8")
+    (root / f"{module}.py").write_text(MODULE.format(**values), encoding="utf-8")
+    (root / "tests" / f"test_{module}.py").write_text(TEST.format(**values), encoding="utf-8")
+    (root / "README.md").write_text(README.format(**values), encoding="utf-8")
+    return root
