@@ -258,7 +258,8 @@ class Strategy(Component):
         return model
 
     def save(self, model: PreTrainedModel, directory: Path) -> None:
-        """Write the trained model in safetensors, loadable by plain transformers/peft."""
+        """Write the trained model in safetensors into `directory` (it exists and is empty),
+        loadable by plain transformers/peft where the method allows."""
         model.save_pretrained(directory)
 
     def load(self, directory: Path, spec: ModelSpec, base: Callable[[], PreTrainedModel]) -> PreTrainedModel:

@@ -180,3 +180,21 @@ def test_a_plugin_named_like_a_builtin_is_refused_not_shadowing_it(tmp_path):
     assert "already taken by built-in plugin 'metrics'" in refused.error
     reset_plugins(plugins)
     load_and_validate(tiny_recipe(tmp_path / "r.toml"))
+
+
+def test_every_component_accepts_its_own_resolved_options():
+    """recipe.resolved.toml writes every option: a component must accept its defaults written out."""
+    from pydantic import ValidationError
+
+    registry = get_plugins().registry
+    checked = 0
+    for kind in ("data_source", "tokenizer", "model", "task", "strategy", "trainer", "metric", "reporter"):
+        for _name, registration in registry.registrations(kind):
+            options_cls = registration.cls.Options
+            try:
+                defaults = options_cls()
+            except ValidationError:
+                continue  # has required options: the quickstart round trip covers those
+            options_cls.model_validate(defaults.model_dump(mode="json", exclude_none=True))
+            checked += 1
+    assert checked >= 15
