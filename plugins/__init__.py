@@ -15,6 +15,7 @@ BUILTIN = [
     "plugins.model_config",
     "plugins.task_classification",
     "plugins.task_causal_lm",
+    "plugins.task_instruction",
     "plugins.strategy_full",
     "plugins.strategy_freeze",
     "plugins.strategy_peft",

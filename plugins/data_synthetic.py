@@ -67,6 +67,19 @@ def _post(rng: random.Random) -> tuple[str, str]:
     return " ".join(p for p in parts if p), label
 
 
+QUESTIONS = [
+    "Classify the sentiment of this post.",
+    "Is this post positive, negative or neutral?",
+    "What is the sentiment here?",
+    "Tell me how the writer feels: positive, negative or neutral.",
+]
+REASONS = {
+    "positive": "It praises {subject}.",
+    "negative": "It complains about {subject}.",
+    "neutral": "It has no strong feeling about {subject}.",
+}
+
+
 def generate(rows: int, seed: int, label_noise: float = 0.0) -> list[dict[str, str]]:
     """Rows of {"text", "label"}; the same arguments always give the same rows."""
     rng = random.Random(seed)
@@ -79,9 +92,28 @@ def generate(rows: int, seed: int, label_noise: float = 0.0) -> list[dict[str, s
     return out
 
 
+def as_instruction(row: dict[str, str], rng: random.Random) -> dict[str, str]:
+    return {"instruction": rng.choice(QUESTIONS), "input": row["text"], "output": row["label"]}
+
+
+def as_chat(row: dict[str, str], rng: random.Random) -> dict[str, list]:
+    """A two-turn conversation: the label, then why (naming the subject of the post)."""
+    subject = next((s for s in SUBJECTS if s in row["text"]), "it")
+    return {
+        "messages": [
+            {"role": "user", "content": f"{rng.choice(QUESTIONS)}\n{row['text']}"},
+            {"role": "assistant", "content": row["label"]},
+            {"role": "user", "content": "Why?"},
+            {"role": "assistant", "content": REASONS[row["label"]].format(subject=subject)},
+        ]
+    }
+
+
 class SyntheticOptions(DataSourceOptions):
-    kind: Literal["sentiment", "text"] = Field(
-        default="sentiment", description="'sentiment': posts with a 3-way label; 'text': the posts alone."
+    kind: Literal["sentiment", "text", "instruction", "chat"] = Field(
+        default="sentiment",
+        description="'sentiment': posts with a 3-way label; 'text': the posts alone; 'instruction': "
+        "instruction/input/output rows asking for the label; 'chat': two-turn conversations about it.",
     )
     rows: int = Field(default=3000, gt=0, le=10_000_000, description="How many rows to generate.")
     seed: int = Field(default=0, ge=0, description="Generator seed (independent of run.seed).")
@@ -94,10 +126,17 @@ class Synthetic(DataSource):
     name = "synthetic"
     Options = SyntheticOptions
 
-    def _rows(self) -> list[dict[str, str]]:
+    def _rows(self) -> list[dict]:
         o = self.options
         rows = generate(o.rows, o.seed, o.label_noise)
-        return [{"text": r["text"]} for r in rows] if o.kind == "text" else rows
+        rng = random.Random(o.seed + 1)
+        if o.kind == "text":
+            return [{"text": r["text"]} for r in rows]
+        if o.kind == "instruction":
+            return [as_instruction(r, rng) for r in rows]
+        if o.kind == "chat":
+            return [as_chat(r, rng) for r in rows]
+        return rows
 
     def load(self, ctx: RunContext) -> dict[str, RawSplit]:
         from datasets import Dataset

@@ -17,7 +17,8 @@ from typing import Literal
 from pydantic import Field
 
 from runner import ModelSpec, Options, Task, hookimpl
-from runner.collate import PadCollator
+from runner.collate import PackingCollator, PadCollator
+from runner.modeling import token_losses
 
 
 class CausalLMOptions(Options):
@@ -26,6 +27,14 @@ class CausalLMOptions(Options):
         description="'sample': one text per row, padded per batch; 'chunk': texts joined into full rows.",
     )
     add_eos: bool = Field(default=True, description="End every text with the EOS token, supervised.")
+    packing: bool = Field(
+        default=False,
+        description="With mode = 'sample': concatenate each batch into one row, samples kept apart (no padding).",
+    )
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="Texts continued after training; written to samples.jsonl."
+    )
+    max_new_tokens: int = Field(default=40, gt=0, description="Longest generated continuation (samples, predict).")
 
 
 class CausalLM(Task):
@@ -73,23 +82,12 @@ class CausalLM(Task):
         return encoded.filter(lambda row: row["length"] > 1, desc="dropping empty rows")
 
     def collator(self, tokenizer, pad_to: int | None):
+        if self.options.packing:
+            return PackingCollator()
         return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
 
     def preprocess_logits(self, logits, labels):
-        """Per-row (summed token loss, predicted tokens): two numbers instead of a vocabulary of logits."""
-        import torch
-
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        shift_logits = logits[:, :-1, :].float()
-        shift_labels = labels[:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)),
-            shift_labels.reshape(-1),
-            ignore_index=-100,
-            reduction="none",
-        ).view(shift_labels.shape)
-        counts = (shift_labels != -100).sum(-1)
-        return torch.stack([losses.sum(-1), counts.float()], dim=-1)
+        return token_losses(logits, labels)
 
     def metric_inputs(self, predictions, label_ids):
         import numpy as np
@@ -97,7 +95,7 @@ class CausalLM(Task):
         values = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
         return values[:, 0], values[:, 1]
 
-    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int = 40):
+    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
         import torch
 
         model.eval()
@@ -106,11 +104,18 @@ class CausalLM(Task):
             enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
             with torch.no_grad():
                 generated = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                    **enc,
+                    max_new_tokens=max_new_tokens or self.options.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
                 )
             new = generated[0, enc["input_ids"].shape[1] :]
             out.append({"prompt": text, "completion": tokenizer.decode(new, skip_special_tokens=True)})
         return out
+
+    def samples(self, model, tokenizer, max_length) -> list[dict]:
+        prompts = self.options.sample_prompts
+        return self.predict(model, tokenizer, prompts, max_length) if prompts else []
 
 
 @hookimpl

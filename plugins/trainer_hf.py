@@ -60,6 +60,7 @@ class HFTrainerOptions(Options):
         default="auto", description="'auto': bf16 on GPUs that have it, else fp16 on GPU, none on CPU."
     )
     eval_every: Interval = Field(default="epoch", description="Evaluate every N steps, or every 'epoch'.")
+    eval_on_start: bool = Field(default=False, description="Also evaluate before the first step (step 0).")
     save_every: Interval | None = Field(
         default=None, description="Checkpoint every N steps or 'epoch' (default: as eval_every)."
     )
@@ -264,6 +265,7 @@ class HF(Trainer):
             optim=o.optimizer,
             max_grad_norm=o.max_grad_norm,
             eval_strategy=eval_strategy,
+            eval_on_start=has_eval and o.eval_on_start,
             eval_steps=eval_steps,
             save_strategy=save_strategy,
             save_steps=save_steps,

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--input", type=Path, help="a .jsonl file with a 'text' field per line, or a .txt file")
     p.add_argument("--output", type=Path, help="write predictions as JSON lines here (default: stdout)")
 
+    p = sub.add_parser("generate", help="text from a finished language-model or instruction run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: the recipe's)")
+
     p = sub.add_parser("export", help="write a finished run's model as a standalone directory")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--merge", action="store_true", help="fold adapters (LoRA, IA3, ...) into the base weights")

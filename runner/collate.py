@@ -52,3 +52,30 @@ class PadCollator:
                 dtype = torch.float32 if isinstance(labels[0], float) else torch.long
                 batch["labels"] = torch.tensor(labels, dtype=dtype)
         return batch
+
+
+class PackingCollator:
+    """Concatenates a batch into one row, without padding, keeping the samples apart.
+
+    Position ids restart at every sample, from which transformers builds a block-diagonal causal
+    mask: no token attends to another sample. The first label of every sample is masked, so no
+    sample is trained to predict the start of the next. The loss equals the padded batch's.
+    """
+
+    def __call__(self, features: Sequence[dict]):
+        import torch
+
+        ids: list[int] = []
+        positions: list[int] = []
+        labels: list[int] = []
+        for f in features:
+            ids += list(f["input_ids"])
+            positions += range(len(f["input_ids"]))
+            labels += [-100, *list(f["labels"])[1:]]
+        return {
+            "input_ids": torch.tensor([ids]),
+            "position_ids": torch.tensor([positions]),
+            "labels": torch.tensor([labels]),
+            # transformers derives the per-sample mask from position ids only without a cache
+            "use_cache": False,
+        }

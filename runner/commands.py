@@ -138,6 +138,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from runner.saved import predict_run
+
+    _offline()
+    rows = predict_run(RunDir.open(args.run_dir), args.prompt, debug=args.debug, max_new_tokens=args.max_new_tokens)
+    for row in rows:
+        answer = row.get("response", row.get("completion", ""))
+        print(f"prompt: {row['prompt']}\nresponse: {answer}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from runner.saved import export_run
 

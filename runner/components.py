@@ -205,9 +205,24 @@ class Task(Component):
     stratify_column: ClassVar[str | None] = None  # split fractions keep this column's proportions
     default_metrics: ClassVar[tuple[dict, ...]] = ()
 
+    def __init__(self, options: Options):
+        super().__init__(options)
+        self.notes: list[str] = []  # what encoding did that the user should know (rows dropped)
+
     def fit(self, splits: dict[str, list[RawSplit]]) -> None:
         """Learn what the task needs from the data (the label set) and check every row, raising
         DataError naming the origin and row of the first bad ones."""
+
+    def training_texts(self, dataset: Dataset) -> Iterator[str]:
+        """The texts of the training rows, for tokenizers that are trained on the data."""
+        for column in ("text", "text_pair"):
+            if column in dataset.column_names:
+                yield from dataset[column]
+
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        """Adapt the tokenizer before anything is encoded (a chat template, marker tokens); what is
+        set here is saved with it. Return a note for the user, or None."""
+        return None
 
     def model_spec(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> ModelSpec:
         raise NotImplementedError
@@ -229,8 +244,17 @@ class Task(Component):
         raise NotImplementedError
 
     def predict(self, model: PreTrainedModel, tokenizer, texts: list[str], max_length: int) -> list[dict]:
-        """Predictions for raw texts, for `finetune predict`."""
+        """Predictions for raw texts, for `finetune predict` (and `generate` for text tasks)."""
         raise NotImplementedError
+
+    def samples(self, model: PreTrainedModel, tokenizer, max_length: int) -> list[dict]:
+        """Outputs worth reading after training (generated answers to the recipe's prompts);
+        written to samples.jsonl in the run directory."""
+        return []
+
+    def preview(self, rows: list[dict], tokenizer, max_length: int) -> list[list[tuple[str, bool]]] | None:
+        """For `finetune plan`: each row as the text the model sees, in (text, trained) pieces."""
+        return None
 
     def state(self) -> dict[str, Any]:
         """What must be saved with the model to restore this task (label names)."""

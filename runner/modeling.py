@@ -66,3 +66,18 @@ def device_summary() -> dict[str, Any]:
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["bf16"] = torch.cuda.is_bf16_supported()
     return info
+
+
+def token_losses(logits, labels):
+    """Per row: (summed next-token loss, number of predicted tokens), two numbers instead of a
+    vocabulary of logits. Perplexity over a corpus is exp(sum of the first / sum of the second)."""
+    import torch
+
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(shift_labels.shape)
+    counts = (shift_labels != -100).sum(-1)
+    return torch.stack([losses.sum(-1), counts.float()], dim=-1)

@@ -93,8 +93,9 @@ def plan(recipe: Recipe, console, offline: bool) -> None:
             from runner.run import resolve_max_length
 
             texts = data.splits["train"]
-            tokenizer = recipe.tokenizer.create().build(ctx, lambda: iter(texts["text"]))
+            tokenizer = recipe.tokenizer.create().build(ctx, lambda: task.training_texts(texts))
             ensure_pad_token(tokenizer)
+            task.prepare_tokenizer(tokenizer)
             max_length = resolve_max_length(recipe, tokenizer, model_component)
             facts["max length"] = f"{max_length} tokens, {recipe.tokenizer.options.padding} padding"
             spec = task.model_spec(tokenizer, max_length)
@@ -112,6 +113,18 @@ def plan(recipe: Recipe, console, offline: bool) -> None:
         if steps:
             facts["optimizer steps"] = str(steps)
     facts["run directory"] = f"{recipe.run.output_dir}/{recipe.name}/<timestamp>/"
+
+    if data is not None and tokenizer is not None:
+        rows = [dict(r) for r in data.splits["train"].select(range(min(3, len(data.splits["train"]))))]
+        previews = task.preview(rows, tokenizer, max_length)
+        for n, pieces in enumerate(previews or [], 1):
+            from rich.text import Text
+
+            text = Text()
+            for piece, trained in pieces:
+                text.append(piece, style="bold" if trained else "dim")
+            console.print(f"[bold]sample {n}[/] (dim: not trained on; bold: trained on)")
+            console.print(text)
 
     table = Table(title="plan", show_header=False)
     table.add_column("what", style="bold")

@@ -9,6 +9,7 @@ the last complete checkpoint and refuses data that changed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from runner.events import Events
 from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token, pools_last_token
 from runner.plugin_manager import Plugins
 from runner.recipe.resolved import Recipe
-from runner.rundir import RunDir, publish_dir, read_json, write_json
+from runner.rundir import RunDir, atomic_write, publish_dir, read_json, write_json
 from runner.signals import graceful_stop
 
 MODEL_META = "finetune.json"
@@ -211,6 +212,7 @@ class _Pipeline:
         self.record_environment()
         outcome = self.train()
         final = self.evaluate(outcome)
+        self.write_samples()
         self.events.stage("saving the model")
         model_dir = self.save_model()
         write_json(self.run_dir.metrics, final)
@@ -245,14 +247,14 @@ class _Pipeline:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(saved)
+            self.task.prepare_tokenizer(self.tokenizer)  # already done: this only tells the task
             self.max_length = self.tokenizer.model_max_length
             return
-        texts = self.data.splits["train"]
-        columns = [c for c in ("text", "text_pair") if c in texts.column_names]
-        self.tokenizer = self.recipe.tokenizer.create().build(self.ctx, lambda: (t for c in columns for t in texts[c]))
-        note = ensure_pad_token(self.tokenizer)
-        if note:
-            self.events.info(note)
+        train = self.data.splits["train"]
+        self.tokenizer = self.recipe.tokenizer.create().build(self.ctx, lambda: self.task.training_texts(train))
+        for note in (ensure_pad_token(self.tokenizer), self.task.prepare_tokenizer(self.tokenizer)):
+            if note:
+                self.events.info(note)
         self.max_length = resolve_max_length(self.recipe, self.tokenizer, self.model_component)
         self.tokenizer.model_max_length = self.max_length
         publish(saved, self.tokenizer.save_pretrained)
@@ -264,6 +266,8 @@ class _Pipeline:
         )
         if any(cached.values()):
             self.events.info("encoded splits read from the cache: " + ", ".join(k for k, v in cached.items() if v))
+        for note in self.task.notes:
+            self.events.info(note)
 
     def build_model(self) -> None:
         self.events.stage("building the model")
@@ -342,6 +346,13 @@ class _Pipeline:
                 final[split] = self.trainer.evaluate(self.job, self.encoded[split])
                 self.events.evaluated(split, None, final[split], final=True)
         return final
+
+    def write_samples(self) -> None:
+        samples = self.task.samples(self.model, self.tokenizer, self.max_length)
+        if samples:
+            lines = "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples)
+            atomic_write(self.run_dir.path / "samples.jsonl", lines)
+            self.events.info(f"{len(samples)} generated samples written to samples.jsonl")
 
     def save_model(self) -> Path:
         base_dir = self.run_dir.path / BASE_MODEL

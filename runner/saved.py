@@ -105,11 +105,13 @@ def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> d
     return result
 
 
-def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False) -> list[dict]:
+def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False, **generation) -> list[dict]:
     if not texts:
         raise FinetuneError("no texts to predict")
     done = load_finished(run_dir, debug)
-    return done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"])
+    if generation and done.task.produces != "tokens":
+        raise FinetuneError(f"task '{done.recipe.task.name}' does not generate text; use finetune predict")
+    return done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"], **generation)
 
 
 def export_run(run_dir: RunDir, merge: bool, output: Path | None, debug: bool = False) -> Path:

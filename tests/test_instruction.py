@@ -1,0 +1,187 @@
+"""Instruction tuning: what is masked, templates, generation, packing."""
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import cli, run_recipe, write
+
+from plugins.data_synthetic import as_chat, as_instruction, generate
+from plugins.task_instruction import Instruction, InstructionOptions
+from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
+
+ROWS = [as_instruction(r, random.Random(0)) for r in generate(200, 0)]
+CHATS = [as_chat(r, random.Random(1)) for r in generate(200, 1)]
+
+RECIPE = """
+[run]
+seed = 3
+threads = 1
+
+[[data.sources]]
+type = "synthetic"
+kind = "{kind}"
+rows = {rows}
+
+[tokenizer]
+type = "trained"
+vocab_size = 500
+max_length = 160
+
+[model]
+type = "config"
+architecture = "gpt2"
+config = {{ n_layer = 1, n_head = 2, n_embd = 32, n_positions = 160 }}
+
+[task]
+type = "instruction"
+format = "{format}"
+template = "{template}"
+
+[training]
+learning_rate = 3e-3
+batch_size = 16
+epochs = 1
+log_every = 5
+best_metric = "perplexity"
+"""
+
+
+def task_and_tokenizer(**options):
+    task = Instruction(InstructionOptions(**options))
+    rows = CHATS if options.get("format") == "chat" else ROWS
+    tokenizer = Trained(TrainedTokenizerOptions(vocab_size=400)).build(None, lambda: task.training_texts(rows))
+    task.prepare_tokenizer(tokenizer)
+    return task, tokenizer
+
+
+def split_by_label(task, tokenizer, row, max_length=256):
+    ids, labels, _ = task.tokens(row, tokenizer, max_length)
+    trained = [t for t, label in zip(ids, labels, strict=True) if label != -100]
+    masked = [t for t, label in zip(ids, labels, strict=True) if label == -100]
+    return tokenizer.decode(masked), tokenizer.decode(trained)
+
+
+def test_alpaca_masks_exactly_the_prompt_and_trains_the_response_and_eos():
+    task, tokenizer = task_and_tokenizer()
+    row = {"instruction": "What is the sentiment here?", "input": "the pizza was great", "output": "positive"}
+    masked, trained = split_by_label(task, tokenizer, row)
+    assert trained == "positive[EOS]"  # the answer and the end-of-sequence token: the model learns to stop
+    assert (
+        masked.lstrip()
+        == (
+            "Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n### Instruction:\nwhat is the sentiment here?\n\n### Input:\nthe pizza was great\n\n"
+            "### Response:\n"
+        ).lower()
+    )  # the trained tokenizer lower-cases
+    task.options.train_on_inputs = True
+    _, everything = split_by_label(task, tokenizer, row)
+    assert everything.lstrip().startswith("below is an instruction") and everything.endswith("positive[EOS]")
+
+
+@pytest.mark.parametrize("template", ["chatml", "plain", "alpaca"])
+def test_every_assistant_turn_of_a_conversation_is_trained(template):
+    task, tokenizer = task_and_tokenizer(format="chat", template=template)
+    row = {
+        "messages": [
+            {"role": "user", "content": "Classify: the bus was okay"},
+            {"role": "assistant", "content": "neutral"},
+            {"role": "user", "content": "Why?"},
+            {"role": "assistant", "content": "It has no strong feeling about the bus."},
+        ]
+    }
+    text, spans = task.render(row, tokenizer)
+    assert [text[a:b] for a, b in spans][0].startswith("neutral")
+    assert [text[a:b] for a, b in spans][1].startswith("It has no strong feeling about the bus.")
+    _, trained = split_by_label(task, tokenizer, row)
+    assert "neutral" in trained and "no strong feeling" in trained.lower() and "why" not in trained.lower()
+    end = "<|im_end|>" if template == "chatml" else "[EOS]"
+    assert trained.count(end) == 2  # both turns end, and both ends are learnt
+
+
+def test_rows_without_a_response_token_after_truncation(tmp_path):
+    task, tokenizer = task_and_tokenizer()
+    from datasets import Dataset
+
+    long = {"instruction": "Classify.", "input": "the service was fine " * 30, "output": "neutral"}
+    rows = Dataset.from_list([*ROWS[:10], long, long])
+    fits = max(len(task.tokens(row, tokenizer, 10_000)[0]) for row in ROWS[:10])
+    encoded = task.encode(rows, tokenizer, max_length=fits)  # the long inputs leave no room for the answer
+    assert len(encoded) == 10 and "2 of 12 rows have no response token after truncation: dropped" in task.notes[0]
+    with pytest.raises(Exception, match="no row has a response token left"):
+        task.encode(rows, tokenizer, max_length=10)
+
+
+def test_a_recipe_template_renders_in_a_sandbox(tmp_path, capsys):
+    escape = "{% for m in messages %}{{ m.__class__.__mro__ }}{{ m['content'] }}{% endfor %}"
+    recipe = write(tmp_path / "r.toml", RECIPE.format(kind="chat", rows=100, format="chat", template="plain"))
+    recipe.write_text(recipe.read_text().replace('template = "plain"', f"template = {json.dumps(escape)}"))
+    assert cli("run", recipe, "--output", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "the chat template failed to render: SecurityError" in err and "__class__" in err
+
+    recipe.write_text(recipe.read_text().replace(json.dumps(escape), '"{% for m in messages %}"'))
+    assert cli("validate", recipe) == 2
+    assert "template syntax error" in capsys.readouterr().out
+
+
+def test_instruction_run_lowers_validation_loss_saves_the_template_and_generates(tmp_path, capsys):
+    recipe = write(tmp_path / "r.toml", RECIPE.format(kind="chat", rows=1200, format="chat", template="chatml"))
+    extra = [
+        'task.sample_prompts=["Classify the sentiment of this post.\\nthe pizza was great"]',
+        "model.config={ n_layer = 2, n_head = 4, n_embd = 64, n_positions = 160 }",
+        "training.eval_on_start=true",
+        "training.epochs=2",
+    ]
+    result = run_recipe(recipe, tmp_path / "run", extra)
+    evals = [r for r in result.run_dir.read_metrics_log() if r["split"] == "validation"]
+    assert evals[0]["step"] == 0 and evals[-1]["loss"] < evals[0]["loss"] - 1.0
+
+    saved = json.loads((result.run_dir.model / "tokenizer_config.json").read_text())
+    template = saved.get("chat_template") or (result.run_dir.model / "chat_template.jinja").read_text()
+    assert "<|im_start|>" in template
+    sample = json.loads((result.run_dir.path / "samples.jsonl").read_text().splitlines()[0])
+    assert sample["response"] in {"positive", "negative", "neutral"}  # learnt the format, and to stop
+
+    assert cli("generate", result.run_dir.path, "--prompt", "Is this post positive, negative or neutral?\nugh") == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[-1] in {"positive", "negative", "neutral"}
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_packed_loss_equals_padded_loss(architecture):
+    from runner.collate import PackingCollator, PadCollator
+    from runner.testing import tiny_model
+
+    model = tiny_model(architecture, "causal_lm").eval()
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for length in (5, 11, 3, 8):
+        ids = torch.randint(3, 60, (length,), generator=generator).tolist()
+        labels = [-100, -100, *ids[2:]]  # a prompt of two tokens, not trained on
+        rows.append({"input_ids": ids, "labels": labels})
+    padded = PadCollator(pad_token_id=0, sequence_labels=True)(rows)
+    packed = PackingCollator()(rows)
+    assert packed["input_ids"].shape == (1, 27) and packed["position_ids"][0, 5].item() == 0
+    with torch.no_grad():
+        unpacked_loss = model(**padded).loss
+        packed_loss = model(**packed).loss
+        # and the samples really are kept apart: changing one leaves the others' logits alone
+        changed = dict(packed, input_ids=packed["input_ids"].clone())
+        changed["input_ids"][0, :5] = 7
+        a, b = model(**packed).logits[0, 5:], model(**changed).logits[0, 5:]
+    assert torch.allclose(packed_loss, unpacked_loss, atol=1e-5)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_packing_trains_like_padding(tmp_path):
+    recipe = write(tmp_path / "r.toml", RECIPE.format(kind="instruction", rows=300, format="alpaca", template="alpaca"))
+    # without dropout, whose random masks depend on the batch's shape, the two runs compute the same
+    same = ["training.max_steps=6", "model.config={ n_layer = 1, n_head = 2, n_embd = 32, n_positions = 160, "
+            "resid_pdrop = 0.0, embd_pdrop = 0.0, attn_pdrop = 0.0 }"]  # fmt: skip
+    padded = run_recipe(recipe, tmp_path / "padded", same)
+    packed = run_recipe(recipe, tmp_path / "packed", [*same, "task.packing=true"])
+    a = [r["loss"] for r in padded.run_dir.read_metrics_log() if r["split"] == "train"]
+    b = [r["loss"] for r in packed.run_dir.read_metrics_log() if r["split"] == "train"]
+    assert a == pytest.approx(b, rel=1e-4)  # the same batches, the same updates: only the padding is gone
