@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from runner import ModelSpec, Options, Task, hookimpl
-from runner.collate import PackingCollator, PadCollator
+from runner.collate import PackedCollator, PadCollator
 from runner.modeling import token_losses
 
 
@@ -29,12 +29,18 @@ class CausalLMOptions(Options):
     add_eos: bool = Field(default=True, description="End every text with the EOS token, supervised.")
     packing: bool = Field(
         default=False,
-        description="With mode = 'sample': concatenate each batch into one row, samples kept apart (no padding).",
+        description="With mode = 'sample': pack several texts into each row of max_length tokens, kept apart.",
     )
     sample_prompts: list[str] = Field(
         default_factory=list, description="Texts continued after training; written to samples.jsonl."
     )
     max_new_tokens: int = Field(default=40, gt=0, description="Longest generated continuation (samples, predict).")
+
+    @model_validator(mode="after")
+    def _packing_needs_samples(self):
+        if self.packing and self.mode == "chunk":
+            raise ValueError("packing applies to mode = 'sample'; 'chunk' rows are full already")
+        return self
 
 
 class CausalLM(Task):
@@ -83,7 +89,7 @@ class CausalLM(Task):
 
     def collator(self, tokenizer, pad_to: int | None):
         if self.options.packing:
-            return PackingCollator()
+            return PackedCollator(tokenizer.pad_token_id)
         return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
 
     def preprocess_logits(self, logits, labels):

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from plugins import _chat_templates as chat_templates
 from runner import DataError, FinetuneError, ModelSpec, Options, Task, hookimpl
-from runner.collate import PackingCollator, PadCollator
+from runner.collate import PackedCollator, PadCollator
 
 ROLES = ("system", "user", "assistant")
 
@@ -33,7 +33,8 @@ class InstructionOptions(Options):
     system: str | None = Field(default=None, description="A system message put before every conversation.")
     train_on_inputs: bool = Field(default=False, description="Also train on the prompt tokens, not only responses.")
     packing: bool = Field(
-        default=False, description="Concatenate each batch into one row, samples kept apart: no padding at all."
+        default=False,
+        description="Pack several samples into each row of max_length tokens, kept apart: little padding.",
     )
     sample_prompts: list[str] = Field(
         default_factory=list, description="Prompts answered after training; written to samples.jsonl."
@@ -197,7 +198,7 @@ class Instruction(Task):
 
     def collator(self, tokenizer, pad_to: int | None):
         if self.options.packing:
-            return PackingCollator()
+            return PackedCollator(tokenizer.pad_token_id)
         return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
 
     def preview(self, rows: list[dict], tokenizer, max_length: int) -> list[list[tuple[str, bool]]]:

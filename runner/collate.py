@@ -54,28 +54,32 @@ class PadCollator:
         return batch
 
 
-class PackingCollator:
-    """Concatenates a batch into one row, without padding, keeping the samples apart.
+class PackedCollator:
+    """Batches packed rows (see runner.packing), or plain rows, without an attention mask.
 
-    Position ids restart at every sample, from which transformers builds a block-diagonal causal
-    mask: no token attends to another sample. The first label of every sample is masked, so no
-    sample is trained to predict the start of the next. The loss equals the padded batch's.
+    Each row's position ids restart at every sample it holds; transformers derives a causal mask
+    that keeps the samples apart from them, which it does only when there is no attention mask and
+    no cache. Padding at a row's end gets positions of its own, so it forms a separate segment that
+    no real token attends to, and labels of -100.
     """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[dict]):
         import torch
 
-        ids: list[int] = []
-        positions: list[int] = []
-        labels: list[int] = []
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, positions = [], [], []
         for f in features:
-            ids += list(f["input_ids"])
-            positions += range(len(f["input_ids"]))
-            labels += [-100, *list(f["labels"])[1:]]
+            n = len(f["input_ids"])
+            own = list(f["position_ids"]) if "position_ids" in f else list(range(n))
+            ids.append(list(f["input_ids"]) + [self.pad_token_id] * (width - n))
+            labels.append(list(f["labels"]) + [-100] * (width - n))
+            positions.append(own + list(range(width - n)))
         return {
-            "input_ids": torch.tensor([ids]),
-            "position_ids": torch.tensor([positions]),
-            "labels": torch.tensor([labels]),
-            # transformers derives the per-sample mask from position ids only without a cache
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions),
             "use_cache": False,
         }

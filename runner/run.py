@@ -268,6 +268,14 @@ class _Pipeline:
             self.events.info("encoded splits read from the cache: " + ", ".join(k for k, v in cached.items() if v))
         for note in self.task.notes:
             self.events.info(note)
+        if getattr(self.task.options, "packing", False):
+            from runner.packing import pack
+
+            before = len(self.encoded["train"])
+            self.encoded["train"] = pack(self.encoded["train"], self.max_length)
+            lengths = self.encoded["train"]["length"]
+            fill = sum(lengths) / (len(lengths) * self.max_length)
+            self.events.info(f"packed {before} training rows into {len(lengths)} rows, {fill:.0%} full")
 
     def build_model(self) -> None:
         self.events.stage("building the model")
