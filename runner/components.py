@@ -78,6 +78,16 @@ class DataSourceOptions(Options):
         default_factory=dict,
         description="Map the task's column names to this source's, e.g. {text = 'tweet', label = 'sentiment'}.",
     )
+    name: str | None = Field(default=None, description="Label of this source's own metrics (default: type + index).")
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        description="Share of the training mix, relative to the other sources' weights (default: its size).",
+    )
+    task: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Task options for this source's rows only, e.g. { format = 'chat', template = 'chatml' }.",
+    )
 
 
 @dataclass

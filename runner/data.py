@@ -4,6 +4,10 @@ Each source delivers its splits (or one unsplit "all"); columns are renamed to t
 checked; splits a source lacks are carved from its rows by the recipe's fractions (seeded, and
 stratified by label for classification), so splits are disjoint by construction. Every row keeps
 its origin (`_src`, `_row`) until the data is encoded, so an error can name the file and row.
+
+Sources stay apart until they are encoded: each may have its own task options (an instruction
+source in chat format beside one in alpaca format), and each is evaluated on its own as well as
+with the others. A source's `weight` sets its share of the training mix.
 """
 
 from __future__ import annotations
@@ -21,18 +25,45 @@ ORIGIN_COLUMNS = ("_src", "_row")
 
 
 @dataclass
+class SourceData:
+    """One source's rows, split, in the columns of its task."""
+
+    index: int
+    name: str  # how its per-source metrics are labelled
+    weight: float | None  # share of the training mix; None: its natural size
+    task: Task  # the recipe's task, or a variant with this source's task options
+    splits: dict[str, Any] = field(default_factory=dict)  # split -> datasets.Dataset (with _src, _row)
+
+
+@dataclass
 class PreparedData:
-    splits: dict[str, Any]  # split name -> datasets.Dataset with the task's columns and _src/_row
+    sources: list[SourceData]
     origins: list[RawSplit]
     fingerprints: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def sizes(self) -> dict[str, int]:
+        return {name: sum(len(p.splits[name]) for p in self.parts(name)) for name in SPLITS if self.parts(name)}
+
+    def parts(self, split: str) -> list[SourceData]:
+        """The sources that have rows in `split`."""
+        return [source for source in self.sources if split in source.splits]
+
+    @property
+    def splits(self) -> dict[str, Any]:
+        """Each split with every source's rows, for sources that share one task (and so columns)."""
+        from datasets import concatenate_datasets
+
+        out = {}
+        for name in SPLITS:
+            parts = [p.splits[name] for p in self.parts(name)]
+            if parts:
+                out[name] = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        return out
+
     def where(self, split: str, index: int) -> str:
         ds = self.splits[split]
         return self.origins[ds[index]["_src"]].where(ds[index]["_row"])
-
-    def sizes(self) -> dict[str, int]:
-        return {name: len(ds) for name, ds in self.splits.items()}
 
 
 def _standardize(raw: RawSplit, columns: dict[str, str], task: Task, key: tuple, src_index: int) -> RawSplit:
@@ -139,16 +170,40 @@ def _split_source(splits: dict[str, RawSplit], recipe: Recipe, task: Task, seed:
     return splits
 
 
-def prepare_data(recipe: Recipe, task: Task, ctx: RunContext) -> PreparedData:
-    """Load every source, carve missing splits, fit the task to the data, and check it all."""
-    from datasets import concatenate_datasets
+def task_for(spec, task: Task) -> Task:
+    """The task a source's rows are encoded with: the recipe's, or a variant with the source's
+    own task options (validated with the recipe)."""
+    overrides = spec.options.task
+    if not overrides:
+        return task
+    merged = {**task.options.model_dump(), **overrides}
+    return type(task)(type(task.options).model_validate(merged))
 
+
+def _limit(sources: list[SourceData], split: str, limit: int, seed: int) -> str | None:
+    """Keep a seeded sample of at most `limit` rows of `split`, taken from each source in proportion."""
+    parts = [p for p in sources if split in p.splits]
+    total = sum(len(p.splits[split]) for p in parts)
+    if total <= limit:
+        return None
+    rng = np.random.default_rng(seed)
+    for p in parts:
+        n = len(p.splits[split])
+        keep = max(1, round(limit * n / total))
+        p.splits[split] = p.splits[split].select(np.sort(rng.permutation(n)[:keep])).flatten_indices()
+    return f"{split}: kept a seeded sample of about {limit} rows (data.max_rows.{split})"
+
+
+def prepare_data(recipe: Recipe, task: Task, ctx: RunContext) -> PreparedData:
+    """Load every source, carve missing splits, fit the tasks to the data, and check it all."""
     origins: list[RawSplit] = []
     fingerprints = []
     notes: list[str] = []
-    by_split: dict[str, list[RawSplit]] = {}
-    for spec in recipe.sources:
+    sources: list[SourceData] = []
+    fit_groups: dict[int, tuple[Task, dict[str, list[RawSplit]]]] = {}
+    for index, spec in enumerate(recipe.sources):
         source = spec.create()
+        source_task = task_for(spec, task)
         loaded = source.load(ctx)
         if not loaded:
             raise DataError(f"{format_key(spec.key)}: the source '{spec.name}' delivered no data")
@@ -158,27 +213,27 @@ def prepare_data(recipe: Recipe, task: Task, ctx: RunContext) -> PreparedData:
             if split not in (*SPLITS, "all"):
                 raise DataError(f"{raw.origin}: unknown split '{split}' (expected train, validation, test)")
             origins.append(raw)
-            standardized[split] = _standardize(raw, source.options.columns, task, spec.key, len(origins) - 1)
-        for split, raw in _split_source(standardized, recipe, task, ctx.seed, notes).items():
-            by_split.setdefault(split, []).append(raw)
+            standardized[split] = _standardize(raw, source.options.columns, source_task, spec.key, len(origins) - 1)
+        carved = _split_source(standardized, recipe, source_task, ctx.seed, notes)
+        name = source.options.name or f"{spec.name}{index}"
+        data = SourceData(index, name, source.options.weight, source_task)
+        data.splits = {split: raw.dataset for split, raw in carved.items() if len(raw.dataset)}
+        sources.append(data)
+        group = fit_groups.setdefault(id(source_task), (source_task, {}))[1]
+        for split, raw in carved.items():
+            group.setdefault(split, []).append(raw)
 
-    if "train" not in by_split:
+    if not any("train" in s.splits for s in sources):
         raise DataError("no training data: no source delivered a 'train' split or unsplit rows")
-    task.fit(by_split)
-    splits = {}
-    for name in SPLITS:
-        parts = [raw.dataset for raw in by_split.get(name, []) if len(raw.dataset)]
-        if not parts:
-            continue
-        ds = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-        limit = recipe.data.max_rows.get(name)
-        if limit is not None and len(ds) > limit:
-            index = np.sort(np.random.default_rng(ctx.seed).permutation(len(ds))[:limit])
-            ds = ds.select(index)
-            notes.append(f"{name}: kept a seeded sample of {limit} rows (data.max_rows.{name})")
-        splits[name] = ds.flatten_indices()
-    if "train" not in splits:
-        raise DataError("the training split is empty")
-    if "validation" not in splits:
+    for group_task, by_split in fit_groups.values():  # a task learns its labels from all its sources
+        group_task.fit(by_split)
+    for split, limit in recipe.data.max_rows.items():
+        note = _limit(sources, split, limit, ctx.seed)
+        if note:
+            notes.append(note)
+    for source in sources:
+        source.splits = {k: v.flatten_indices() for k, v in source.splits.items()}
+    data = PreparedData(sources=sources, origins=origins, fingerprints=fingerprints, notes=notes)
+    if "validation" not in data.sizes():
         notes.append("no validation split: evaluation during training, early stopping and best-model selection are off")
-    return PreparedData(splits=splits, origins=origins, fingerprints=fingerprints, notes=notes)
+    return data

@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from runner.components import Task
+from runner.components import SPLITS, Task
 from runner.data import ORIGIN_COLUMNS
 
 CACHE_VERSION = 1
@@ -104,3 +106,60 @@ def encode_splits(
             result = load_from_disk(str(path))  # memory-mapped, like a cache hit
         encoded[name] = result
     return encoded, cached
+
+
+@dataclass
+class Encoded:
+    """Encoded splits: all sources together (the training split mixed by weight), and each source
+    on its own (for per-source metrics)."""
+
+    splits: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)  # split -> [(source name, dataset)]
+    from_cache: set = field(default_factory=set)  # "split/source" encoded earlier
+    notes: list = field(default_factory=list)
+
+
+def mix(parts: list[tuple[Any, Any]], seed: int):
+    """The training split: sources concatenated, or, when they have weights, resampled so that each
+    source's share of the rows is its share of the weights (the total stays the sum of their sizes;
+    a small source is repeated, a large one subsampled, both seeded)."""
+    import numpy as np
+    from datasets import concatenate_datasets
+
+    datasets = [ds for _, ds in parts]
+    weights = [source.weight for source, _ in parts]
+    if len(parts) > 1 and all(w is not None for w in weights):
+        total, mass = sum(len(ds) for ds in datasets), sum(weights)
+        rng = np.random.default_rng(seed)
+        resampled = []
+        for ds, weight in zip(datasets, weights, strict=True):
+            n = max(1, round(total * weight / mass))
+            index = rng.permutation(len(ds))[:n] if n <= len(ds) else rng.integers(0, len(ds), n)
+            resampled.append(ds.select(np.sort(index)))
+        datasets = resampled
+    return datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets).flatten_indices()
+
+
+def encode_sources(data, tokenizer, max_length: int, cache_dir: Path, seed: int, splits=None) -> Encoded:
+    """Encode every source's splits with the source's task; mix the training split by weight."""
+    from datasets import concatenate_datasets
+
+    out = Encoded()
+    for split in splits or [s for s in SPLITS if data.parts(s)]:
+        parts = []
+        for source in data.parts(split):
+            encoded, cached = encode_splits(
+                source.task, tokenizer, {split: source.splits[split]}, max_length, cache_dir
+            )
+            if cached[split]:
+                out.from_cache.add(f"{split}/{source.name}")
+            parts.append((source, encoded[split]))
+            out.notes += [f"{source.name}: {note}" for note in source.task.notes]
+            source.task.notes.clear()
+        out.parts[split] = [(source.name, ds) for source, ds in parts]
+        if split == "train":
+            out.splits[split] = mix(parts, seed)
+        else:
+            datasets = [ds for _, ds in parts]
+            out.splits[split] = datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets)
+    return out

@@ -92,9 +92,13 @@ def plan(recipe: Recipe, console, offline: bool) -> None:
             from runner.modeling import ensure_pad_token
             from runner.run import resolve_max_length
 
-            texts = data.splits["train"]
-            tokenizer = recipe.tokenizer.create().build(ctx, lambda: task.training_texts(texts))
+            parts = data.parts("train")
+            tokenizer = recipe.tokenizer.create().build(
+                ctx, lambda: (t for p in parts for t in p.task.training_texts(p.splits["train"]))
+            )
             ensure_pad_token(tokenizer)
+            for variant in {id(p.task): p.task for p in parts if p.task is not task}.values():
+                variant.prepare_tokenizer(tokenizer)
             task.prepare_tokenizer(tokenizer)
             max_length = resolve_max_length(recipe, tokenizer, model_component)
             facts["max length"] = f"{max_length} tokens, {recipe.tokenizer.options.padding} padding"
@@ -109,14 +113,15 @@ def plan(recipe: Recipe, console, offline: bool) -> None:
                 raise
             facts["model"] = f"not built: {exc.message}"
         trainer = recipe.training.create()
-        steps = trainer.planned_steps(len(data.splits["train"]))
+        steps = trainer.planned_steps(data.sizes()["train"])
         if steps:
             facts["optimizer steps"] = str(steps)
     facts["run directory"] = f"{recipe.run.output_dir}/{recipe.name}/<timestamp>/"
 
     if data is not None and tokenizer is not None:
-        rows = [dict(r) for r in data.splits["train"].select(range(min(3, len(data.splits["train"]))))]
-        previews = task.preview(rows, tokenizer, max_length)
+        first = data.parts("train")[0]
+        rows = [dict(r) for r in first.splits["train"].select(range(min(3, len(first.splits["train"]))))]
+        previews = first.task.preview(rows, tokenizer, max_length)
         for n, pieces in enumerate(previews or [], 1):
             from rich.text import Text
 

@@ -21,7 +21,7 @@ from typing import Any
 from runner import checkpoints
 from runner.components import RunContext, TrainJob, TrainOutcome
 from runner.data import prepare_data
-from runner.encoding import default_cache_dir, encode_splits
+from runner.encoding import default_cache_dir, encode_sources
 from runner.environment import describe
 from runner.errors import FinetuneError, RunInterrupted
 from runner.events import Events
@@ -247,26 +247,34 @@ class _Pipeline:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(saved)
-            self.task.prepare_tokenizer(self.tokenizer)  # already done: this only tells the task
+            self.prepare_tokenizer_for_tasks()  # already done: this only tells the tasks
             self.max_length = self.tokenizer.model_max_length
             return
-        train = self.data.splits["train"]
-        self.tokenizer = self.recipe.tokenizer.create().build(self.ctx, lambda: self.task.training_texts(train))
-        for note in (ensure_pad_token(self.tokenizer), self.task.prepare_tokenizer(self.tokenizer)):
+        self.tokenizer = self.recipe.tokenizer.create().build(self.ctx, self.training_texts)
+        for note in (ensure_pad_token(self.tokenizer), *self.prepare_tokenizer_for_tasks()):
             if note:
                 self.events.info(note)
         self.max_length = resolve_max_length(self.recipe, self.tokenizer, self.model_component)
         self.tokenizer.model_max_length = self.max_length
         publish(saved, self.tokenizer.save_pretrained)
 
+    def training_texts(self):
+        for source in self.data.parts("train"):
+            yield from source.task.training_texts(source.splits["train"])
+
+    def prepare_tokenizer_for_tasks(self) -> list[str | None]:
+        """Every task variant adapts the tokenizer; the recipe's own task goes last, so that its
+        chat template is the one saved with the tokenizer."""
+        variants = {id(s.task): s.task for s in self.data.sources if s.task is not self.task}
+        return [t.prepare_tokenizer(self.tokenizer) for t in (*variants.values(), self.task)]
+
     def tokenize(self) -> None:
         self.events.stage("tokenizing")
-        self.encoded, cached = encode_splits(
-            self.task, self.tokenizer, self.data.splits, self.max_length, self.ctx.cache_dir
-        )
-        if any(cached.values()):
-            self.events.info("encoded splits read from the cache: " + ", ".join(k for k, v in cached.items() if v))
-        for note in self.task.notes:
+        encoded = encode_sources(self.data, self.tokenizer, self.max_length, self.ctx.cache_dir, self.seed)
+        self.encoded, self.encoded_parts = encoded.splits, encoded.parts
+        if encoded.from_cache:
+            self.events.info("encoded rows read from the cache: " + ", ".join(sorted(encoded.from_cache)))
+        for note in encoded.notes:
             self.events.info(note)
         if getattr(self.task.options, "packing", False):
             from runner.packing import pack
@@ -350,9 +358,14 @@ class _Pipeline:
         self.events.stage("evaluating")
         final: dict[str, Any] = {"train": {"global_step": outcome.global_step, **outcome.metrics}}
         for split in ("validation", "test"):
-            if split in self.encoded:
-                final[split] = self.trainer.evaluate(self.job, self.encoded[split])
-                self.events.evaluated(split, None, final[split], final=True)
+            if split not in self.encoded:
+                continue
+            final[split] = self.trainer.evaluate(self.job, self.encoded[split])
+            self.events.evaluated(split, None, final[split], final=True)
+            parts = self.encoded_parts[split]
+            for name, dataset in parts if len(parts) > 1 else ():  # each source on its own as well
+                final[f"{split}/{name}"] = self.trainer.evaluate(self.job, dataset)
+                self.events.evaluated(f"{split}/{name}", None, final[f"{split}/{name}"], final=True)
         return final
 
     def write_samples(self) -> None:

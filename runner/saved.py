@@ -63,16 +63,16 @@ def load_finished(run_dir: RunDir, debug: bool = False) -> Finished:
 
 def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> dict[str, float]:
     from runner.data import prepare_data
-    from runner.encoding import encode_splits
+    from runner.encoding import encode_sources
 
     done = load_finished(run_dir, debug)
     recipe, task = done.recipe, done.task
-    data = prepare_data(recipe, recipe.task.create(), done.ctx)  # same rows, splits and checks as the run
-    if split not in data.splits:
-        raise FinetuneError(f"the run has no {split} split", hint=f"splits: {', '.join(data.splits)}")
-    encoded, _ = encode_splits(
-        task, done.tokenizer, {split: data.splits[split]}, done.meta["max_length"], done.ctx.cache_dir
-    )
+    data = prepare_data(recipe, recipe.task.create(), done.ctx)  # the same rows, splits and labels as the run
+    if not data.parts(split):
+        raise FinetuneError(f"the run has no {split} split", hint=f"splits: {', '.join(data.sizes())}")
+    encoded = encode_sources(
+        data, done.tokenizer, done.meta["max_length"], done.ctx.cache_dir, recipe.run.seed, splits=[split]
+    ).splits
     metrics = [spec.create() for spec in recipe.metrics]
     for metric in metrics:
         metric.prepare(done.ctx)

@@ -337,7 +337,25 @@ class Validator:
         rest = {k: v for k, v in raw.items() if k != "sources"}
         return self.options(DataOptions, rest, ("data",)), sources
 
+    def _sources(self, recipe: Recipe) -> None:
+        """Per-source task options, weights and names."""
+        task_options = recipe.task.options.model_dump()
+        names: dict[str, tuple] = {}
+        for spec in recipe.sources:
+            overrides = spec.options.task
+            if overrides:
+                self.options(recipe.task.cls.Options, {**task_options, **overrides}, (*spec.key, "task"))
+            if spec.options.name is not None:
+                if spec.options.name in names:
+                    self.issue((*spec.key, "name"), f"a second source named '{spec.options.name}'")
+                names[spec.options.name] = spec.key
+        weighted = [spec.options.weight is not None for spec in recipe.sources]
+        if any(weighted) and not all(weighted):
+            missing = next(spec for spec in recipe.sources if spec.options.weight is None)
+            self.issue(missing.key, "no weight: give every source a weight, or none (to mix them by size)")
+
     def _cross_checks(self, recipe: Recipe) -> None:
+        self._sources(recipe)
         task = recipe.task.cls
         seen: dict[str, KeyPath] = {}
         for spec in recipe.metrics:
