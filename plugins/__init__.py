@@ -16,6 +16,7 @@ BUILTIN = [
     "plugins.task_classification",
     "plugins.task_causal_lm",
     "plugins.task_instruction",
+    "plugins.task_token_classification",
     "plugins.strategy_full",
     "plugins.strategy_freeze",
     "plugins.strategy_peft",

@@ -92,6 +92,37 @@ def generate(rows: int, seed: int, label_noise: float = 0.0) -> list[dict[str, s
     return out
 
 
+PEOPLE = ["alice smith", "bob jones", "carol", "dmitri ivanov", "emma", "farid khan", "grace lee", "hiro tanaka"]
+PLACES = ["paris", "new york", "berlin", "lagos", "tokyo", "lima", "cairo", "oslo", "san francisco"]
+ORGS = ["acme corp", "globex", "initech", "the red cross", "umbrella labs", "stark industries"]
+NER_TEMPLATES = [
+    "{PER} flew to {LOC} yesterday",
+    "{PER} works for {ORG} in {LOC}",
+    "yesterday {ORG} hired {PER}",
+    "{ORG} opened an office in {LOC}",
+    "i met {PER} at the {ORG} party",
+    "the weather in {LOC} was lovely",
+    "{PER} and {PER} visited {LOC}",
+    "nothing happened today",
+]
+
+
+def ner_row(rng: random.Random) -> dict[str, list[str]]:
+    """Words with BIO tags: people (PER), places (LOC) and organisations (ORG) in short sentences."""
+    pools = {"PER": PEOPLE, "LOC": PLACES, "ORG": ORGS}
+    tokens, tags = [], []
+    for word in rng.choice(NER_TEMPLATES).split():
+        if word.startswith("{"):
+            kind = word.strip("{}")
+            for i, part in enumerate(rng.choice(pools[kind]).split()):
+                tokens.append(part)
+                tags.append(("B-" if i == 0 else "I-") + kind)
+        else:
+            tokens.append(word)
+            tags.append("O")
+    return {"tokens": tokens, "tags": tags}
+
+
 def as_instruction(row: dict[str, str], rng: random.Random) -> dict[str, str]:
     return {"instruction": rng.choice(QUESTIONS), "input": row["text"], "output": row["label"]}
 
@@ -110,10 +141,11 @@ def as_chat(row: dict[str, str], rng: random.Random) -> dict[str, list]:
 
 
 class SyntheticOptions(DataSourceOptions):
-    kind: Literal["sentiment", "text", "instruction", "chat"] = Field(
+    kind: Literal["sentiment", "text", "instruction", "chat", "ner"] = Field(
         default="sentiment",
         description="'sentiment': posts with a 3-way label; 'text': the posts alone; 'instruction': "
-        "instruction/input/output rows asking for the label; 'chat': two-turn conversations about it.",
+        "instruction/input/output rows asking for the label; 'chat': two-turn conversations about it; "
+        "'ner': words with BIO tags for people, places and organisations.",
     )
     rows: int = Field(default=3000, gt=0, le=10_000_000, description="How many rows to generate.")
     seed: int = Field(default=0, ge=0, description="Generator seed (independent of run.seed).")
@@ -128,8 +160,10 @@ class Synthetic(DataSource):
 
     def _rows(self) -> list[dict]:
         o = self.options
-        rows = generate(o.rows, o.seed, o.label_noise)
         rng = random.Random(o.seed + 1)
+        if o.kind == "ner":
+            return [ner_row(rng) for _ in range(o.rows)]
+        rows = generate(o.rows, o.seed, o.label_noise)
         if o.kind == "text":
             return [{"text": r["text"]} for r in rows]
         if o.kind == "instruction":

@@ -1,8 +1,9 @@
 """Metrics through the `evaluate` library, shipped as local modules so they work offline.
 
 `accuracy`, `precision`, `recall`, `f1` (classes), `perplexity` (language models), `mse`, `mae`
-(regression). `evaluate_hub` loads a metric from the Hub by name; since a Hub metric is code
-downloaded at run time, it needs `--trust-remote-code` on the command line.
+(regression), `entity_f1`, `entity_precision`, `entity_recall`, `token_accuracy` (BIO tagging).
+`evaluate_hub` loads a metric from the Hub by name; since a Hub metric is code downloaded at run
+time, it needs `--trust-remote-code` on the command line.
 """
 
 from __future__ import annotations
@@ -106,10 +107,46 @@ class MAE(_LocalMetric):
     greater_is_better = False
 
 
+class _Entities(_LocalMetric):
+    """Scores one figure of the entity-level module (BIO tags, strict spans, micro-averaged)."""
+
+    module = "entities"
+    consumes = frozenset({"tags"})
+
+    def compute(self, predictions, references) -> dict[str, float]:
+        if not hasattr(self, "_metric"):
+            self.prepare(None)
+        return {self.key(): float(self._metric.compute(predictions=predictions, references=references)[self.name])}
+
+
+class EntityF1(_Entities):
+    """Entity-level F1 for BIO tagging: an entity counts when its type and both ends match."""
+
+    name = "entity_f1"
+
+
+class EntityPrecision(_Entities):
+    """Entity-level precision for BIO tagging."""
+
+    name = "entity_precision"
+
+
+class EntityRecall(_Entities):
+    """Entity-level recall for BIO tagging."""
+
+    name = "entity_recall"
+
+
+class TokenAccuracy(_Entities):
+    """The share of tokens whose tag is right (an 'O' counts too)."""
+
+    name = "token_accuracy"
+
+
 class HubMetricOptions(Options):
     path: str = Field(description="Metric name or id on the Hub, e.g. 'matthews_correlation'.")
     key: str = Field(description="Which value of its result to report, e.g. 'matthews_correlation'.")
-    consumes: Literal["classes", "scores", "tokens"] = Field(
+    consumes: Literal["classes", "scores", "tokens", "tags"] = Field(
         default="classes", description="Which task predictions it scores."
     )
     greater_is_better: bool = Field(default=True, description="Whether a higher value is better.")
@@ -120,7 +157,7 @@ class HubMetric(Metric):
 
     name = "evaluate_hub"
     Options = HubMetricOptions
-    consumes = frozenset({"classes", "scores", "tokens"})
+    consumes = frozenset({"classes", "scores", "tokens", "tags"})
 
     @classmethod
     def check(cls, options, recipe):
@@ -156,5 +193,6 @@ class HubMetric(Metric):
 
 @hookimpl
 def register_metrics(register):
-    for cls in (Accuracy, Precision, Recall, F1, Perplexity, MSE, MAE, HubMetric):
+    for cls in (Accuracy, Precision, Recall, F1, Perplexity, MSE, MAE, EntityF1, EntityPrecision, EntityRecall,
+                TokenAccuracy, HubMetric):  # fmt: skip
         register(cls)

@@ -17,7 +17,12 @@ from pydantic import Field, model_validator
 from runner import FinetuneError, Options, PositiveFloat, Strategy, hookimpl
 from runner.options import Fraction
 
-TASK_TYPES = {"sequence_classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+TASK_TYPES = {
+    "sequence_classification": "SEQ_CLS",
+    "causal_lm": "CAUSAL_LM",
+    "token_classification": "TOKEN_CLS",
+    "seq2seq_lm": "SEQ_2_SEQ_LM",
+}
 # Attention projections for architectures peft has no default for.
 EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "gpt_neox": ["query_key_value"]}
 

@@ -157,7 +157,7 @@ class Tokenizer(Component):
 class ModelSpec:
     """What a task needs from a model: the head and the sizes that depend on data and tokenizer."""
 
-    head: Literal["sequence_classification", "causal_lm"]
+    head: Literal["sequence_classification", "causal_lm", "token_classification", "seq2seq_lm"]
     vocab_size: int
     max_length: int
     pad_token_id: int | None = None
@@ -167,10 +167,11 @@ class ModelSpec:
     id2label: dict[int, str] | None = None
     label2id: dict[str, int] | None = None
     problem_type: str | None = None
+    decoder_start_token_id: int | None = None  # encoder-decoder models start decoding with it
 
     def config_overrides(self) -> dict[str, Any]:
         """Values to set on the model config (what a pretrained config must be told)."""
-        keys = ("pad_token_id", "num_labels", "id2label", "label2id", "problem_type")
+        keys = ("pad_token_id", "num_labels", "id2label", "label2id", "problem_type", "decoder_start_token_id")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

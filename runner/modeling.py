@@ -7,6 +7,8 @@ from typing import Any
 HEADS = {
     "sequence_classification": "AutoModelForSequenceClassification",
     "causal_lm": "AutoModelForCausalLM",
+    "token_classification": "AutoModelForTokenClassification",
+    "seq2seq_lm": "AutoModelForSeq2SeqLM",
 }
 
 

@@ -82,7 +82,9 @@ def test_mix_resamples_by_weight():
 
 def test_per_source_options_weights_and_names_are_validated(tmp_path):
     text = MIXED.format(epochs=1)
-    bad = text.replace('format = "chat", template', 'formt = "chat", template').replace('name = "chat"', 'name = "alpaca"')
+    bad = text.replace('format = "chat", template', 'formt = "chat", template').replace(
+        'name = "chat"', 'name = "alpaca"'
+    )
     bad = bad.replace("weight = 1.0\n", "")
     with pytest.raises(RecipeError) as err:
         load_and_validate(write(tmp_path / "bad.toml", bad))

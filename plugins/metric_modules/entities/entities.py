@@ -1,0 +1,56 @@
+"""Entity-level precision, recall and F1 for BIO-tagged sequences, and token accuracy.
+
+An entity is a maximal run of tags B-X, I-X, I-X... (an I-X that does not continue an X entity
+starts a new one, as in seqeval's default mode). A predicted entity counts only if its type, start
+and end all match a reference entity. Scores are micro-averaged over all entities.
+"""
+
+import datasets
+import evaluate
+
+
+def spans(tags):
+    found, start, kind = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-")
+        continues = prefix == "I" and kind == label
+        if start is not None and not continues:
+            found.add((kind, start, i))
+            start, kind = None, None
+        if prefix == "B" or (prefix == "I" and not continues):
+            start, kind = i, label
+    return found
+
+
+class Entities(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description="predictions, references: lists of BIO tag strings, one list per sequence",
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("string")),
+                    "references": datasets.Sequence(datasets.Value("string")),
+                }
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        correct = predicted = actual = tokens = right = 0
+        for pred, ref in zip(predictions, references, strict=True):
+            p, r = spans(pred), spans(ref)
+            correct += len(p & r)
+            predicted += len(p)
+            actual += len(r)
+            tokens += len(ref)
+            right += sum(a == b for a, b in zip(pred, ref, strict=True))
+        precision = correct / predicted if predicted else 0.0
+        recall = correct / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {
+            "entity_precision": precision,
+            "entity_recall": recall,
+            "entity_f1": f1,
+            "token_accuracy": right / tokens if tokens else 0.0,
+        }
