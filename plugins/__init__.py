@@ -17,6 +17,7 @@ BUILTIN = [
     "plugins.task_causal_lm",
     "plugins.task_instruction",
     "plugins.task_token_classification",
+    "plugins.task_seq2seq",
     "plugins.strategy_full",
     "plugins.strategy_freeze",
     "plugins.strategy_peft",

@@ -70,14 +70,15 @@ def device_summary() -> dict[str, Any]:
     return info
 
 
-def token_losses(logits, labels):
-    """Per row: (summed next-token loss, number of predicted tokens), two numbers instead of a
-    vocabulary of logits. Perplexity over a corpus is exp(sum of the first / sum of the second)."""
+def token_losses(logits, labels, shift: bool = True):
+    """Per row: (summed token loss, number of predicted tokens), two numbers instead of a
+    vocabulary of logits. Perplexity over a corpus is exp(sum of the first / sum of the second).
+    `shift`: position i predicts label i+1 (decoders); False: label i (encoder-decoder outputs)."""
     import torch
 
     logits = logits[0] if isinstance(logits, tuple) else logits
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
+    shift_logits = logits[:, :-1, :].float() if shift else logits.float()
+    shift_labels = labels[:, 1:] if shift else labels
     losses = torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
     ).view(shift_labels.shape)
