@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     _add_recipe_args(p)
     p.add_argument("--offline", action="store_true", help="do not contact the Hub; show what is known locally")
+    p.add_argument("--samples", type=int, default=3, help="formatted training samples to show (default 3)")
 
     p = sub.add_parser("eval", help="evaluate a finished run's model again")
     p.add_argument("run_dir", type=Path)

@@ -126,7 +126,7 @@ def cmd_plan(args) -> int:
 
     recipe = load_and_validate(args.recipe, args.overrides)
     _offline(args.offline)
-    plan(recipe, _console(), offline=args.offline)
+    plan(recipe, _console(), offline=args.offline, samples=args.samples)
     return 0
 
 

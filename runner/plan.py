@@ -41,7 +41,7 @@ def provenance_table(recipe: Recipe):
     return table
 
 
-def plan(recipe: Recipe, console, offline: bool) -> None:
+def plan(recipe: Recipe, console, offline: bool, samples: int = 3) -> None:
     from rich.table import Table
 
     from runner.encoding import default_cache_dir
@@ -120,7 +120,7 @@ def plan(recipe: Recipe, console, offline: bool) -> None:
 
     if data is not None and tokenizer is not None:
         first = data.parts("train")[0]
-        rows = [dict(r) for r in first.splits["train"].select(range(min(3, len(first.splits["train"]))))]
+        rows = [dict(r) for r in first.splits["train"].select(range(min(samples, len(first.splits["train"]))))]
         previews = first.task.preview(rows, tokenizer, max_length)
         for n, pieces in enumerate(previews or [], 1):
             from rich.text import Text

@@ -385,6 +385,7 @@ class _Pipeline:
             "adapter": self.strategy.saves_adapter(),
             "base_model": self.model_component.base_reference() or (str(base_dir) if base_dir.is_dir() else None),
             "max_length": self.max_length,
+            "parameters": self.parameters,
             "recipe": self.recipe.name,
         }
 
