@@ -41,7 +41,116 @@ def provenance_table(recipe: Recipe):
     return table
 
 
-def plan(recipe: Recipe, console, offline: bool, samples: int = 3) -> None:
+def _weight_bytes(model) -> int:
+    """Bytes per element of the model's weights as built (4 unless the model sets a 16-bit dtype)."""
+    first = next(iter(model.parameters()), None)
+    return first.element_size() if first is not None else 4
+
+
+def _suggestions(recipe: Recipe, sharding, world_size: int) -> str:
+    """What would lower the memory per device, leaving out what the recipe already does."""
+    options = recipe.training.options
+    tips = []
+    if sharding.zero_stage < 3:
+        more = "" if world_size > 1 else " with more processes (--nproc)"
+        tips.append(f"a higher ZeRO stage{more} ([distributed] engine = 'deepspeed', zero_stage = 3)")
+    if sharding.offload_optimizer == "none":
+        tips.append("offload_optimizer = 'cpu'")
+    if getattr(options, "batch_size", 1) > 1:
+        tips.append("a smaller training.batch_size (with gradient_accumulation_steps)")
+    if not getattr(options, "gradient_checkpointing", True):
+        tips.append("training.gradient_checkpointing = true")
+    return "; try " + ", ".join(tips) if tips else ""
+
+
+def _activations(recipe: Recipe, model, spec, max_length: int, precision: str) -> tuple[int, str]:
+    """Activation bytes per device and how they were reckoned; (0, why) when the config lacks sizes."""
+    from runner import memory
+
+    shape = memory.transformer_shape(getattr(model, "config", None))
+    if shape is None:
+        return 0, "activations unknown: the model config has no layer sizes"
+    options = recipe.training.options
+    batch = getattr(options, "batch_size", 1)
+    checkpointing = bool(getattr(options, "gradient_checkpointing", False))
+    # Classifier heads output labels, not the vocabulary.
+    width = shape.vocab if spec.head in ("causal_lm", "seq2seq_lm") else spec.num_labels or 1
+    seq = max_length + recipe.strategy.create().extra_positions()
+    size = 4 if precision == "fp32" else 2
+    found = memory.activation_bytes(batch, seq, shape.hidden, shape.layers, shape.heads, width, size, checkpointing)
+    how = f"batch {batch} x {seq} tokens, {precision}" + (", gradient checkpointing" if checkpointing else "")
+    return found, f"activations {memory.format_bytes(found)} ({how})"
+
+
+def _fit_warnings(device: int, host: int, world_size: int, accelerator, tips: str) -> list[str]:
+    """Warnings when `device` bytes per process, plus `host` offloaded bytes per process, will not fit."""
+    from runner.memory import format_bytes as fmt
+
+    processes = f"{world_size} process" + ("es" if world_size != 1 else "")
+    if accelerator.is_cpu:
+        # Every process trains in the same RAM, offloaded states included.
+        need = (device + host) * world_size
+        if accelerator.memory and need > accelerator.memory:
+            return [f"the estimate of {fmt(need)} for {processes} exceeds the {fmt(accelerator.memory)} of RAM{tips}"]
+        return []
+    warnings = []
+    if accelerator.memory and device > accelerator.memory:
+        have = f"{fmt(accelerator.memory)} of {accelerator.name}"
+        warnings.append(f"the estimate of {fmt(device)} per device exceeds the {have}{tips}")
+    if accelerator.host_memory and host * world_size > accelerator.host_memory:
+        warnings.append(
+            f"offloaded states need {fmt(host * world_size)} of CPU memory for {processes}, more than the "
+            f"host's {fmt(accelerator.host_memory)} of RAM; try offloading to 'nvme'"
+        )
+    return warnings
+
+
+def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, world_size: int = 1):
+    """Rows for the plan table estimating memory per device, and warnings when it will not fit.
+
+    See runner.memory for what the estimate counts. Returns (facts, warnings).
+    """
+    from runner import memory
+
+    fmt = memory.format_bytes
+    accelerator = memory.detect_accelerator()
+    engine = recipe.distributed.create()
+    sharding = engine.sharding()
+    precision = memory.resolve_precision(getattr(recipe.training.options, "mixed_precision", "auto"), accelerator)
+    # DeepSpeed casts the model to 16-bit and keeps fp32 master weights in its optimizer (the ZeRO
+    # paper's accounting); without it the trainer autocasts and the model's own (fp32) weights are
+    # the master copy, which costs what fp32 training costs.
+    deepspeed = engine.deepspeed_config() is not None
+    states_precision = precision if deepspeed else ("fp32" if _weight_bytes(model) >= 4 else "bf16")
+    states = memory.model_state_bytes(
+        counts["total"],
+        counts["trainable"],
+        world_size,
+        sharding.zero_stage,
+        sharding.offload_optimizer,
+        sharding.offload_params,
+        states_precision,
+    )
+    activations, how = _activations(recipe, model, spec, max_length, precision)
+    device = states.device + activations
+    facts = {"memory per device": f"~{fmt(device)}: model states {fmt(states.device)} + {how}"}
+    processes = f"{world_size} process" + ("es" if world_size != 1 else "")
+    facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {processes}"
+    offloads = {"optimizer": sharding.offload_optimizer, "weights": sharding.offload_params}
+    if any(where != "none" for where in offloads.values()):
+        facts["sharding"] += ", offload " + ", ".join(f"{k} to {v}" for k, v in offloads.items() if v != "none")
+    if states.host:
+        facts["host memory (offload)"] = f"{fmt(states.host)} per process, {fmt(states.host * world_size)} in all"
+    if states.nvme:
+        facts["NVMe (offload)"] = f"{fmt(states.nvme)} per process"
+    facts["accelerator"] = f"{accelerator.name}, {fmt(accelerator.memory)}" if accelerator.memory else accelerator.name
+    tips = _suggestions(recipe, sharding, world_size)
+    return facts, _fit_warnings(device, states.host, world_size, accelerator, tips)
+
+
+def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: int = 1) -> None:
+    """Show what `finetune run` would do with `recipe` on `world_size` processes, without training."""
+    from rich.markup import escape
     from rich.table import Table
 
     from runner.encoding import default_cache_dir
@@ -70,6 +179,7 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3) -> None:
     )
     task = recipe.task.create()
     facts: dict[str, str] = {}
+    warnings: list[str] = []
     data = tokenizer = None
     try:
         from runner.data import prepare_data
@@ -107,13 +217,16 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3) -> None:
             model = recipe.strategy.create().apply(model, ctx, spec)
             from runner.modeling import count_parameters, describe_parameters
 
-            facts["parameters"] = describe_parameters(count_parameters(model))
+            counts = count_parameters(model)
+            facts["parameters"] = describe_parameters(counts)
+            estimate, warnings = memory_facts(recipe, model, counts, spec, max_length, world_size)
+            facts.update(estimate)
         except FinetuneError as exc:
             if not offline:
                 raise
             facts["model"] = f"not built: {exc.message}"
         trainer = recipe.training.create()
-        steps = trainer.planned_steps(data.sizes()["train"])
+        steps = trainer.planned_steps(data.sizes()["train"], world_size)
         if steps:
             facts["optimizer steps"] = str(steps)
     facts["run directory"] = f"{recipe.run.output_dir}/{recipe.name}/<timestamp>/"
@@ -137,5 +250,7 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3) -> None:
     for key, value in facts.items():
         table.add_row(key, value)
     console.print(table)
+    for warning in warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/]")  # escape: "[distributed]" is no markup
     for note in notes:
         console.print(f"[dim]- {note}[/]")
