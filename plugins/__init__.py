@@ -22,6 +22,8 @@ BUILTIN = [
     "plugins.strategy_freeze",
     "plugins.strategy_peft",
     "plugins.trainer_hf",
+    "plugins.engine_ddp",
+    "plugins.engine_deepspeed",
     "plugins.metrics",
     "plugins.reporter_rich",
 ]

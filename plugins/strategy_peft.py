@@ -187,6 +187,9 @@ class LoKr(PeftStrategy):
 class _VirtualTokenStrategy(PeftStrategy):
     can_merge = False
     virtual_tokens = True
+    # Under ZeRO-3 the virtual-token methods hang the first step (seen with peft 0.21 and DeepSpeed
+    # 0.19 on 2 CPU processes: every rank waits on a gather until the 30-minute timeout).
+    max_zero_stage = 2
 
     def extra_positions(self) -> int:
         return self.options.num_virtual_tokens

@@ -109,7 +109,7 @@ def _make_trainer_class():
     import transformers
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-    from runner import checkpoints
+    from runner import checkpoints, distributed
 
     class EpochSeededLengthSampler(LengthGroupedSampler):
         """Length grouping whose order depends only on (seed, epoch).
@@ -129,13 +129,36 @@ def _make_trainer_class():
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    token_weighted = {
+        *MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(),
+        *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(),
+    }
+
     class _Trainer(transformers.Trainer):
         keep_checkpoints = 2
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # transformers hands `num_items_in_batch` to any model whose forward takes **kwargs, then
+            # skips the division by gradient_accumulation_steps and multiplies the loss by the number
+            # of processes, trusting the model to divide by that global count. Language-model losses
+            # do; most other heads take a plain mean, and would train with gradient_accumulation_steps
+            # x processes times the learning rate. Only the language-model heads keep that path.
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            if type(base).__name__ not in token_weighted:
+                self.model_accepts_loss_kwargs = False
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
-                batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                # Grouped by the global batch: the rows of one optimizer step are the same whether
+                # one process takes them all or N processes take a share each.
+                batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
                 return EpochSeededLengthSampler(batch, list(dataset["length"]), self.args.data_seed or self.args.seed)
             return super()._get_train_sampler(train_dataset)
 
@@ -143,12 +166,15 @@ def _make_trainer_class():
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = result[0] if return_outputs else result
             # Checked before backward: a non-finite loss never reaches the weights or the optimizer.
-            if model.training and not torch.isfinite(loss.detach()).all():
+            # All ranks agree, so that none waits forever in the gradient reduction of the others.
+            if model.training and distributed.any_rank(not torch.isfinite(loss.detach()).all()):
                 raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
             return result
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
+            # Under DeepSpeed every rank writes its shard: the checkpoint is complete when all have.
+            distributed.barrier()
             if not self.args.should_save:
                 return
             path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
@@ -198,6 +224,7 @@ class HF(Trainer):
 
     name = "hf"
     Options = HFTrainerOptions
+    engines = ("ddp", "deepspeed")
     aliases = {
         "lr": "learning_rate",
         "num_train_epochs": "epochs",
@@ -288,6 +315,7 @@ class HF(Trainer):
             full_determinism=job.deterministic,
             activation_checkpointing=o.gradient_checkpointing,
             dataloader_num_workers=o.dataloader_workers,
+            deepspeed=job.deepspeed,
             **self._precision(),
         )
 
@@ -353,11 +381,22 @@ class HF(Trainer):
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
         return {k.removeprefix("eval_"): v for k, v in metrics.items()}
 
-    def planned_steps(self, train_rows: int) -> int | None:
+    def whole_model(self, job):
+        import contextlib
+
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if job.deepspeed is None or not is_deepspeed_zero3_enabled():
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(job.model.parameters()), modifier_rank=None)
+
+    def planned_steps(self, train_rows: int, world_size: int = 1) -> int | None:
         o = self.options
         if o.max_steps:
             return o.max_steps
-        per_epoch = math.ceil(math.ceil(train_rows / o.batch_size) / o.gradient_accumulation_steps)
+        per_epoch = math.ceil(math.ceil(train_rows / (o.batch_size * world_size)) / o.gradient_accumulation_steps)
         return math.ceil(per_epoch * o.epochs)
 
 

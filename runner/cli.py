@@ -39,6 +39,16 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_launch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several processes (torchrun; DeepSpeed's launcher with --hostfile)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N", help="processes on this machine, one per device")
+    g.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines, each running this same command")
+    g.add_argument("--node-rank", type=int, default=0, metavar="I", help="this machine's index (0: the master)")
+    g.add_argument("--master-addr", metavar="HOST", help="address of the machine with --node-rank 0")
+    g.add_argument("--master-port", type=int, default=29500, metavar="PORT", help="its port (default 29500)")
+    g.add_argument("--hostfile", type=Path, help="DeepSpeed hostfile ('HOST slots=N' a line): start every machine")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune",
@@ -59,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow model/tokenizer/metric code from the Hub to run (a recipe alone can never allow it)",
     )
+    _add_launch_args(p)
 
     p = sub.add_parser("validate", help="check recipes and report every error with file:line")
     p.add_argument("recipes", type=Path, nargs="+")
@@ -69,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.add_argument("--offline", action="store_true", help="do not contact the Hub; show what is known locally")
     p.add_argument("--samples", type=int, default=3, help="formatted training samples to show (default 3)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes per machine, for memory estimates")
+    p.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines, for memory estimates")
 
     p = sub.add_parser("eval", help="evaluate a finished run's model again")
     p.add_argument("run_dir", type=Path)
@@ -96,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="resume from this checkpoint (e.g. checkpoint-40) instead of the newest")
     p.add_argument("--force", action="store_true", help="resume even though the data changed")
     p.add_argument("--trust-remote-code", action="store_true", help="as for `run`")
+    _add_launch_args(p)
+
+    # One process of a launched run; started by the launcher, not by hand (so not listed).
+    p = sub.add_parser("worker")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--resume-from", type=Path)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true")
 
     p = sub.add_parser("new", help="scaffold a plugin package")
     p.add_argument("what", choices=["plugin"])

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from runner.errors import FinetuneError, RecipeError
+from runner.errors import FinetuneError, RecipeError, RunInterrupted, TrainingDiverged
 from runner.plugin_manager import get_plugins
 from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
@@ -59,11 +59,23 @@ def _offline(requested: bool = False) -> None:
         print(note, file=sys.stderr)
 
 
+def _worker_args(args, run_dir: RunDir, resume_from: Path | None = None, force: bool = False) -> list[str]:
+    """The `finetune` command line each worker process runs."""
+    flags = ["worker", str(run_dir.path)]
+    flags += ["--resume-from", str(resume_from)] if resume_from else []
+    flags += ["--force"] if force else []
+    flags += ["--trust-remote-code"] if args.trust_remote_code else []
+    return (["--debug"] if args.debug else []) + flags
+
+
 def cmd_run(args) -> int:
+    from runner.launch import Launch
+
     recipe = load_and_validate(args.recipe, args.overrides)
     _offline()
-    from runner.run import execute
-
+    launch = Launch.from_args(args)
+    if launch.needed(recipe):
+        launch.check(recipe, output_given=args.output is not None)
     if args.output is not None:
         if args.output.exists() and any(args.output.iterdir()):
             raise FinetuneError(f"--output {args.output} exists and is not empty", hint="name a new directory")
@@ -71,7 +83,36 @@ def cmd_run(args) -> int:
         run_dir = RunDir(args.output)
     else:
         run_dir = RunDir.create(Path(recipe.run.output_dir), recipe.name)
+    if launch.needed(recipe):
+        run_dir.write_recipe(recipe.resolved())  # what every worker reads
+        return launch.start(_worker_args(args, run_dir), run_dir)
+    from runner.run import execute
+
     execute(recipe, run_dir, get_plugins(), trust_remote_code=args.trust_remote_code, debug=args.debug)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """One process of a launched run (started by torchrun or DeepSpeed's launcher)."""
+    from runner import distributed
+    from runner.run import execute
+
+    run_dir = RunDir.open(args.run_dir)
+    recipe = load_and_validate(run_dir.recipe)
+    try:
+        execute(
+            recipe,
+            run_dir,
+            get_plugins(),
+            trust_remote_code=args.trust_remote_code,
+            resume_from=args.resume_from,
+            force=args.force,
+            debug=args.debug,
+        )
+    except (distributed.PeerFailed, RunInterrupted, TrainingDiverged) as exc:
+        if distributed.is_main() and not isinstance(exc, distributed.PeerFailed):
+            raise
+        return exc.exit_code  # every rank stopped together: rank 0 alone says why, once
     return 0
 
 
@@ -89,7 +130,7 @@ def _still_running(run_dir: RunDir) -> int | None:
 
 def cmd_resume(args) -> int:
     from runner import checkpoints
-    from runner.run import execute
+    from runner.launch import Launch
 
     run_dir = RunDir.open(args.run_dir)
     status = run_dir.status()
@@ -101,6 +142,10 @@ def cmd_resume(args) -> int:
         raise FinetuneError(f"{run_dir.path} is still running (process {pid})")
     recipe = load_and_validate(run_dir.recipe)
     _offline()
+    launch = Launch.from_args(args)
+    launch.check_resume(run_dir, args.force)
+    if launch.needed(recipe):
+        launch.check(recipe, output_given=True)  # the run directory exists already
     checkpoint, notes = checkpoints.resume_point(run_dir.checkpoints, args.checkpoint)
     for note in notes:
         print(note)
@@ -109,6 +154,10 @@ def cmd_resume(args) -> int:
         print(f"{run_dir.path} has no complete checkpoint: starting again from step 0")
     else:
         print(f"resuming {run_dir.path} from {checkpoint.name}")
+    if launch.needed(recipe):
+        return launch.start(_worker_args(args, run_dir, checkpoint, args.force), run_dir)
+    from runner.run import execute
+
     execute(
         recipe,
         run_dir,
@@ -126,7 +175,7 @@ def cmd_plan(args) -> int:
 
     recipe = load_and_validate(args.recipe, args.overrides)
     _offline(args.offline)
-    plan(recipe, _console(), offline=args.offline, samples=args.samples)
+    plan(recipe, _console(), offline=args.offline, samples=args.samples, world_size=args.nproc * args.nnodes)
     return 0
 
 

@@ -10,6 +10,7 @@ keep heavy imports inside its methods, so that `finetune --help` and `finetune v
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -283,6 +284,8 @@ class Strategy(Component):
 
     kind = "strategy"
     can_merge: ClassVar[bool] = False
+    # The highest DeepSpeed ZeRO stage the method works under (3 partitions the weights themselves).
+    max_zero_stage: ClassVar[int] = 3
     # Prepends learned tokens to every input (prompt tuning): a model that classifies from the
     # last position then needs left padding, so the last position is a real token.
     virtual_tokens: ClassVar[bool] = False
@@ -342,6 +345,7 @@ class TrainJob:
     events: Any  # runner.events.Events
     resume_from: Path | None = None
     deterministic: bool = False
+    deepspeed: dict[str, Any] | None = None  # the engine's DeepSpeed config, if it uses DeepSpeed
     greater_is_better: dict[str, bool] = field(default_factory=dict)  # metric key -> direction
     stop_requested: Callable[[], bool] = lambda: False
 
@@ -359,6 +363,9 @@ class Trainer(Component):
     """Runs the optimisation loop, evaluation and checkpoints."""
 
     kind = "trainer"
+    # The `[distributed] engine` names this trainer can train under. Under any of them the trainer
+    # is started once per process (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK).
+    engines: ClassVar[tuple[str, ...]] = ("ddp",)
 
     def fit(self, job: TrainJob) -> TrainOutcome:
         raise NotImplementedError
@@ -367,9 +374,51 @@ class Trainer(Component):
         """Evaluate `job.model` on `dataset`: loss and metrics, keys without a prefix."""
         raise NotImplementedError
 
-    def planned_steps(self, train_rows: int) -> int | None:
-        """Optimizer steps the run will take for this many training rows (for `finetune plan`)."""
+    def planned_steps(self, train_rows: int, world_size: int = 1) -> int | None:
+        """Optimizer steps the run will take for this many training rows on `world_size`
+        processes (for `finetune plan`)."""
         return None
+
+    def whole_model(self, job: TrainJob) -> AbstractContextManager:
+        """A context in which `job.model` holds all its weights on this process, for saving it
+        after `fit`. Every rank enters it. An engine that shards the weights (ZeRO-3) gathers them."""
+        return nullcontext()
+
+
+# -- distributed engines -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How an engine spreads the model states over processes: the ZeRO stage (0 replicates
+    everything; 1 shards the optimizer states, 2 also the gradients, 3 also the weights) and
+    where optimizer states and weights are offloaded ("none", "cpu" or "nvme")."""
+
+    zero_stage: int = 0
+    offload_optimizer: str = "none"
+    offload_params: str = "none"
+
+
+class Engine(Component):
+    """How training spreads over processes and devices (`[distributed] engine = ...`).
+
+    The core launches one process per device (`finetune run --nproc N`) with torchrun or
+    DeepSpeed's launcher; the engine says what each process's trainer is told."""
+
+    kind = "engine"
+
+    def sharding(self) -> Sharding:
+        """How model states are sharded, for memory estimates and checks."""
+        return Sharding()
+
+    def deepspeed_config(self) -> dict[str, Any] | None:
+        """The DeepSpeed config for the trainer, or None when the engine does not use DeepSpeed.
+        Values the trainer decides (batch sizes, clipping, precision) are "auto": it fills them in."""
+        return None
+
+    def check_launch(self, world_size: int) -> None:
+        """Checks that need the launch (imports allowed): raise FinetuneError before any process
+        starts. Called once, in the launching process."""
 
 
 # -- metrics and reporters ----------------------------------------------------------------------
@@ -425,5 +474,5 @@ class Reporter(Component):
 
 
 KINDS: dict[str, type[Component]] = {
-    cls.kind: cls for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, Metric, Reporter)
+    cls.kind: cls for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, Engine, Metric, Reporter)
 }

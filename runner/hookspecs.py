@@ -56,6 +56,12 @@ def register_trainers(register: Register) -> None:
 
 
 @hookspec
+def register_engines(register: Register) -> None:
+    """Register `runner.Engine` subclasses: how training spreads over processes
+    (`[distributed] engine = ...`)."""
+
+
+@hookspec
 def register_metrics(register: Register) -> None:
     """Register `runner.Metric` subclasses: evaluation scores (`[[metrics]] type = ...`)."""
 

@@ -29,6 +29,7 @@ HOOK_OF_KIND = {
     "task": "register_tasks",
     "strategy": "register_strategies",
     "trainer": "register_trainers",
+    "engine": "register_engines",
     "metric": "register_metrics",
     "reporter": "register_reporters",
 }

@@ -24,6 +24,7 @@ SECTION_OF_KIND = {
     "task": "[task]",
     "strategy": "[strategy]",
     "trainer": "[training]",
+    "engine": "[distributed]",
     "metric": "[[metrics]]",
     "reporter": "[[reporters]]",
 }
@@ -107,7 +108,8 @@ def render(registry: Registry, plugins: set[str] | None = None) -> str:
             if plugins is not None and registration.plugin not in plugins:
                 continue
             cls = registration.cls
-            out += [f'### `type = "{name}"`', "", cls.summary(), "", *options_table(cls.Options), ""]
+            tag = "engine" if kind == "engine" else "type"
+            out += [f'### `{tag} = "{name}"`', "", cls.summary(), "", *options_table(cls.Options), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import checkpoints
+from runner import checkpoints, distributed
 from runner.components import RunContext, TrainJob, TrainOutcome
 from runner.data import prepare_data
 from runner.encoding import default_cache_dir, encode_sources
@@ -28,7 +28,7 @@ from runner.events import Events
 from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token, pools_last_token
 from runner.plugin_manager import Plugins
 from runner.recipe.resolved import Recipe
-from runner.rundir import RunDir, atomic_write, publish_dir, read_json, write_json
+from runner.rundir import ReadOnlyRunDir, RunDir, atomic_write, publish_dir, read_json, write_json
 from runner.signals import graceful_stop
 
 MODEL_META = "finetune.json"
@@ -127,7 +127,12 @@ def execute(
     force: bool = False,
     debug: bool = False,
 ) -> RunResult:
-    """Run `recipe` in `run_dir`, from scratch or from the checkpoint `resume_from`."""
+    """Run `recipe` in `run_dir`, from scratch or from the checkpoint `resume_from`.
+
+    In a launched run every process calls this; only rank 0 reports and writes the run directory."""
+    main = distributed.is_main()
+    if not main:
+        run_dir = ReadOnlyRunDir(run_dir.path)
     resolved = recipe.resolved()
     run_info = {
         "name": recipe.name,
@@ -135,12 +140,13 @@ def execute(
         "seed": recipe.run.seed,
         "recipe": resolved,
     }
-    reporters = [spec.create() for spec in recipe.reporters]
-    events = Events(reporters, run_dir, plugins.hook, run_info)
+    reporters = [spec.create() for spec in recipe.reporters] if main else []
+    events = Events(reporters, run_dir if main else None, plugins.hook if main else None, run_info)
     if resume_from is None:
         run_dir.write_recipe(resolved)
     run_dir.set_status("running", pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    plugins.hook.on_run_start(run=run_info)
+    if main:
+        plugins.hook.on_run_start(run=run_info)
     events.start(run_info)
     status, final = "failed", {}
     try:
@@ -149,6 +155,7 @@ def execute(
             import torch
 
             torch.set_num_threads(recipe.run.threads)
+        distributed.init()
         result = _Pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, force).run()
         status, final = "completed", result.metrics
         return result
@@ -162,12 +169,14 @@ def execute(
         where = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved"
         raise RunInterrupted(f"interrupted; {where}", hint=f"finetune resume {run_dir.path}") from None
     except BaseException as exc:
-        run_dir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+        run_dir.set_status("failed", error=f"{type(exc).__name__}: {exc}", exit_code=getattr(exc, "exit_code", 1))
         raise
     finally:
         events.finish(status, {"name": recipe.name, "metrics": final, "run_dir": str(run_dir.path),
                                "model_dir": str(run_dir.model) if status == "completed" else None})  # fmt: skip
-        plugins.hook.on_run_end(run=run_info, status=status, metrics=final)
+        if main:
+            plugins.hook.on_run_end(run=run_info, status=status, metrics=final)
+        distributed.finish()
 
 
 def publish(final: Path, write) -> Path:
@@ -186,6 +195,7 @@ class _Pipeline:
     def __init__(self, recipe, run_dir, plugins, events, trust_remote_code, resume_from, force):
         self.recipe, self.run_dir, self.plugins, self.events = recipe, run_dir, plugins, events
         self.resume_from, self.force = resume_from, force
+        self.main = distributed.is_main()
         self.seed = recipe.run.seed
         self.ctx = RunContext(
             seed=self.seed,
@@ -204,9 +214,7 @@ class _Pipeline:
         from transformers import set_seed
 
         set_seed(self.seed)
-        self.load_data()
-        self.prepare_tokenizer()
-        self.tokenize()
+        distributed.main_first(self.prepare)
         set_seed(self.seed)  # initialisation does not depend on how much randomness data preparation used
         self.build_model()
         self.record_environment()
@@ -215,11 +223,18 @@ class _Pipeline:
         self.write_samples()
         self.events.stage("saving the model")
         model_dir = self.save_model()
-        write_json(self.run_dir.metrics, final)
+        if self.main:
+            write_json(self.run_dir.metrics, final)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.run_dir.set_status("completed", global_step=outcome.global_step, finished=stamp)
         self.events.info(f"model saved to {model_dir}")
         return RunResult(self.run_dir, final, outcome.global_step, model=self.model, tokenizer=self.tokenizer)
+
+    def prepare(self) -> None:
+        """Data, tokenizer, tokenized rows: on rank 0 first; the other ranks then read its caches."""
+        self.load_data()
+        self.prepare_tokenizer()
+        self.tokenize()
 
     def load_data(self) -> None:
         self.events.stage("loading data")
@@ -256,7 +271,8 @@ class _Pipeline:
                 self.events.info(note)
         self.max_length = resolve_max_length(self.recipe, self.tokenizer, self.model_component)
         self.tokenizer.model_max_length = self.max_length
-        publish(saved, self.tokenizer.save_pretrained)
+        if self.main:
+            publish(saved, self.tokenizer.save_pretrained)
 
     def training_texts(self):
         for source in self.data.parts("train"):
@@ -296,7 +312,7 @@ class _Pipeline:
         check_positions(model, self.max_length, self.strategy.extra_positions())
         if self.strategy.saves_adapter() and self.model_component.base_reference() is None:
             # A random-init base exists only in this run: keep it, so that the adapter can be loaded.
-            if not base_dir.is_dir():
+            if self.main and not base_dir.is_dir():
                 publish(base_dir, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d)))
             model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
         self.model = self.strategy.apply(model, self.ctx, self.spec)
@@ -307,7 +323,7 @@ class _Pipeline:
         self.events.info(f"{self.recipe.strategy.name}: {describe_parameters(self.parameters)}")
 
     def record_environment(self) -> None:
-        if self.resume_from is not None and self.run_dir.environment.is_file():
+        if not self.main or (self.resume_from is not None and self.run_dir.environment.is_file()):
             return  # it describes how the run started
         env = describe(self.recipe.source.base_dir, plugin_versions(self.plugins))
         env.update(
@@ -317,6 +333,8 @@ class _Pipeline:
             recipe_sha256=self.recipe_sha256,
             max_length=self.max_length,
             parameters=self.parameters,
+            world_size=distributed.world_size(),
+            distributed=self.recipe.distributed.as_table(),
         )
         write_json(self.run_dir.environment, env)
 
@@ -340,10 +358,12 @@ class _Pipeline:
             resume_from=self.resume_from,
             deterministic=self.recipe.run.deterministic,
             greater_is_better={m.key(): m.greater_is_better for m in self.metrics},
+            deepspeed=self.recipe.distributed.create().deepspeed_config(),
         )
         self.events.stage("training")
         with graceful_stop(self.events.warn) as stop:
-            self.job.stop_requested = stop.is_set
+            # every rank stops at the same step, whichever of them got the signal
+            self.job.stop_requested = lambda: distributed.any_rank(stop.is_set())
             outcome = self.trainer.fit(self.job)
         if outcome.interrupted:
             last = checkpoints.latest_complete(self.run_dir.checkpoints)
@@ -369,8 +389,9 @@ class _Pipeline:
         return final
 
     def write_samples(self) -> None:
+        # every rank generates: under ZeRO-3 each holds only a shard of the weights
         samples = self.task.samples(self.model, self.tokenizer, self.max_length)
-        if samples:
+        if samples and self.main:
             lines = "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples)
             atomic_write(self.run_dir.path / "samples.jsonl", lines)
             self.events.info(f"{len(samples)} generated samples written to samples.jsonl")
@@ -394,4 +415,10 @@ class _Pipeline:
             self.tokenizer.save_pretrained(directory)
             write_json(directory / MODEL_META, meta)
 
-        return publish(self.run_dir.model, write)
+        # Under ZeRO-3 each rank holds a shard of every weight: saving then would write empty
+        # tensors (a known failure of other tools), so the weights are gathered first.
+        with self.trainer.whole_model(self.job):
+            if self.main:
+                publish(self.run_dir.model, write)
+        distributed.barrier()
+        return self.run_dir.model

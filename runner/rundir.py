@@ -171,3 +171,20 @@ class RunDir:
         """Keep only the records of steps up to `step`: a resumed run logs the later ones again."""
         kept = [r for r in self.read_metrics_log() if r.get("step") is not None and r["step"] <= step]
         atomic_write(self.metrics_log, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run directory as ranks other than 0 see it: the same paths, with the records left to
+    rank 0, so that several processes never write one file."""
+
+    def write_recipe(self, resolved: dict) -> None:
+        pass
+
+    def set_status(self, state: str, **fields: Any) -> None:
+        pass
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def rewind_metrics(self, step: int) -> None:
+        pass

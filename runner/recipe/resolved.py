@@ -72,12 +72,13 @@ class ComponentSpec:
     cls: type[Component]
     options: Options
     key: KeyPath  # where the section is in the recipe, e.g. ("data", "sources", 0)
+    tag: str = "type"  # the key that names the component in its table
 
     def create(self) -> Component:
         return self.cls(self.options)
 
     def as_table(self) -> dict[str, Any]:
-        return {"type": self.name, **self.options.model_dump(mode="json", exclude_none=True)}
+        return {self.tag: self.name, **self.options.model_dump(mode="json", exclude_none=True)}
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Recipe:
     task: ComponentSpec
     strategy: ComponentSpec
     training: ComponentSpec
+    distributed: ComponentSpec
     metrics: list[ComponentSpec]
     reporters: list[ComponentSpec]
     metrics_defaulted: bool = False  # metrics came from the task's defaults
@@ -110,6 +112,7 @@ class Recipe:
             self.task,
             self.strategy,
             self.training,
+            self.distributed,
             *self.metrics,
             *self.reporters,
         ]
@@ -129,6 +132,7 @@ class Recipe:
             "task": self.task.as_table(),
             "strategy": self.strategy.as_table(),
             "training": self.training.as_table(),
+            "distributed": self.distributed.as_table(),
             "metrics": [m.as_table() for m in self.metrics],
             "reporters": [r.as_table() for r in self.reporters],
         }

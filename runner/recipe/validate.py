@@ -30,7 +30,10 @@ SECTIONS: dict[str, tuple[str, str | None]] = {
     "task": ("task", None),
     "strategy": ("strategy", "full"),
     "training": ("trainer", "hf"),
+    "distributed": ("engine", "ddp"),
 }
+# The key that names a section's component, where it is not `type`: `[distributed] engine = "deepspeed"`.
+TAGS: dict[str, str] = {"distributed": "engine"}
 LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter"}
 DEFAULT_REPORTERS = [{"type": "rich"}]
 TOP_LEVEL = ["run", "data", *SECTIONS, *LISTS]
@@ -188,34 +191,36 @@ class Validator:
                 self.issue(full_key, f"{text} (got {_show(err['input'])})")
 
     # -- components -------------------------------------------------------------------------------
-    def component(self, kind: str, raw: Any, key: KeyPath, default: str | None = None) -> ComponentSpec | None:
+    def component(
+        self, kind: str, raw: Any, key: KeyPath, default: str | None = None, tag: str = "type"
+    ) -> ComponentSpec | None:
         noun = kind.replace("_", " ")
         if not isinstance(raw, dict):
             self.issue(key, f"expected a table (got {_show(raw)})")
             return None
-        name = raw.get("type", default)
+        name = raw.get(tag, default)
         names = self.registry.names(kind)
         if name is None:
-            self.issue(key, f"missing `type`: which {noun}?", hint=f"one of: {', '.join(names)}")
+            self.issue(key, f"missing `{tag}`: which {noun}?", hint=f"one of: {', '.join(names)}")
             return None
         if not isinstance(name, str):
-            self.issue((*key, "type"), f"expected a string (got {_show(name)})")
+            self.issue((*key, tag), f"expected a string (got {_show(name)})")
             return None
         try:
             cls = self.registry.get(kind, name)
         except PluginError as exc:
-            self.issue((*key, "type"), exc.message, exc.hint)
+            self.issue((*key, tag), exc.message, exc.hint)
             return None
         if cls is None:
             close = suggest(name, names)
             hint = f"did you mean '{close}'?" if close else f"available: {', '.join(names) or 'none'}"
-            self.issue((*key, "type"), f"unknown {noun} '{name}'", hint=hint)
+            self.issue((*key, tag), f"unknown {noun} '{name}'", hint=hint)
             return None
-        options = self.options(cls.Options, {k: v for k, v in raw.items() if k != "type"}, key, cls.aliases)
+        options = self.options(cls.Options, {k: v for k, v in raw.items() if k != tag}, key, cls.aliases)
         if options is None:
             return None
         self._resolve_paths(options, key)
-        return ComponentSpec(kind=kind, name=name, cls=cls, options=options, key=key)
+        return ComponentSpec(kind=kind, name=name, cls=cls, options=options, key=key, tag=tag)
 
     def _resolve_paths(self, options: Options, key: KeyPath) -> None:
         """Make file options absolute, relative to the recipe file that set them, and check they exist."""
@@ -282,7 +287,8 @@ class Validator:
         specs: dict[str, ComponentSpec | None] = {}
         for section, (kind, default) in SECTIONS.items():
             if section in data or default is not None:
-                specs[section] = self.component(kind, data.get(section, {}), (section,), default)
+                tag = TAGS.get(section, "type")
+                specs[section] = self.component(kind, data.get(section, {}), (section,), default, tag)
         metrics_defaulted = "metrics" not in data
         metrics = self.component_list("metric", data["metrics"], ("metrics",)) if not metrics_defaulted else []
         reporters = self.component_list("reporter", data.get("reporters", DEFAULT_REPORTERS), ("reporters",))
@@ -306,6 +312,7 @@ class Validator:
             task=specs["task"],
             strategy=specs["strategy"],
             training=specs["training"],
+            distributed=specs["distributed"],
             metrics=metrics,
             reporters=reporters,
             metrics_defaulted=metrics_defaulted,
@@ -354,8 +361,26 @@ class Validator:
             missing = next(spec for spec in recipe.sources if spec.options.weight is None)
             self.issue(missing.key, "no weight: give every source a weight, or none (to mix them by size)")
 
+    def _engine(self, recipe: Recipe) -> None:
+        """The trainer must train under the engine, and the strategy under its ZeRO stage."""
+        engine, trainer, strategy = recipe.distributed, recipe.training, recipe.strategy
+        if engine.name not in trainer.cls.engines:
+            self.issue(
+                (*engine.key, "engine"),
+                f"trainer '{trainer.name}' cannot train under engine '{engine.name}'",
+                hint=f"it knows: {', '.join(trainer.cls.engines)}",
+            )
+        stage = engine.create().sharding().zero_stage
+        if stage > strategy.cls.max_zero_stage:
+            self.issue(
+                (*engine.key, "zero_stage"),
+                f"strategy '{strategy.name}' does not work under ZeRO stage {stage}",
+                hint=f"use zero_stage <= {strategy.cls.max_zero_stage}",
+            )
+
     def _cross_checks(self, recipe: Recipe) -> None:
         self._sources(recipe)
+        self._engine(recipe)
         task = recipe.task.cls
         seen: dict[str, KeyPath] = {}
         for spec in recipe.metrics:

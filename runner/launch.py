@@ -1,0 +1,207 @@
+"""Starting a run on several processes: checks first, then torchrun or DeepSpeed's launcher.
+
+`finetune run recipe.toml --nproc N` (and `resume`) starts N worker processes on this machine with
+torchrun (`torch.distributed.run`); `--nnodes/--node-rank/--master-addr` spread them over several
+machines, each running the same command; `--hostfile` hands the launch to DeepSpeed's launcher,
+which starts every machine's processes over ssh. Every worker runs `finetune worker RUN_DIR`: it
+reads the recipe the launching process wrote into the run directory, so all ranks train exactly
+the same recipe. Everything that can be checked before a process starts is checked here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import FinetuneError
+from runner.recipe.resolved import Recipe
+from runner.rundir import RunDir, read_json
+
+_HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\-\[\]]+)\s+slots\s*=\s*(?P<slots>\d+)$")
+
+
+def parse_hostfile(path: Path) -> dict[str, int]:
+    """DeepSpeed's hostfile format, `HOST slots=N` a line, `#` comments; errors name the line."""
+    if not path.is_file():
+        raise FinetuneError(f"--hostfile {path}: no such file")
+    hosts: dict[str, int] = {}
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = _HOST_LINE.match(line)
+        if match is None:
+            raise FinetuneError(f"{path}:{n}: expected 'HOSTNAME slots=N' (got {raw.strip()!r})")
+        host, slots = match["host"], int(match["slots"])
+        if slots < 1:
+            raise FinetuneError(f"{path}:{n}: slots must be at least 1")
+        if host in hosts:
+            raise FinetuneError(f"{path}:{n}: host {host!r} is listed twice")
+        hosts[host] = slots
+    if not hosts:
+        raise FinetuneError(f"{path}: no hosts", hint="one line per machine: HOSTNAME slots=N")
+    return hosts
+
+
+@dataclass
+class Launch:
+    """How many processes, where; from the command line of `run` or `resume`."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = 29500
+    hostfile: Path | None = None
+
+    @classmethod
+    def from_args(cls, args) -> Launch:
+        return cls(args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port, args.hostfile)
+
+    def hosts(self) -> dict[str, int] | None:
+        return parse_hostfile(self.hostfile) if self.hostfile else None
+
+    def world_size(self) -> int:
+        hosts = self.hosts()
+        if hosts:
+            return sum(min(slots, self.nproc) if self.nproc > 1 else slots for slots in hosts.values())
+        return self.nproc * self.nnodes
+
+    def needed(self, recipe: Recipe) -> bool:
+        """Whether worker processes are started; a plain single-process run trains in this process."""
+        return self.world_size() > 1 or recipe.distributed.name != "ddp"
+
+    def check(self, recipe: Recipe, output_given: bool) -> None:
+        """Everything that would otherwise fail after the processes started (or hang them)."""
+        if self.nproc < 1 or self.nnodes < 1:
+            raise FinetuneError("--nproc and --nnodes must be at least 1")
+        if self.hostfile and self.nnodes > 1:
+            raise FinetuneError("give --hostfile or --nnodes, not both", hint="the hostfile lists the machines")
+        if self.nnodes > 1:
+            if not self.master_addr:
+                raise FinetuneError("--nnodes > 1 needs --master-addr, the address of the machine with --node-rank 0")
+            if not 0 <= self.node_rank < self.nnodes:
+                raise FinetuneError(f"--node-rank must be between 0 and {self.nnodes - 1}")
+        if (self.nnodes > 1 or self.hostfile) and not output_given:
+            raise FinetuneError(
+                "a run on several machines needs --output DIR on a filesystem every machine shares",
+                hint="checkpoints are written by every rank, and every machine must name the same run directory",
+            )
+        self._check_devices()
+        recipe.distributed.create().check_launch(self.world_size())
+
+    def _check_devices(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            have, what = torch.cuda.device_count(), "GPUs"
+        else:
+            have, what = os.cpu_count() or 1, "CPU cores"
+        if self.nproc > have:
+            raise FinetuneError(
+                f"--nproc {self.nproc}: this machine has only {have} {what}",
+                hint=f"use --nproc {have} or fewer (one process per device)",
+            )
+
+    def check_resume(self, run_dir: RunDir, force: bool) -> None:
+        """A ZeRO checkpoint is sharded per rank: resuming on another world size would load the
+        wrong shards (or none), so it is refused unless forced."""
+        if not run_dir.environment.is_file():
+            return
+        started = read_json(run_dir.environment).get("world_size", 1)
+        if started != self.world_size() and not force:
+            raise FinetuneError(
+                f"cannot resume: the run started on {started} processes, this resume would use {self.world_size()}",
+                hint=f"pass --nproc {started}, or --force to resume on {self.world_size()} anyway",
+            )
+
+    # -- starting the processes ------------------------------------------------------------------
+    def command(self, worker_argv: list[str]) -> list[str]:
+        entry = ["runner.cli", *worker_argv]
+        if self.hostfile:
+            ds = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(self.hostfile)]
+            ds += ["--master_port", str(self.master_port)]
+            if self.master_addr:
+                ds += ["--master_addr", self.master_addr]
+            if self.nproc > 1:
+                ds += ["--num_gpus", str(self.nproc)]
+            return [*ds, "--module", *entry]
+        torchrun = [sys.executable, "-m", "runner.launch", f"--nproc-per-node={self.nproc}"]
+        if self.nnodes > 1:
+            torchrun += [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}"]
+            torchrun += [f"--master-addr={self.master_addr}", f"--master-port={self.master_port}"]
+        else:
+            torchrun += ["--standalone"]  # a free port of its own: two local runs do not collide
+        return [*torchrun, "-m", *entry]
+
+    def start(self, worker_argv: list[str], run_dir: RunDir) -> int:
+        """Start the workers and wait; the exit code is the one rank 0 recorded in the run directory.
+
+        The launcher runs in a session of its own, so that Ctrl-C in the terminal reaches this
+        process only; it passes one SIGTERM on to the launcher, which gives it to every worker
+        once: each finishes its step, the ranks agree to stop, and a checkpoint is saved."""
+        env = dict(os.environ)
+        # torchrun would set 1 and warn about it; split the cores between the local processes instead
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, self.nproc))))
+        process = subprocess.Popen(
+            self.command(worker_argv), env=env, start_new_session=True, preexec_fn=_stop_with_parent
+        )
+        stops = 0
+
+        def forward(signum, frame):
+            nonlocal stops
+            stops += 1
+            if stops == 1:
+                process.send_signal(signal.SIGTERM)
+            else:  # a second Ctrl-C: stop at once
+                os.killpg(process.pid, signal.SIGKILL)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = process.wait()
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        status = run_dir.status()
+        state = status.get("state")
+        if state in ("completed", "interrupted"):
+            return 0 if state == "completed" else 130
+        if state == "running":  # a worker other than rank 0 died, or rank 0 was killed: say so
+            run_dir.set_status("failed", error=f"a worker process failed (launcher exit code {code})", exit_code=1)
+            return 1
+        return int(status.get("exit_code") or 1)
+
+
+def _stop_with_parent() -> None:
+    """In the launcher's process: be sent SIGTERM if `finetune` dies (even by kill -9), so that the
+    workers save a checkpoint and stop instead of training on unwatched."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _torchrun(argv: list[str]) -> int:
+    """torchrun, minus its own report of a failed worker: the worker has said what went wrong."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if "--debug" not in argv:
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(argv))
+    except ChildFailedError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_torchrun(sys.argv[1:]))

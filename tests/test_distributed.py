@@ -1,0 +1,179 @@
+"""Several processes on this CPU: DDP and DeepSpeed ZeRO 2/3 over gloo train what one process trains,
+save models plain transformers/peft load, resume where they stopped; launch errors come first."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import cli, run_recipe, write
+from safetensors.torch import load_file
+
+from runner.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+# No dropout: one process and two draw different dropout masks, and the curves must compare.
+RECIPE = """
+[run]
+seed = 7
+threads = 1
+
+[[data.sources]]
+type = "synthetic"
+rows = 400
+
+[tokenizer]
+type = "trained"
+vocab_size = 400
+max_length = 32
+
+[model]
+type = "config"
+architecture = "gpt2"
+[model.config]
+n_layer = 1
+n_head = 2
+n_embd = 32
+n_positions = 32
+resid_pdrop = 0.0
+embd_pdrop = 0.0
+attn_pdrop = 0.0
+
+[task]
+type = "classification"
+
+[training]
+learning_rate = 3e-3
+batch_size = 16
+epochs = 1
+log_every = 1
+eval_every = 10
+keep_best = false
+keep_checkpoints = 5
+"""
+# The same global batch of 16 rows: 16 on one process, 8 on each of two.
+TWO = ["--nproc", "2", "--set", "training.batch_size=8"]
+ZERO = ["--set", 'distributed.engine="deepspeed"', "--set"]
+LORA = ["--set", 'strategy.type="lora"', "--set", "strategy.dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("recipe") / "r.toml", RECIPE)
+
+
+@pytest.fixture(scope="module")
+def runs(recipe, tmp_path_factory):
+    """Each variant trained once for the whole module."""
+    base = tmp_path_factory.mktemp("runs")
+    lora = [arg for arg in LORA if arg != "--set"]
+    out = {
+        "single": run_recipe(recipe, base / "single").run_dir,
+        "lora": run_recipe(recipe, base / "lora", lora).run_dir,
+    }
+    variants = {
+        "ddp": TWO,
+        "zero2": [*TWO, *ZERO, "distributed.zero_stage=2"],
+        "zero3": [*TWO, *ZERO, "distributed.zero_stage=3"],
+        "lora-zero3": [*TWO, *ZERO, "distributed.zero_stage=3", *LORA],
+    }
+    for name, args in variants.items():
+        assert cli("run", recipe, "--output", base / name, *args) == 0, name
+        out[name] = RunDir(base / name)
+    return out
+
+
+def train_losses(run: RunDir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in run.read_metrics_log() if r["split"] == "train" and "loss" in r}
+
+
+def logits(model, n=8):
+    ids = torch.arange(1, 1 + 3 * n).reshape(n, 3) % 300 + 5
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("variant", ["ddp", "zero2", "zero3"])
+def test_two_processes_follow_the_loss_curve_of_one(runs, variant):
+    one, two = train_losses(runs["single"]), train_losses(runs[variant])
+    assert len(one) == 20 and one.keys() == two.keys()  # rank 0 alone logs: each step once
+    assert all(two[step] == pytest.approx(one[step], rel=1e-3) for step in one)
+    ours, theirs = (json.loads(r.metrics.read_text()) for r in (runs[variant], runs["single"]))
+    assert ours["test"]["accuracy"] == theirs["test"]["accuracy"]
+    env = json.loads(runs[variant].environment.read_text())
+    assert env["world_size"] == 2 and env["distributed"]["engine"] == ("ddp" if variant == "ddp" else "deepspeed")
+
+
+def test_zero3_model_is_one_plain_safetensors_model(runs):
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = runs["zero3"].model
+    assert not list(model_dir.glob("global_step*")) and (model_dir / "model.safetensors").is_file()
+    weights = load_file(model_dir / "model.safetensors")
+    assert all(t.numel() > 0 for t in weights.values())  # gathered, not ZeRO-3's empty shards
+    ours = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    theirs = AutoModelForSequenceClassification.from_pretrained(runs["single"].model).eval()
+    assert torch.allclose(logits(ours), logits(theirs), atol=1e-3)
+
+
+def test_lora_under_zero3_saves_a_full_adapter_that_reloads_to_the_same_logits(runs):
+    from peft import AutoPeftModelForSequenceClassification
+
+    zero3 = load_file(runs["lora-zero3"].model / "adapter_model.safetensors")
+    single = load_file(runs["lora"].model / "adapter_model.safetensors")
+    assert zero3.keys() == single.keys() and any("lora_A" in k for k in zero3)
+    for key, tensor in zero3.items():
+        assert tensor.shape == single[key].shape and tensor.numel() > 0, key
+        assert torch.allclose(tensor, single[key], atol=1e-3), key
+
+    def load(run):
+        return AutoPeftModelForSequenceClassification.from_pretrained(run.model, num_labels=3, pad_token_id=0).eval()
+
+    assert torch.allclose(logits(load(runs["lora-zero3"])), logits(load(runs["lora"])), atol=1e-3)
+
+
+def test_resume_of_a_zero_run_continues_from_its_checkpoint(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["zero2"].path, run_dir)
+    run = RunDir(run_dir)
+    shutil.rmtree(run.model)
+    run.set_status("interrupted")
+
+    assert cli("resume", run_dir) == 2  # started on 2 processes: 1 would load the wrong shards
+    assert cli("resume", run_dir, "--nproc", "2", "--checkpoint", "checkpoint-10") == 0
+    status = run.status()
+    assert status["state"] == "completed" and status["global_step"] == 20
+    resumed, original = train_losses(run), train_losses(runs["zero2"])
+    assert min(resumed) == 1 and resumed.keys() == original.keys()
+    assert all(resumed[s] == pytest.approx(original[s], rel=1e-4) for s in range(11, 21))
+    assert (run.model / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nproc", "64"], "this machine has only"),
+        (["--nnodes", "2", "--output", "x"], "--nnodes > 1 needs --master-addr"),
+        (["--nnodes", "2", "--master-addr", "10.0.0.1"], "needs --output DIR on a filesystem every machine shares"),
+        ([*ZERO, "distributed.deepspeed_config={zero_optimization={stagee=1}}"], "not a valid DeepSpeed config"),
+    ],
+)
+def test_launch_errors_come_before_any_process_starts(recipe, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert cli("run", recipe, *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_hostfile_that_does_not_parse_names_its_line(recipe, tmp_path, capsys):
+    hostfile = write(tmp_path / "hosts", "# machines\nworker-1 slots=2\nworker-2 slots two\n")
+    assert cli("run", recipe, "--hostfile", hostfile, "--output", tmp_path / "out") == 2
+    assert f"{hostfile}:3: expected 'HOSTNAME slots=N'" in capsys.readouterr().err
+
+
+def test_a_zero_stage_the_strategy_cannot_use_is_a_recipe_error(recipe, capsys):
+    args = ["--set", 'strategy.type="prompt_tuning"', *ZERO, "distributed.zero_stage=3"]
+    assert cli("validate", recipe, *args) == 2
+    out = capsys.readouterr().out
+    assert "distributed.zero_stage: strategy 'prompt_tuning' does not work under ZeRO stage 3" in out
