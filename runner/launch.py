@@ -189,17 +189,18 @@ def _stop_with_parent() -> None:
 
 def _torchrun(argv: list[str]) -> int:
     """torchrun, minus its own report of a failed worker: the worker has said what went wrong."""
-    import logging
-
+    # torchrun's loggers take their level from LOGLEVEL; its warnings repeat what the workers say
+    os.environ.setdefault("LOGLEVEL", "ERROR")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    if "--debug" not in argv:
-        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(parse_args(argv))
     except ChildFailedError:
         return 1
+    except SignalException:  # asked to stop: the workers saved a checkpoint and say so
+        return 130
     return 0
 
 

@@ -105,6 +105,14 @@ def test_two_processes_follow_the_loss_curve_of_one(runs, variant):
     assert env["world_size"] == 2 and env["distributed"]["engine"] == ("ddp" if variant == "ddp" else "deepspeed")
 
 
+def test_gradient_accumulation_follows_the_loss_curve_of_one_batch(recipe, runs, tmp_path):
+    # transformers skips the division by accumulation steps for models whose forward takes
+    # **kwargs; a classifier with a plain mean loss then trained on twice the gradient.
+    split = run_recipe(recipe, tmp_path / "run", ["training.batch_size=8", "training.gradient_accumulation_steps=2"])
+    one, two = train_losses(runs["single"]), train_losses(split.run_dir)
+    assert one.keys() == two.keys() and all(two[s] == pytest.approx(one[s], rel=1e-4) for s in one)
+
+
 def test_zero3_model_is_one_plain_safetensors_model(runs):
     from transformers import AutoModelForSequenceClassification
 
