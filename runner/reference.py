@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 from runner.components import KINDS
 from runner.options import Options
 from runner.recipe.resolved import DataOptions, RunOptions, SplitOptions
+from runner.recipe.validate import TAGS
 from runner.registry import Registry
 
 SECTION_OF_KIND = {
@@ -108,7 +109,7 @@ def render(registry: Registry, plugins: set[str] | None = None) -> str:
             if plugins is not None and registration.plugin not in plugins:
                 continue
             cls = registration.cls
-            tag = "engine" if kind == "engine" else "type"
+            tag = TAGS.get(section.strip("[]"), "type")
             out += [f'### `{tag} = "{name}"`', "", cls.summary(), "", *options_table(cls.Options), ""]
     return "\n".join(out).rstrip() + "\n"
 
