@@ -68,6 +68,28 @@ def _worker_args(args, run_dir: RunDir, resume_from: Path | None = None, force: 
     return (["--debug"] if args.debug else []) + flags
 
 
+def _execute(args, recipe: Recipe, run_dir: RunDir, resume_from: Path | None = None, force: bool = False) -> None:
+    from runner.run import execute
+
+    execute(
+        recipe,
+        run_dir,
+        get_plugins(),
+        trust_remote_code=args.trust_remote_code,
+        resume_from=resume_from,
+        force=force,
+        debug=args.debug,
+    )
+
+
+def _train(args, recipe: Recipe, run_dir: RunDir, launch, resume_from: Path | None = None, force: bool = False) -> int:
+    """Train in this process, or start the worker processes that do."""
+    if launch.needed(recipe):
+        return launch.start(_worker_args(args, run_dir, resume_from, force), run_dir)
+    _execute(args, recipe, run_dir, resume_from, force)
+    return 0
+
+
 def cmd_run(args) -> int:
     from runner.launch import Launch
 
@@ -84,31 +106,17 @@ def cmd_run(args) -> int:
     else:
         run_dir = RunDir.create(Path(recipe.run.output_dir), recipe.name)
     if launch.needed(recipe):
-        run_dir.write_recipe(recipe.resolved())  # what every worker reads
-        return launch.start(_worker_args(args, run_dir), run_dir)
-    from runner.run import execute
-
-    execute(recipe, run_dir, get_plugins(), trust_remote_code=args.trust_remote_code, debug=args.debug)
-    return 0
+        run_dir.write_recipe(recipe.resolved())  # what every worker reads (in-process, execute writes it)
+    return _train(args, recipe, run_dir, launch)
 
 
 def cmd_worker(args) -> int:
     """One process of a launched run (started by torchrun or DeepSpeed's launcher)."""
     from runner import distributed
-    from runner.run import execute
 
     run_dir = RunDir.open(args.run_dir)
-    recipe = load_and_validate(run_dir.recipe)
     try:
-        execute(
-            recipe,
-            run_dir,
-            get_plugins(),
-            trust_remote_code=args.trust_remote_code,
-            resume_from=args.resume_from,
-            force=args.force,
-            debug=args.debug,
-        )
+        _execute(args, load_and_validate(run_dir.recipe), run_dir, args.resume_from, args.force)
     except (distributed.PeerFailed, RunInterrupted, TrainingDiverged) as exc:
         if distributed.is_main() and not isinstance(exc, distributed.PeerFailed):
             raise
@@ -154,20 +162,7 @@ def cmd_resume(args) -> int:
         print(f"{run_dir.path} has no complete checkpoint: starting again from step 0")
     else:
         print(f"resuming {run_dir.path} from {checkpoint.name}")
-    if launch.needed(recipe):
-        return launch.start(_worker_args(args, run_dir, checkpoint, args.force), run_dir)
-    from runner.run import execute
-
-    execute(
-        recipe,
-        run_dir,
-        get_plugins(),
-        trust_remote_code=args.trust_remote_code,
-        resume_from=checkpoint,
-        force=args.force,
-        debug=args.debug,
-    )
-    return 0
+    return _train(args, recipe, run_dir, launch, checkpoint, args.force)
 
 
 def cmd_plan(args) -> int:

@@ -59,17 +59,16 @@ class Launch:
     master_port: int = 29500
     hostfile: Path | None = None
 
+    def __post_init__(self) -> None:
+        self.hosts = parse_hostfile(self.hostfile) if self.hostfile else None  # slots by host
+
     @classmethod
     def from_args(cls, args) -> Launch:
         return cls(args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port, args.hostfile)
 
-    def hosts(self) -> dict[str, int] | None:
-        return parse_hostfile(self.hostfile) if self.hostfile else None
-
     def world_size(self) -> int:
-        hosts = self.hosts()
-        if hosts:
-            return sum(min(slots, self.nproc) if self.nproc > 1 else slots for slots in hosts.values())
+        if self.hosts:
+            return sum(min(slots, self.nproc) if self.nproc > 1 else slots for slots in self.hosts.values())
         return self.nproc * self.nnodes
 
     def needed(self, recipe: Recipe) -> bool:

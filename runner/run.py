@@ -141,7 +141,7 @@ def execute(
         "recipe": resolved,
     }
     reporters = [spec.create() for spec in recipe.reporters] if main else []
-    events = Events(reporters, run_dir if main else None, plugins.hook if main else None, run_info)
+    events = Events(reporters, run_dir, plugins.hook if main else None, run_info)
     if resume_from is None:
         run_dir.write_recipe(resolved)
     run_dir.set_status("running", pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
