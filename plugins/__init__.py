@@ -26,4 +26,7 @@ BUILTIN = [
     "plugins.engine_deepspeed",
     "plugins.metrics",
     "plugins.reporter_rich",
+    "plugins.audit_leakage",
+    "plugins.audit_forgetting",
+    "plugins.audit_bias",
 ]

@@ -98,6 +98,10 @@ class Rich(Reporter):
         else:
             self.console.print(line)
 
+    def audited(self, name, passed, summary):
+        badge = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[dim]measured[/]"}[passed]
+        self.console.print(f"audit {name}: {badge} {summary}", soft_wrap=True)
+
     def train_end(self):
         if self.progress is not None:
             self.progress.stop()
@@ -109,14 +113,17 @@ class Rich(Reporter):
         self.train_end()
         metrics = summary.get("metrics", {})
         splits = [s for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
-        if splits:
+        columns = [(split, metrics[split]) for split in splits]
+        if splits:  # the baselines on the last split, beside the fine-tuned model
+            columns += [(f"{b['name']} ({splits[-1]})", b[splits[-1]]) for b in summary.get("baselines", [])
+                        if isinstance(b.get(splits[-1]), dict)]  # fmt: skip
             table = Table(title=f"{summary.get('name', 'run')}: {status}")
             table.add_column("metric")
-            for split in splits:
-                table.add_column(split, justify="right")
+            for title, _ in columns:
+                table.add_column(title, justify="right")
             keys = dict.fromkeys(k for s in splits for k in metrics[s] if _shown(k))
             for key in keys:
-                table.add_row(key, *(_fmt(key, metrics[s][key]) if key in metrics[s] else "" for s in splits))
+                table.add_row(key, *(_fmt(key, values[key]) if key in values else "" for _, values in columns))
             self.console.print(table)
         else:
             self.console.print(f"{summary.get('name', 'run')}: {status}")

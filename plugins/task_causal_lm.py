@@ -49,12 +49,13 @@ class CausalLM(Task):
     name = "causal_lm"
     Options = CausalLMOptions
     produces = "tokens"
+    head = "causal_lm"
     columns = ("text",)
     default_metrics = ({"type": "perplexity"},)
 
     def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
         return ModelSpec(
-            head="causal_lm",
+            head=self.head,
             vocab_size=len(tokenizer),
             max_length=max_length,
             pad_token_id=tokenizer.pad_token_id,

@@ -71,6 +71,7 @@ class Classification(_TextTask):
     name = "classification"
     Options = ClassificationOptions
     produces = "classes"
+    head = "sequence_classification"
     columns = ("text", "label")
     stratify_column = "label"
     default_metrics = (
@@ -146,7 +147,7 @@ class Classification(_TextTask):
     # -- model -------------------------------------------------------------------------------------
     def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
         return ModelSpec(
-            head="sequence_classification",
+            head=self.head,
             vocab_size=len(tokenizer),
             max_length=max_length,
             pad_token_id=tokenizer.pad_token_id,
@@ -198,6 +199,7 @@ class Regression(_TextTask):
     name = "regression"
     Options = RegressionOptions
     produces = "scores"
+    head = "sequence_classification"
     columns = ("text", "label")
     default_metrics = ({"type": "mse"}, {"type": "mae"})
 
@@ -210,7 +212,7 @@ class Regression(_TextTask):
 
     def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
         return ModelSpec(
-            head="sequence_classification",
+            head=self.head,
             vocab_size=len(tokenizer),
             max_length=max_length,
             pad_token_id=tokenizer.pad_token_id,

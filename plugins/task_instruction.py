@@ -61,7 +61,9 @@ class Instruction(Task):
     name = "instruction"
     Options = InstructionOptions
     produces = "tokens"
-    default_metrics = ({"type": "perplexity"},)
+    head = "causal_lm"
+    generates = True
+    default_metrics = ({"type": "perplexity"}, {"type": "exact_match"}, {"type": "bleu"}, {"type": "rouge"})
 
     def __init__(self, options):
         super().__init__(options)
@@ -142,7 +144,7 @@ class Instruction(Task):
 
     def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
         return ModelSpec(
-            head="causal_lm",
+            head=self.head,
             vocab_size=len(tokenizer),
             max_length=max_length,
             pad_token_id=tokenizer.pad_token_id,
@@ -240,28 +242,70 @@ class Instruction(Task):
             ids.append(tokenizer.convert_tokens_to_ids(marker))
         return [i for i in ids if i is not None]
 
-    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
-        import torch
+    def row_text(self, row: dict) -> str:
+        """The row's user and assistant texts (and alpaca input), one per line. System messages are
+        left out: usually the same for every row, they would make unrelated rows look alike."""
+        if isinstance(row.get("messages"), list):
+            parts = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") != "system"]
+        else:
+            parts = [row.get("instruction"), row.get("input"), row.get("output")]
+        return "\n".join(p for p in parts if isinstance(p, str) and p)
 
-        model.eval()
+    def _solved_turns(self, row: dict) -> list[dict]:
+        """A training row as solved turns for a few-shot prompt: its user and assistant messages up
+        to its last answer, without system messages. The row may be in either format (the training
+        rows of a run can come from sources with another `format`)."""
+        shape = "chat" if isinstance(row.get("messages"), list) else "alpaca"
+        task = self if shape == self.options.format else type(self)(self.options.model_copy(update={"format": shape}))
+        messages = task.conversation(row)
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+        return [m for m in messages[: last + 1] if m["role"] != "system"]
+
+    def prompts(self, dataset, shots: list[dict] | None = None, tokenizer=None) -> list[tuple[str, str]]:
+        """Each row's (prompt, reference): the conversation up to its last assistant turn, rendered
+        with the chat template and its generation prompt, so that the prompt ends where the answer
+        starts; the reference is that last assistant message. `shots` (training rows) come first,
+        as earlier solved user/assistant turns of the same conversation, after any system message.
+        `tokenizer` renders the template (it supplies eos_token and the markers): required."""
+        if tokenizer is None:
+            raise FinetuneError("task 'instruction' renders prompts with the chat template: pass the tokenizer")
+        template = self._template(tokenizer)
+        solved = [turn for shot in shots or () for turn in self._solved_turns(shot)]
         out = []
+        for row in dataset:
+            messages = self.conversation(row)
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            context = messages[:last]
+            system = 1 if context and context[0]["role"] == "system" else 0
+            context = [*context[:system], *solved, *context[system:]]
+            prompt = chat_templates.render(tokenizer, template, context, generation_prompt=True)
+            out.append((prompt, messages[last]["content"]))
+        return out
+
+    def generate(
+        self, model, tokenizer, prompts: list[str], max_length: int, max_new_tokens: int | None = None,
+        batch_size: int = 16,
+    ) -> list[str]:  # fmt: skip
+        """Greedy answers to rendered prompts, batched with left padding, each stopped at the end of
+        sequence or the template's end-of-turn token, at most `max_new_tokens` (default: the task's
+        option) long. A prompt longer than max_length tokens keeps its last max_length tokens: the
+        end, where the answer starts."""
+        from plugins._generation import greedy
+
+        inputs = [tokenizer(prompt)["input_ids"][-max_length:] for prompt in prompts]
+        return greedy(model, tokenizer, inputs, max_new_tokens or self.options.max_new_tokens,
+                      self.stop_tokens(tokenizer), batch_size)  # fmt: skip
+
+    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
+        template = self._template(tokenizer)
+        prompts = []
         for text in texts:
             messages = [{"role": "user", "content": text}]
             if self.options.system:
                 messages.insert(0, {"role": "system", "content": self.options.system})
-            prompt = chat_templates.render(tokenizer, self._template(tokenizer), messages, generation_prompt=True)
-            enc = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
-            with torch.no_grad():
-                generated = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens or self.options.max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=self.stop_tokens(tokenizer),
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            new = generated[0, enc["input_ids"].shape[1] :]
-            out.append({"prompt": text, "response": tokenizer.decode(new, skip_special_tokens=True).strip()})
-        return out
+            prompts.append(chat_templates.render(tokenizer, template, messages, generation_prompt=True))
+        answers = self.generate(model, tokenizer, prompts, max_length, max_new_tokens=max_new_tokens)
+        return [{"prompt": text, "response": answer} for text, answer in zip(texts, answers, strict=True)]
 
     def samples(self, model, tokenizer, max_length) -> list[dict]:
         return (

@@ -33,7 +33,9 @@ class Seq2Seq(Task):
     name = "seq2seq"
     Options = Seq2SeqOptions
     produces = "tokens"
-    default_metrics = ({"type": "perplexity"},)
+    head = "seq2seq_lm"
+    generates = True
+    default_metrics = ({"type": "perplexity"}, {"type": "exact_match"}, {"type": "bleu"}, {"type": "rouge"})
 
     @property
     def columns(self):
@@ -68,7 +70,7 @@ class Seq2Seq(Task):
 
     def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
         return ModelSpec(
-            head="seq2seq_lm",
+            head=self.head,
             vocab_size=len(tokenizer),
             max_length=max_length,
             pad_token_id=tokenizer.pad_token_id,
@@ -106,20 +108,46 @@ class Seq2Seq(Task):
         values = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
         return values[:, 0], values[:, 1]
 
-    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
-        import torch
+    @staticmethod
+    def _pair(row: dict) -> tuple[str, str]:
+        """(source without the prefix, target) of a row in either format."""
+        if "source" in row:
+            return row["source"], row["target"]
+        return row["instruction"] + (f"\n{row['input']}" if row.get("input") else ""), row["output"]
 
-        model.eval()
+    def row_text(self, row: dict) -> str:
+        """The row's source and target, one per line (without the prefix every row shares)."""
+        return "\n".join(part for part in self._pair(row) if part)
+
+    def prompts(self, dataset, shots: list[dict] | None = None, tokenizer=None) -> list[tuple[str, str]]:
+        """Each row's (source as the encoder reads it, target). `shots` (training rows) are written
+        before the source, each as its source, a line break and its target, then a blank line, with
+        the prefix once at the start: the way few-shot prompts are written for instruction-tuned
+        T5 models (Flan-T5); a T5 trained on single pairs gains little from them. `tokenizer` is
+        accepted for symmetry with other tasks and not needed."""
+        solved = "".join(f"{source}\n{target}\n\n" for source, target in map(self._pair, shots or ()))
         out = []
-        for text in texts:
-            source = self.options.prefix + text
-            enc = tokenizer(source, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
-            with torch.no_grad():
-                generated = model.generate(
-                    **enc, max_new_tokens=max_new_tokens or self.options.max_new_tokens, do_sample=False
-                )
-            out.append({"prompt": text, "response": tokenizer.decode(generated[0], skip_special_tokens=True).strip()})
+        for row in dataset:
+            source, target = self._pair(row)
+            out.append((self.options.prefix + solved + source, target))
         return out
+
+    def generate(
+        self, model, tokenizer, prompts: list[str], max_length: int, max_new_tokens: int | None = None,
+        batch_size: int = 16,
+    ) -> list[str]:  # fmt: skip
+        """Greedy targets for sources (cut to max_length tokens as in training), batched, each
+        stopped at the end of sequence, at most `max_new_tokens` (default: the task's option) long."""
+        from plugins._generation import greedy
+
+        inputs = tokenizer(list(prompts), truncation=True, max_length=max_length)["input_ids"] if prompts else []
+        stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        return greedy(model, tokenizer, inputs, max_new_tokens or self.options.max_new_tokens, stop, batch_size)
+
+    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
+        sources = [self.options.prefix + text for text in texts]
+        answers = self.generate(model, tokenizer, sources, max_length, max_new_tokens=max_new_tokens)
+        return [{"prompt": text, "response": answer} for text, answer in zip(texts, answers, strict=True)]
 
     def samples(self, model, tokenizer, max_length) -> list[dict]:
         prompts = self.options.sample_prompts

@@ -35,6 +35,7 @@ class TokenClassification(Task):
     name = "token_classification"
     Options = TokenClassificationOptions
     produces = "tags"
+    head = "token_classification"
     columns = ("tokens", "tags")
     default_metrics = (
         {"type": "entity_f1"},
@@ -78,7 +79,7 @@ class TokenClassification(Task):
 
     def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
         return ModelSpec(
-            head="token_classification",
+            head=self.head,
             vocab_size=len(tokenizer),
             max_length=max_length,
             pad_token_id=tokenizer.pad_token_id,

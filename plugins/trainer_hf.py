@@ -163,13 +163,26 @@ def _make_trainer_class():
             return super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            weight = inputs.pop("weight", None)
+            if weight is not None:
+                result = self._weighted_loss(model, inputs, weight, return_outputs)
+            else:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = result[0] if return_outputs else result
             # Checked before backward: a non-finite loss never reaches the weights or the optimizer.
             # All ranks agree, so that none waits forever in the gradient reduction of the others.
             if model.training and distributed.any_rank(not torch.isfinite(loss.detach()).all()):
                 raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
             return result
+
+        def _weighted_loss(self, model, inputs, weight, return_outputs):
+            """A sequence classifier's cross-entropy with each row weighted (an audit's reweighting):
+            the mean of weight x row loss, so that weights of mean 1 keep the loss's scale."""
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            rows = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")
+            loss = (rows * weight.to(rows.dtype)).mean()
+            return (loss, outputs) if return_outputs else loss
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
@@ -247,7 +260,8 @@ class HF(Trainer):
 
     @classmethod
     def check(cls, options, recipe):
-        keys = ["loss"] + [spec.create().key() for spec in recipe.metrics]
+        # text metrics score generated answers after training, never a validation during it
+        keys = ["loss"] + [spec.create().key() for spec in recipe.metrics if spec.cls.consumes != {"text"}]
         if options.best_metric not in keys:
             yield (
                 ("best_metric",),
@@ -378,7 +392,12 @@ class HF(Trainer):
         if trainer is None or trainer.model is not job.model:
             trainer = self._trainer(job, has_eval=False)
             self._last = trainer
+        marked = hasattr(job.model, "_is_accelerate_prepared")
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
+        if not marked and hasattr(job.model, "_is_accelerate_prepared"):
+            # Evaluating marks the bare model "prepared"; a later `fit` would then skip the DDP wrapper,
+            # and each process would train on its own gradients (the base model is evaluated first).
+            del job.model._is_accelerate_prepared
         return {k.removeprefix("eval_"): v for k, v in metrics.items()}
 
     def whole_model(self, job):

@@ -7,6 +7,12 @@ kinds with their option base classes, and the error types. Importing it does not
 __version__ = "0.1.0"
 
 from runner.components import (
+    GROUP_COLUMN,
+    Audit,
+    AuditData,
+    AuditOptions,
+    AuditResult,
+    AuditSubject,
     Component,
     DataSource,
     DataSourceOptions,
@@ -39,6 +45,12 @@ from runner.options import (
 )
 
 __all__ = [
+    "GROUP_COLUMN",
+    "Audit",
+    "AuditData",
+    "AuditOptions",
+    "AuditResult",
+    "AuditSubject",
     "Component",
     "DataError",
     "DataSource",

@@ -17,7 +17,8 @@ from runner.errors import FinetuneError
 
 EPILOG = """\
 exit codes: 0 done, 1 training diverged (NaN/inf loss), 2 error in a recipe, data or arguments,
-130 interrupted (a checkpoint was saved: finetune resume RUN continues it)
+3 an audit failed (the run is complete; see audits.json), 130 interrupted (a checkpoint was saved:
+finetune resume RUN continues it)
 
 examples:
   finetune run recipes/quickstart.toml
@@ -86,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a finished run's model again")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", choices=["validation", "test"], default="test")
+
+    p = sub.add_parser("report", help="rebuild a run's report.html and model card")
+    p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser("compare", help="runs side by side: differing recipe keys, final metrics")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p = sub.add_parser("audit", help="run a finished run's audits again, or other audits, on its model")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--audits", type=Path, metavar="FILE", help="a TOML file of [[audits]] tables to run instead")
 
     p = sub.add_parser("predict", help="predictions from a finished run's model")
     p.add_argument("run_dir", type=Path)

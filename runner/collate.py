@@ -11,8 +11,8 @@ class PadCollator:
     """Pads `input_ids` with the pad id, masks with 0, and sequence `labels` with -100.
 
     Padding is masked by position, never recognised by token id: a tokenizer that pads with its
-    EOS token still has every real EOS supervised. Keys other than model inputs and `labels`
-    (such as `length`) are dropped.
+    EOS token still has every real EOS supervised. Keys other than model inputs, `labels` and a
+    loss `weight` (such as `length`) are dropped.
     """
 
     def __init__(
@@ -51,6 +51,8 @@ class PadCollator:
                 labels = [f["labels"] for f in features]
                 dtype = torch.float32 if isinstance(labels[0], float) else torch.long
                 batch["labels"] = torch.tensor(labels, dtype=dtype)
+        if "weight" in features[0]:  # per-row loss weights (reweighting), used by the trainer
+            batch["weight"] = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
         return batch
 
 

@@ -68,10 +68,10 @@ def _worker_args(args, run_dir: RunDir, resume_from: Path | None = None, force: 
     return (["--debug"] if args.debug else []) + flags
 
 
-def _execute(args, recipe: Recipe, run_dir: RunDir, resume_from: Path | None = None, force: bool = False) -> None:
+def _execute(args, recipe: Recipe, run_dir: RunDir, resume_from: Path | None = None, force: bool = False):
     from runner.run import execute
 
-    execute(
+    return execute(
         recipe,
         run_dir,
         get_plugins(),
@@ -86,7 +86,10 @@ def _train(args, recipe: Recipe, run_dir: RunDir, launch, resume_from: Path | No
     """Train in this process, or start the worker processes that do."""
     if launch.needed(recipe):
         return launch.start(_worker_args(args, run_dir, resume_from, force), run_dir)
-    _execute(args, recipe, run_dir, resume_from, force)
+    result = _execute(args, recipe, run_dir, resume_from, force)
+    if result.audits_failed:
+        print(f"failed audits: {', '.join(result.audits_failed)} (see audits.json)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -121,7 +124,7 @@ def cmd_worker(args) -> int:
         if distributed.is_main() and not isinstance(exc, distributed.PeerFailed):
             raise
         return exc.exit_code  # every rank stopped together: rank 0 alone says why, once
-    return 0
+    return 0  # a completed run: the launcher reads the exit code (3: an audit failed) from status.json
 
 
 def _still_running(run_dir: RunDir) -> int | None:
@@ -179,6 +182,41 @@ def cmd_eval(args) -> int:
 
     _offline()
     evaluate_run(RunDir.open(args.run_dir), args.split, _console(), debug=args.debug)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from runner.model_card import write_model_card
+    from runner.report import build_report
+
+    run_dir = RunDir.open(args.run_dir)
+    print(build_report(run_dir.path))
+    if run_dir.model.is_dir():
+        write_model_card(run_dir.path, run_dir.model)
+        print(run_dir.model / "README.md")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from runner.compare import compare_runs, render_comparison
+
+    result = compare_runs(args.run_dirs)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        render_comparison(result, _console())
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from runner.reaudit import audit_run
+
+    _offline()
+    reporters = [spec.create() for spec in load_and_validate(RunDir.open(args.run_dir).recipe).reporters]
+    failed = audit_run(RunDir.open(args.run_dir), args.audits, reporters, debug=args.debug)
+    if failed:
+        print(f"failed audits: {', '.join(failed)}", file=sys.stderr)
+        return 3
     return 0
 
 

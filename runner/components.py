@@ -212,6 +212,7 @@ class Task(Component):
     kind = "task"
     # What predictions look like, which decides the metrics that fit: "classes", "scores" or "tokens".
     produces: ClassVar[str] = ""
+    head: ClassVar[str] = ""  # the ModelSpec head it asks for, known before the model is built
     columns: ClassVar[tuple[str, ...]] = ("text",)  # columns every row must have
     optional_columns: ClassVar[tuple[str, ...]] = ()
     stratify_column: ClassVar[str | None] = None  # split fractions keep this column's proportions
@@ -257,6 +258,25 @@ class Task(Component):
 
     def predict(self, model: PreTrainedModel, tokenizer, texts: list[str], max_length: int) -> list[dict]:
         """Predictions for raw texts, for `finetune predict` (and `generate` for text tasks)."""
+        raise NotImplementedError
+
+    # Answers prompts, so that text metrics (`consumes = {"text"}`: exact match, BLEU, ROUGE) and a
+    # few-shot baseline apply: the task implements `prompts` and `generate`.
+    generates: ClassVar[bool] = False
+
+    def row_text(self, row: dict) -> str:
+        """A row as one text, for audits that compare rows (leakage) or rewrite them (bias)."""
+        return "\n".join(row[c] for c in ("text", "text_pair") if isinstance(row.get(c), str))
+
+    def prompts(self, dataset: Dataset, shots: list[dict] | None = None, tokenizer=None) -> list[tuple[str, str]]:
+        """For a generating task: each row's (prompt as the model is given it, reference answer).
+        `shots` are training rows shown, solved, before each prompt (few-shot prompting); the
+        tokenizer renders chat templates."""
+        raise NotImplementedError
+
+    def generate(self, model: PreTrainedModel, tokenizer, prompts: list[str], max_length: int, **options) -> list[str]:
+        """Greedy answers to prompts made by `prompts`, without the prompt. `options`: the task's
+        generation settings, such as max_new_tokens."""
         raise NotImplementedError
 
     def samples(self, model: PreTrainedModel, tokenizer, max_length: int) -> list[dict]:
@@ -428,7 +448,9 @@ class Metric(Component):
     """Scores predictions against references."""
 
     kind = "metric"
-    consumes: ClassVar[frozenset[str]] = frozenset()  # task `produces` values it understands
+    # Task `produces` values it understands; "text" scores generated answers of a task that
+    # `generates` (computed after training, on the final evaluation only).
+    consumes: ClassVar[frozenset[str]] = frozenset()
     greater_is_better: ClassVar[bool] = True
 
     def key(self) -> str:
@@ -441,6 +463,12 @@ class Metric(Component):
 
     def compute(self, predictions, references) -> dict[str, float]:
         raise NotImplementedError
+
+    def details(self, predictions, references, num_labels: int | None = None) -> dict[str, Any]:
+        """Tables beside the numbers, for evaluation.json and the report, computed on the final
+        evaluation only: e.g. {"confusion_matrix": {"matrix": [[...]]}} (rows true, columns predicted,
+        in label-id order over `num_labels` classes; the core adds the label names)."""
+        return {}
 
 
 class Reporter(Component):
@@ -469,10 +497,128 @@ class Reporter(Component):
     def train_end(self) -> None:
         """Training stopped (finished, interrupted or failed)."""
 
+    def audited(self, name: str, passed: bool | None, summary: str) -> None:
+        """An audit's verdict: passed True/False, or None when it only measured."""
+
     def finish(self, status: str, summary: dict[str, Any]) -> None:
         """The run is over: status "completed", "interrupted" or "failed", and its final metrics."""
 
 
+# -- audits -------------------------------------------------------------------------------------
+
+GROUP_COLUMN = "group"  # an optional column naming each row's subgroup (map yours with `columns`)
+
+
+@dataclass
+class AuditResult:
+    """What an audit found: shown by the reporters, kept in audits.json, the report and the model card."""
+
+    passed: bool | None  # None: measured, with no threshold to judge it by
+    summary: str  # one sentence a reader understands without the figures
+    figures: dict[str, Any] = field(default_factory=dict)  # model audits: {"base": {...}, "finetuned": {...}}
+    thresholds: dict[str, float] = field(default_factory=dict)  # the limits it was judged by
+    examples: list[dict[str, Any]] = field(default_factory=list)  # rows worth reading (duplicates, flips)
+
+
+class AuditData:
+    """The run's rows as audits see them: every source's split together, in the task's columns
+    (plus `group` where the data has one), before tokenization."""
+
+    def __init__(self, task: Task, parts: dict[str, list[tuple[Task, Dataset]]], where: Callable[[str, int], str]):
+        self.task = task
+        self._parts = parts  # split -> [(the source's task, its rows)]
+        self._where = where
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self._parts.get(s)]
+
+    def size(self, split: str) -> int:
+        return sum(len(rows) for _, rows in self._parts.get(split, []))
+
+    def rows(self, split: str) -> Iterator[dict]:
+        for _, rows in self._parts.get(split, []):
+            for row in rows:
+                yield {k: v for k, v in row.items() if not k.startswith("_")}
+
+    def texts(self, split: str) -> list[str]:
+        """Each row as one text (`Task.row_text` of its source's task)."""
+        return [task.row_text(row) for task, rows in self._parts.get(split, []) for row in rows]
+
+    def column(self, split: str, name: str) -> list[Any] | None:
+        """A column's values in row order, or None when some source lacks it."""
+        parts = self._parts.get(split, [])
+        if not parts or any(name not in rows.column_names for _, rows in parts):
+            return None
+        return [value for _, rows in parts for value in rows[name]]
+
+    def where(self, split: str, index: int) -> str:
+        """Where row `index` of `split` comes from, as the user finds it: "data/train.csv, row 12"."""
+        return self._where(split, index)
+
+
+class AuditSubject:
+    """A model an audit measures: the untouched base model before training (`label` "base"), or
+    the fine-tuned one ("finetuned")."""
+
+    def __init__(self, label: str, model: PreTrainedModel, tokenizer, task: Task, max_length: int):
+        self.label, self.model, self.tokenizer, self.task, self.max_length = label, model, tokenizer, task, max_length
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        """The task's predictions for raw texts (classification: {"label", "score", "scores"})."""
+        return self.task.predict(self.model, self.tokenizer, texts, self.max_length)
+
+    def log_likelihoods(self, texts: list[str]) -> list[tuple[float, int]]:
+        """Per text: (summed log-probability of its tokens, number of tokens scored). Language-model
+        heads only; raises FinetuneError for others."""
+        from runner.scoring import log_likelihoods
+
+        return log_likelihoods(self.model, self.tokenizer, texts, self.max_length)
+
+
+class AuditOptions(Options):
+    """Options every audit has."""
+
+    name: str | None = Field(
+        default=None, description="Its name in results (default: its type); needed to run two of one type."
+    )
+
+
+class Audit(Component):
+    """Checks data or models for a problem (`[[audits]] type = ...`): leakage, bias, forgetting.
+
+    A data audit implements `check_data`, run before training; a result that did not pass stops the
+    run. A model audit implements `measure`, called on the base model before training and on the
+    fine-tuned model after it, and `judge`, which turns both measurements into a result. An audit may
+    also mitigate what it measures, by weighting or adding training rows."""
+
+    kind = "audit"
+
+    def key(self) -> str:
+        """Its name in results: the recipe's `name` option if it has one, else its type."""
+        return getattr(self.options, "name", None) or self.name
+
+    def check_data(self, data: AuditData, ctx: RunContext) -> AuditResult | None:
+        """Audit the rows alone, before anything is tokenized or trained."""
+        return None
+
+    def measure(self, subject: AuditSubject, data: AuditData, ctx: RunContext) -> dict[str, Any] | None:
+        """Measure one model; return JSON-able figures, or None for a data-only audit."""
+        return None
+
+    def judge(self, base: dict[str, Any] | None, finetuned: dict[str, Any]) -> AuditResult:
+        """The verdict from `measure`'s figures for the base model (None when it was not measured)
+        and the fine-tuned one."""
+        raise NotImplementedError
+
+    def reweight(self, train: Dataset, task: Task) -> list[float] | None:
+        """Mitigation: a training weight per row of `train` (mean 1), or None."""
+        return None
+
+    def augment(self, train: Dataset, task: Task) -> Dataset | None:
+        """Mitigation: extra training rows in `train`'s columns, or None."""
+        return None
+
+
 KINDS: dict[str, type[Component]] = {
-    cls.kind: cls for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, Engine, Metric, Reporter)
+    cls.kind: cls for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, Engine, Metric, Reporter, Audit)
 }

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.components import SPLITS, RawSplit, RunContext, Task
+from runner.components import GROUP_COLUMN, SPLITS, RawSplit, RunContext, Task
 from runner.errors import DataError, format_key
 from runner.recipe.resolved import Recipe
 
@@ -70,7 +70,8 @@ def _standardize(raw: RawSplit, columns: dict[str, str], task: Task, key: tuple,
     """Rename the source's columns to the task's, drop the rest, check the text columns."""
     ds = raw.dataset
     available = list(ds.column_names)
-    wanted = [*task.columns, *task.optional_columns]
+    # `group` names each row's subgroup, for the subgroup gaps of a bias audit and reweighting
+    wanted = [*task.columns, *task.optional_columns, GROUP_COLUMN]
     rename = {}
     for name in wanted:
         source_name = columns.get(name, name)

@@ -17,6 +17,9 @@ from typing import Any
 
 from runner.components import SPLITS, Task
 from runner.data import ORIGIN_COLUMNS
+from runner.errors import FinetuneError
+
+WEIGHT = "_weight"
 
 CACHE_VERSION = 1
 
@@ -95,7 +98,7 @@ def encode_splits(
         if use_cache and (path / "dataset_info.json").is_file():
             encoded[name], cached[name] = load_from_disk(str(path)), True
             continue
-        result = task.encode(rows, tokenizer, max_length)
+        result = _encode(task, rows, tokenizer, max_length)
         cached[name] = False
         if use_cache:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -106,6 +109,21 @@ def encode_splits(
             result = load_from_disk(str(path))  # memory-mapped, like a cache hit
         encoded[name] = result
     return encoded, cached
+
+
+def _encode(task: Task, rows, tokenizer, max_length: int):
+    """The task's encoding; training weights (a `_weight` column, from an audit's reweighting)
+    become the `weight` column the trainer weights each row's loss by."""
+    if WEIGHT not in rows.column_names:
+        return task.encode(rows, tokenizer, max_length)
+    weights = rows[WEIGHT]
+    result = task.encode(rows.remove_columns(WEIGHT), tokenizer, max_length)
+    if len(result) != len(weights):
+        raise FinetuneError(
+            f"task '{task.name}' encoded {len(weights)} rows into {len(result)}: its rows cannot be weighted",
+            hint="reweighting needs a task that encodes each row as one row (classification)",
+        )
+    return result.add_column("weight", [float(w) for w in weights])
 
 
 @dataclass

@@ -108,3 +108,10 @@ class RunInterrupted(FinetuneError):
     """Ctrl-C or SIGTERM: a checkpoint was written and the run can be resumed."""
 
     exit_code = 130
+
+
+class AuditFailed(FinetuneError):
+    """An audit did not pass: a data audit stops the run before training; a model audit, judged
+    after training, leaves the completed run and makes `finetune run` exit with 3."""
+
+    exit_code = 3

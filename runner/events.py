@@ -79,5 +79,8 @@ class Events:
     def train_end(self) -> None:
         self._each("train_end")
 
+    def audited(self, name: str, passed: bool | None, summary: str) -> None:
+        self._each("audited", name, passed, summary)
+
     def finish(self, status: str, summary: dict[str, Any]) -> None:
         self._each("finish", status, summary)

@@ -72,6 +72,11 @@ def register_reporters(register: Register) -> None:
 
 
 @hookspec
+def register_audits(register: Register) -> None:
+    """Register `runner.Audit` subclasses: checks of data and models (`[[audits]] type = ...`)."""
+
+
+@hookspec
 def on_run_start(run: dict[str, Any]) -> None:
     """A run begins. `run` holds its name, directory, seed and resolved recipe (a dict).
 

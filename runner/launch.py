@@ -168,8 +168,10 @@ class Launch:
                 signal.signal(sig, old)
         status = run_dir.status()
         state = status.get("state")
-        if state in ("completed", "interrupted"):
-            return 0 if state == "completed" else 130
+        if state == "completed":  # a model audit that failed leaves a completed run with exit code 3
+            return int(status.get("exit_code") or 0)
+        if state == "interrupted":
+            return 130
         if state == "running":  # a worker other than rank 0 died, or rank 0 was killed: say so
             run_dir.set_status("failed", error=f"a worker process failed (launcher exit code {code})", exit_code=1)
             return 1

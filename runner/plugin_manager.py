@@ -32,6 +32,7 @@ HOOK_OF_KIND = {
     "engine": "register_engines",
     "metric": "register_metrics",
     "reporter": "register_reporters",
+    "audit": "register_audits",
 }
 assert set(HOOK_OF_KIND) == set(KINDS)
 

@@ -14,7 +14,7 @@ from pydantic_core import PydanticUndefined
 
 from runner.components import KINDS
 from runner.options import Options
-from runner.recipe.resolved import DataOptions, RunOptions, SplitOptions
+from runner.recipe.resolved import DataOptions, EvaluationOptions, RunOptions, SplitOptions
 from runner.recipe.validate import TAGS
 from runner.registry import Registry
 
@@ -28,6 +28,7 @@ SECTION_OF_KIND = {
     "engine": "[distributed]",
     "metric": "[[metrics]]",
     "reporter": "[[reporters]]",
+    "audit": "[[audits]]",
 }
 assert set(SECTION_OF_KIND) == set(KINDS)
 
@@ -101,6 +102,10 @@ def render(registry: Registry, plugins: set[str] | None = None) -> str:
         "Fractions used to carve the splits a source does not provide (see recipes.md).",
         "",
         *options_table(SplitOptions),
+        "",
+        "## [evaluation]",
+        "",
+        *options_table(EvaluationOptions),
         "",
     ]
     for kind, section in SECTION_OF_KIND.items():

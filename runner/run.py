@@ -14,16 +14,18 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner import checkpoints, distributed
+from runner.audits import Audits, audit_data
 from runner.components import RunContext, TrainJob, TrainOutcome
 from runner.data import prepare_data
 from runner.encoding import default_cache_dir, encode_sources
 from runner.environment import describe
 from runner.errors import FinetuneError, RunInterrupted
+from runner.evaluation import Evaluator, MetricsComputer, SplitRows
 from runner.events import Events
 from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token, pools_last_token
 from runner.plugin_manager import Plugins
@@ -34,6 +36,7 @@ from runner.signals import graceful_stop
 MODEL_META = "finetune.json"
 BASE_MODEL = "base_model"
 TOKENIZER = "tokenizer"
+BASELINE = "baseline.json"  # the base model's scores, kept so that a resumed run need not measure them again
 
 
 @dataclass
@@ -43,6 +46,8 @@ class RunResult:
     global_step: int
     model: Any = None  # the trained model, as it was saved
     tokenizer: Any = None
+    audits_failed: list[str] = field(default_factory=list)  # model audits that did not pass
+    baselines: list[dict[str, Any]] = field(default_factory=list)  # evaluation.json's baselines
 
 
 def quiet_libraries(debug: bool) -> None:
@@ -68,20 +73,6 @@ def plugin_versions(plugins: Plugins) -> dict[str, str]:
     return {
         name: f"{info.version} ({info.source})" for name, info in plugins.registry.plugins.items() if not info.error
     }
-
-
-class MetricsComputer:
-    """`compute_metrics` for a trainer: task outputs -> metric components -> one dict."""
-
-    def __init__(self, task, metrics):
-        self.task, self.metrics = task, metrics
-
-    def __call__(self, eval_prediction) -> dict[str, float]:
-        predictions, references = self.task.metric_inputs(eval_prediction.predictions, eval_prediction.label_ids)
-        out: dict[str, float] = {}
-        for metric in self.metrics:
-            out.update(metric.compute(predictions, references))
-        return out
 
 
 def resolve_max_length(recipe: Recipe, tokenizer, model_component) -> int:
@@ -148,7 +139,7 @@ def execute(
     if main:
         plugins.hook.on_run_start(run=run_info)
     events.start(run_info)
-    status, final = "failed", {}
+    status, final, baselines = "failed", {}, []
     try:
         quiet_libraries(debug)
         if recipe.run.threads:
@@ -157,7 +148,7 @@ def execute(
             torch.set_num_threads(recipe.run.threads)
         distributed.init()
         result = _Pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, force).run()
-        status, final = "completed", result.metrics
+        status, final, baselines = "completed", result.metrics, result.baselines
         return result
     except RunInterrupted:
         status = "interrupted"
@@ -172,7 +163,8 @@ def execute(
         run_dir.set_status("failed", error=f"{type(exc).__name__}: {exc}", exit_code=getattr(exc, "exit_code", 1))
         raise
     finally:
-        events.finish(status, {"name": recipe.name, "metrics": final, "run_dir": str(run_dir.path),
+        events.finish(status, {"name": recipe.name, "metrics": final, "baselines": baselines,
+                               "run_dir": str(run_dir.path),
                                "model_dir": str(run_dir.model) if status == "completed" else None})  # fmt: skip
         if main:
             plugins.hook.on_run_end(run=run_info, status=status, metrics=final)
@@ -215,26 +207,54 @@ class _Pipeline:
 
         set_seed(self.seed)
         distributed.main_first(self.prepare)
+        self.prepare_evaluation()
         set_seed(self.seed)  # initialisation does not depend on how much randomness data preparation used
         self.build_model()
         self.record_environment()
         outcome = self.train()
         final = self.evaluate(outcome)
+        self.audit_finetuned()
         self.write_samples()
+        if self.main:
+            self.write_records(final)
         self.events.stage("saving the model")
         model_dir = self.save_model()
-        if self.main:
-            write_json(self.run_dir.metrics, final)
+        failed = self.audits.failed()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self.run_dir.set_status("completed", global_step=outcome.global_step, finished=stamp)
+        self.run_dir.set_status(
+            "completed", global_step=outcome.global_step, finished=stamp, exit_code=3 if failed else 0,
+            audits_failed=failed,
+        )  # fmt: skip
         self.events.info(f"model saved to {model_dir}")
-        return RunResult(self.run_dir, final, outcome.global_step, model=self.model, tokenizer=self.tokenizer)
+        if self.main:
+            self.write_report()
+        return RunResult(
+            self.run_dir,
+            final,
+            outcome.global_step,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            audits_failed=failed,
+            baselines=self.baseline["baselines"],
+        )
 
     def prepare(self) -> None:
         """Data, tokenizer, tokenized rows: on rank 0 first; the other ranks then read its caches."""
         self.load_data()
+        self.audit_data()
         self.prepare_tokenizer()
         self.tokenize()
+
+    def audit_data(self) -> None:
+        """Data audits (leakage) stop the run here, before anything is tokenized; then the
+        mitigations the audits ask for change the training rows."""
+        self.audits = Audits(self.recipe.audits, self.ctx, self.events)
+        if not self.audits:
+            return
+        self.events.stage("auditing the data")
+        self.audits.check_data(audit_data(self.data))
+        self.audits.mitigate(self.data)
+        self.audit_rows = audit_data(self.data)  # what model audits read, mitigations included
 
     def load_data(self) -> None:
         self.events.stage("loading data")
@@ -292,6 +312,7 @@ class _Pipeline:
             self.events.info("encoded rows read from the cache: " + ", ".join(sorted(encoded.from_cache)))
         for note in encoded.notes:
             self.events.info(note)
+        self.data_stats = self._data_stats()
         if getattr(self.task.options, "packing", False):
             from runner.packing import pack
 
@@ -300,6 +321,45 @@ class _Pipeline:
             lengths = self.encoded["train"]["length"]
             fill = sum(lengths) / (len(lengths) * self.max_length)
             self.events.info(f"packed {before} training rows into {len(lengths)} rows, {fill:.0%} full")
+
+    def _data_stats(self) -> dict[str, Any]:
+        from runner.data_stats import data_stats
+
+        labels = getattr(self.task, "labels", None) if self.task.produces == "classes" else None
+        return data_stats(
+            lengths={split: list(ds["length"]) for split, ds in self.encoded.items()},
+            labels={split: list(ds["labels"]) for split, ds in self.encoded.items()} if labels else None,
+            label_names=labels,
+            max_length=self.max_length,
+        )
+
+    def prepare_evaluation(self) -> None:
+        self.metrics = [spec.create() for spec in self.recipe.metrics]
+        for metric in self.metrics:
+            metric.prepare(self.ctx)
+        self.trainer = self.recipe.training.create()
+        pad_to = self.max_length if self.recipe.tokenizer.options.padding == "max_length" else None
+        self.collator = self.task.collator(self.tokenizer, pad_to)
+        train = self.data.parts("train")
+        self.evaluator = Evaluator(
+            recipe=self.recipe,
+            trainer=self.trainer,
+            task=self.task,
+            tokenizer=self.tokenizer,
+            max_length=self.max_length,
+            metrics=self.metrics,
+            collator=self.collator,
+            splits={
+                split: SplitRows([(s.task, s.splits[split]) for s in self.data.parts(split)], self.encoded[split])
+                for split in ("validation", "test")
+                if split in self.encoded
+            },
+            train_rows=train[0].splits["train"] if len(train) == 1 else None,
+            seed=self.seed,
+            events=self.events,
+            checkpoint_dir=self.run_dir.checkpoints,  # evaluating writes nothing there
+            train_labels=list(self.encoded["train"]["labels"]) if self.task.produces == "classes" else None,
+        )
 
     def build_model(self) -> None:
         self.events.stage("building the model")
@@ -310,6 +370,10 @@ class _Pipeline:
         else:
             model = self.model_component.build(self.ctx, self.spec)
         check_positions(model, self.max_length, self.strategy.extra_positions())
+        self.measure_base(model)
+        from transformers import set_seed
+
+        set_seed(self.seed)  # adapters initialise alike whether or not the base was measured
         if self.strategy.saves_adapter() and self.model_component.base_reference() is None:
             # A random-init base exists only in this run: keep it, so that the adapter can be loaded.
             if self.main and not base_dir.is_dir():
@@ -338,19 +402,50 @@ class _Pipeline:
         )
         write_json(self.run_dir.environment, env)
 
+    def measure_base(self, model) -> None:
+        """The baselines and the model audits' base figures, before anything trains (read back
+        from baseline.json when a resumed run measured them already)."""
+        path = self.run_dir.path / BASELINE
+        self.baseline: dict[str, Any] = {"baselines": [], "audits": {}}
+        if path.is_file() and self.resume_from is not None:
+            self.baseline = read_json(path)
+            self.audits.base = self.baseline["audits"]
+            return
+        wanted = self.recipe.evaluation.baseline and self.evaluator.splits
+        if not (wanted or self.audits):
+            return
+        if self.recipe.distributed.create().sharding().zero_stage == 3:
+            self.events.warn("no baseline under ZeRO-3: every process would hold the whole base model")
+            return
+        self.events.stage("measuring the base model")
+        random_init = self.model_component.base_reference() is None
+        if wanted:
+            self.baseline["baselines"] = self.evaluator.baselines(model, random_init)
+            for row in self.baseline["baselines"]:
+                for split in ("validation", "test"):
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in row.get(split, {}).items() if k in self.shown)
+                    if shown:
+                        self.events.info(f"{row['name']}, {split}: {shown}")
+        if self.audits:
+            self.baseline["audits"] = self.audits.measure(
+                "base", model, self.tokenizer, self.task, self.max_length, self.audit_rows
+            )
+        if self.main:
+            write_json(path, self.baseline)
+
+    @property
+    def shown(self) -> set[str]:
+        """The scores worth a line: loss and the recipe's metrics, not timings."""
+        return {"loss", *(m.key() for m in self.metrics)}
+
     def train(self) -> TrainOutcome:
-        self.metrics = [spec.create() for spec in self.recipe.metrics]
-        for metric in self.metrics:
-            metric.prepare(self.ctx)
-        self.trainer = self.recipe.training.create()
-        pad_to = self.max_length if self.recipe.tokenizer.options.padding == "max_length" else None
         self.job = TrainJob(
             model=self.model,
             tokenizer=self.tokenizer,
             task=self.task,
             train=self.encoded["train"],
             evaluation=self.encoded.get("validation"),
-            collator=self.task.collator(self.tokenizer, pad_to),
+            collator=self.collator,
             compute_metrics=MetricsComputer(self.task, self.metrics),
             checkpoint_dir=self.run_dir.checkpoints,
             seed=self.seed,
@@ -377,16 +472,48 @@ class _Pipeline:
     def evaluate(self, outcome: TrainOutcome) -> dict[str, Any]:
         self.events.stage("evaluating")
         final: dict[str, Any] = {"train": {"global_step": outcome.global_step, **outcome.metrics}}
-        for split in ("validation", "test"):
-            if split not in self.encoded:
-                continue
-            final[split] = self.trainer.evaluate(self.job, self.encoded[split])
-            self.events.evaluated(split, None, final[split], final=True)
-            parts = self.encoded_parts[split]
-            for name, dataset in parts if len(parts) > 1 else ():  # each source on its own as well
-                final[f"{split}/{name}"] = self.trainer.evaluate(self.job, dataset)
-                self.events.evaluated(f"{split}/{name}", None, final[f"{split}/{name}"], final=True)
+        final.update(self.evaluator.final(self.job, self.encoded_parts))
         return final
+
+    def audit_finetuned(self) -> None:
+        if not self.audits:
+            return
+        self.events.stage("auditing the fine-tuned model")
+        with self.trainer.whole_model(self.job):
+            figures = self.audits.measure(
+                "finetuned", self.model, self.tokenizer, self.task, self.max_length, self.audit_rows
+            )
+        self.audits.judge(figures)
+
+    def write_records(self, final: dict[str, Any]) -> None:
+        """metrics.json, evaluation.json, audits.json, data_stats.json: what the report and the
+        model card are made of."""
+        from runner.diagnosis import diagnose
+
+        write_json(self.run_dir.metrics, final)
+        best = getattr(self.recipe.training.options, "best_metric", "loss")
+        greater = {"loss": False, **{m.key(): m.greater_is_better for m in self.metrics}}
+        evaluation = {
+            "greater_is_better": greater,
+            "baselines": self.baseline["baselines"],
+            "finetuned": {k: v for k, v in final.items() if k != "train"},
+            **self.evaluator.record,
+            "diagnosis": diagnose(self.run_dir.read_metrics_log(), best, greater.get(best, False)),
+        }
+        write_json(self.run_dir.path / "evaluation.json", evaluation)
+        write_json(self.run_dir.path / "data_stats.json", self.data_stats)
+        if self.audits:
+            write_json(self.run_dir.path / "audits.json", self.audits.document())
+
+    def write_report(self) -> None:
+        from runner.report import build_report
+
+        try:
+            path = build_report(self.run_dir.path)
+        except Exception as exc:  # the model is saved: a report that cannot be drawn must not fail the run
+            self.events.warn(f"report.html could not be written: {type(exc).__name__}: {exc}")
+            return
+        self.events.info(f"report: {path}")
 
     def write_samples(self) -> None:
         # every rank generates: under ZeRO-3 each holds only a shard of the weights
@@ -411,9 +538,12 @@ class _Pipeline:
         }
 
         def write(directory: Path) -> None:
+            from runner.model_card import write_model_card
+
             self.strategy.save(self.model, directory)
             self.tokenizer.save_pretrained(directory)
             write_json(directory / MODEL_META, meta)
+            write_model_card(self.run_dir.path, directory)
 
         # Under ZeRO-3 each rank holds a shard of every weight: saving then would write empty
         # tensors (a known failure of other tools), so the weights are gathered first.

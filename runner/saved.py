@@ -9,11 +9,12 @@ from typing import Any
 
 from runner.components import RunContext, TrainJob
 from runner.errors import FinetuneError
+from runner.evaluation import MetricsComputer
 from runner.plugin_manager import get_plugins
 from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
-from runner.run import BASE_MODEL, MODEL_META, MetricsComputer, publish, quiet_libraries
+from runner.run import BASE_MODEL, MODEL_META, publish, quiet_libraries
 from runner.rundir import RunDir, read_json, write_json
 
 
@@ -25,10 +26,12 @@ class Finished:
     model: Any
     meta: dict[str, Any]
     ctx: RunContext
+    base: Any  # () -> the untouched base model, as the run built it
 
 
-def load_finished(run_dir: RunDir, debug: bool = False) -> Finished:
-    """The recipe, task, tokenizer and model of a completed run, loaded from its model/ directory."""
+def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = None) -> Finished:
+    """The recipe, task, tokenizer and model of a completed run, loaded from its model/ directory.
+    `recipe`: the run's recipe as changed by the caller (other audits), instead of the saved one."""
     from transformers import AutoTokenizer
 
     from runner.encoding import default_cache_dir
@@ -43,7 +46,7 @@ def load_finished(run_dir: RunDir, debug: bool = False) -> Finished:
         )
     quiet_libraries(debug)
     meta = read_json(meta_path)
-    recipe = validate(load_recipe(run_dir.recipe), get_plugins().registry)
+    recipe = recipe or validate(load_recipe(run_dir.recipe), get_plugins().registry)
     ctx = RunContext(seed=recipe.run.seed, cache_dir=default_cache_dir(), run_dir=run_dir.path)
     task = recipe.task.create()
     task.restore(meta["task_state"])
@@ -55,10 +58,13 @@ def load_finished(run_dir: RunDir, debug: bool = False) -> Finished:
         base_dir = run_dir.path / BASE_MODEL
         if base_dir.is_dir():
             return auto_class(spec.head).from_pretrained(base_dir)
+        from transformers import set_seed
+
+        set_seed(recipe.run.seed)  # a model built from a config gets the weights the run started from
         return recipe.model.create().build(ctx, spec)
 
     model = strategy.load(run_dir.model, spec, base)
-    return Finished(recipe, task, tokenizer, model, meta, ctx)
+    return Finished(recipe, task, tokenizer, model, meta, ctx, base)
 
 
 def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> dict[str, float]:

@@ -63,6 +63,31 @@ class DataOptions(Options):
         return self
 
 
+class EvaluationOptions(Options):
+    """`[evaluation]`: what the fine-tuned model is compared with, and how sure the numbers are."""
+
+    baseline: bool = Field(
+        default=True,
+        description="Evaluate the untouched base model on the same validation/test rows before training.",
+    )
+    few_shot: int = Field(
+        default=3,
+        ge=0,
+        description="Generating tasks: also prompt the base model with this many solved training rows (0: off).",
+    )
+    bootstrap: int = Field(
+        default=1000,
+        ge=0,
+        description="Resamples for the confidence intervals of test metrics (0: no intervals).",
+    )
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    generation_rows: int = Field(
+        default=100,
+        gt=0,
+        description="Generating tasks: rows of each split answered for text metrics (exact match, BLEU, ROUGE).",
+    )
+
+
 @dataclass
 class ComponentSpec:
     """A recipe section resolved to its component class and validated options."""
@@ -97,6 +122,8 @@ class Recipe:
     distributed: ComponentSpec
     metrics: list[ComponentSpec]
     reporters: list[ComponentSpec]
+    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+    audits: list[ComponentSpec] = field(default_factory=list)
     metrics_defaulted: bool = False  # metrics came from the task's defaults
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -115,6 +142,7 @@ class Recipe:
             self.distributed,
             *self.metrics,
             *self.reporters,
+            *self.audits,
         ]
 
     def resolved(self) -> dict[str, Any]:
@@ -135,4 +163,6 @@ class Recipe:
             "distributed": self.distributed.as_table(),
             "metrics": [m.as_table() for m in self.metrics],
             "reporters": [r.as_table() for r in self.reporters],
+            "evaluation": self.evaluation.model_dump(mode="json"),
+            "audits": [a.as_table() for a in self.audits],
         }

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from runner.errors import Issue, KeyPath, PluginError, RecipeError
 from runner.options import Options, _FileMarker
 from runner.recipe.load import RecipeSource
-from runner.recipe.resolved import ComponentSpec, DataOptions, Recipe, RunOptions
+from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
 from runner.registry import Registry
 
 # section -> (component kind, default type)
@@ -34,9 +34,9 @@ SECTIONS: dict[str, tuple[str, str | None]] = {
 }
 # The key that names a section's component, where it is not `type`: `[distributed] engine = "deepspeed"`.
 TAGS: dict[str, str] = {"distributed": "engine"}
-LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter"}
+LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter", "audits": "audit"}
 DEFAULT_REPORTERS = [{"type": "rich"}]
-TOP_LEVEL = ["run", "data", *SECTIONS, *LISTS]
+TOP_LEVEL = ["run", "data", *SECTIONS, "evaluation", *LISTS]
 REQUIRED = ["data", "tokenizer", "model", "task"]
 
 _TYPE_WORDS = {
@@ -292,6 +292,10 @@ class Validator:
         metrics_defaulted = "metrics" not in data
         metrics = self.component_list("metric", data["metrics"], ("metrics",)) if not metrics_defaulted else []
         reporters = self.component_list("reporter", data.get("reporters", DEFAULT_REPORTERS), ("reporters",))
+        audits = self.component_list("audit", data.get("audits", []), ("audits",))
+        evaluation = None
+        if self._table(data, "evaluation"):
+            evaluation = self.options(EvaluationOptions, data.get("evaluation", {}), ("evaluation",))
 
         task = specs.get("task")
         if metrics_defaulted and task is not None:
@@ -300,7 +304,7 @@ class Validator:
             ]
             metrics = [m for m in defaults if m is not None]
 
-        if self.issues or run is None or data_options is None or any(s is None for s in specs.values()):
+        if self.issues or None in (run, data_options, evaluation) or any(s is None for s in specs.values()):
             raise RecipeError(self.issues)
         recipe = Recipe(
             source=self.source,
@@ -315,6 +319,8 @@ class Validator:
             distributed=specs["distributed"],
             metrics=metrics,
             reporters=reporters,
+            evaluation=evaluation,
+            audits=audits,
             metrics_defaulted=metrics_defaulted,
         )
         self._cross_checks(recipe)
@@ -385,7 +391,8 @@ class Validator:
         seen: dict[str, KeyPath] = {}
         for spec in recipe.metrics:
             metric = spec.create()
-            if task.produces not in spec.cls.consumes:
+            feeds = {task.produces, "text"} if task.generates else {task.produces}
+            if not feeds & spec.cls.consumes:
                 self.issue(
                     (*spec.key, "type") if not recipe.metrics_defaulted else spec.key,
                     f"metric '{spec.name}' cannot score the predictions of task '{recipe.task.name}' ({task.produces})",
@@ -394,6 +401,13 @@ class Validator:
             if key in seen:
                 self.issue(spec.key, f"a second metric named '{key}' (first at {recipe.source.locate(seen[key])})")
             seen[key] = spec.key
+        audits: dict[str, KeyPath] = {}
+        for spec in recipe.audits:
+            key = spec.create().key()
+            if key in audits:
+                self.issue(spec.key, f"a second audit named '{key}' (first at {recipe.source.locate(audits[key])})",
+                           hint="give one of them a distinct `name`")  # fmt: skip
+            audits[key] = spec.key
         for spec in recipe.components():
             try:
                 problems = list(spec.cls.check(spec.options, recipe))

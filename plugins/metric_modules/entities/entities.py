@@ -7,6 +7,7 @@ and end all match a reference entity. Scores are micro-averaged over all entitie
 
 import datasets
 import evaluate
+import numpy as np
 
 
 def spans(tags):
@@ -35,6 +36,27 @@ class Entities(evaluate.Metric):
                 }
             ),
         )
+
+    # Row statistics: summed over any subset of rows, they give that subset's scores (a bootstrap
+    # resamples sums instead of recomputing).
+    def row_statistics(self, predictions, references):
+        """Per sequence: [correct entities, predicted entities, reference entities, tokens, right tags]."""
+        rows = []
+        for pred, ref in zip(predictions, references, strict=True):
+            p, r = spans(pred), spans(ref)
+            right = sum(a == b for a, b in zip(pred, ref, strict=True))
+            rows.append([len(p & r), len(p), len(r), len(ref), right])
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+
+    def score_statistics(self, sums):
+        """The four scores from summed row statistics, one per row of `sums`."""
+        correct, predicted, actual, tokens, right = np.asarray(sums, dtype=np.float64).T
+        precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+        recall = np.divide(correct, actual, out=np.zeros_like(correct), where=actual > 0)
+        total = precision + recall
+        f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+        accuracy = np.divide(right, tokens, out=np.zeros_like(right), where=tokens > 0)
+        return {"entity_precision": precision, "entity_recall": recall, "entity_f1": f1, "token_accuracy": accuracy}
 
     def _compute(self, predictions, references):
         correct = predicted = actual = tokens = right = 0

@@ -1,0 +1,243 @@
+"""Evaluation a user can trust: the fine-tuned model next to baselines, with intervals.
+
+Before training, the untouched base model is evaluated on the same validation and test rows, with
+the same tokenization, template and metrics as the fine-tuned model will be. A classifier's base has
+a freshly initialised head (an untrained classifier), so the majority class is shown too; a
+generating task's base is also prompted few-shot, with solved training rows before each prompt:
+the alternative to fine-tuning. After training, every split is evaluated again; test metrics get
+bootstrap confidence intervals, classifiers a confusion matrix, generating tasks text metrics on
+their greedy answers. Everything lands in evaluation.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.components import TrainJob
+
+FINAL_SPLITS = ("validation", "test")
+
+
+class MetricsComputer:
+    """`compute_metrics` for a trainer: task outputs -> metric components -> one dict. Keeps the
+    last predictions and references, for intervals and the confusion matrix."""
+
+    def __init__(self, task, metrics):
+        self.task = task
+        self.metrics = [m for m in metrics if not _text_only(m)]  # text metrics need generated answers
+        self.last: tuple[Any, Any] | None = None
+
+    def __call__(self, eval_prediction) -> dict[str, float]:
+        predictions, references = self.task.metric_inputs(eval_prediction.predictions, eval_prediction.label_ids)
+        self.last = (predictions, references)
+        out: dict[str, float] = {}
+        for metric in self.metrics:
+            out.update(metric.compute(predictions, references))
+        return out
+
+
+def scores_only(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's scores without its timings and epoch counter."""
+    timing = ("runtime", "per_second", "preparation_time")
+    return {k: v for k, v in result.items() if not k.endswith(timing) and k != "epoch"}
+
+
+def _text_only(metric) -> bool:
+    return metric.consumes == {"text"}
+
+
+@dataclass
+class SplitRows:
+    """One split's raw rows, per source with the source's task (for prompts), and its encoding."""
+
+    parts: list[tuple[Any, Any]]  # [(task, datasets.Dataset)]
+    encoded: Any
+
+
+@dataclass
+class Evaluator:
+    """Evaluates models for a run; collects what evaluation.json says."""
+
+    recipe: Any
+    trainer: Any  # runner.Trainer
+    task: Any
+    tokenizer: Any
+    max_length: int
+    metrics: list  # runner.Metric, prepared
+    collator: Any
+    splits: dict[str, SplitRows]
+    train_rows: Any  # the training split's raw rows (few-shot examples), or None
+    seed: int
+    events: Any
+    checkpoint_dir: Any  # where the trainer may write (it writes nothing when only evaluating)
+    train_labels: Any = None  # encoded training labels, for the majority-class baseline
+    record: dict[str, Any] = field(default_factory=dict)  # intervals and details, for evaluation.json
+
+    @property
+    def options(self):
+        return self.recipe.evaluation
+
+    def job(self, model, deepspeed=None) -> TrainJob:
+        return TrainJob(
+            model=model,
+            tokenizer=self.tokenizer,
+            task=self.task,
+            train=None,
+            evaluation=None,
+            collator=self.collator,
+            compute_metrics=MetricsComputer(self.task, self.metrics),
+            checkpoint_dir=self.checkpoint_dir,
+            seed=self.seed,
+            events=None,
+            deepspeed=deepspeed,
+        )
+
+    # -- one model on one split ----------------------------------------------------------------
+    def scores(self, job: TrainJob, split: str) -> tuple[dict[str, float], tuple | None]:
+        """Loss and metrics of `job.model` on `split` (timings left out), and the predictions they
+        came from (`job.compute_metrics` is a MetricsComputer)."""
+        result = self.trainer.evaluate(job, self.splits[split].encoded)
+        return scores_only(result), job.compute_metrics.last
+
+    def answers(self, model, split: str, shots: list[dict] | None = None) -> tuple[list[str], list[str]]:
+        """Greedy answers of `model` to the first `generation_rows` prompts of `split`, and the references."""
+        limit = self.options.generation_rows
+        predictions, references = [], []
+        for task, rows in self.splits[split].parts:
+            take = rows.select(range(min(len(rows), limit - len(references))))
+            if not len(take):
+                break
+            pairs = task.prompts(take, shots, tokenizer=self.tokenizer)
+            predictions += task.generate(model, self.tokenizer, [p for p, _ in pairs], self.max_length)
+            references += [r for _, r in pairs]
+        return predictions, references
+
+    def text_scores(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in self.metrics:
+            if _text_only(metric):
+                out.update(metric.compute(predictions, references))
+        return out
+
+    @property
+    def text_metrics(self) -> bool:
+        return self.task.generates and any(_text_only(m) for m in self.metrics)
+
+    # -- baselines -----------------------------------------------------------------------------
+    def baselines(self, base_model, random_init: bool) -> list[dict[str, Any]]:
+        """Evaluate the untouched base model, and the references that need no model."""
+        head_note = {
+            "sequence_classification": "its classification head freshly initialised: an untrained classifier",
+            "token_classification": "its tagging head freshly initialised: an untrained tagger",
+        }.get(self.task.head)
+        if random_init:
+            note = "the base model is randomly initialised (built from a config): it has learnt nothing yet"
+        elif head_note:
+            note = f"the pretrained base model, with {head_note}"
+        else:
+            note = (
+                "the pretrained base model, prompted zero-shot" if self.task.generates else "the pretrained base model"
+            )
+        base = {"name": "base model", "note": note}
+        job = self.job(base_model)
+        for split in self._final_splits():
+            base[split], _ = self.scores(job, split)
+            if self.text_metrics:
+                base[split].update(self.text_scores(*self.answers(base_model, split)))
+        rows = [base]
+        shots = self._shots()
+        if shots and self.text_metrics:
+            few = {
+                "name": f"base model, {len(shots)}-shot",
+                "note": f"{len(shots)} solved training rows before each prompt",
+            }
+            for split in self._final_splits():
+                few[split] = self.text_scores(*self.answers(base_model, split, shots))
+            rows.append(few)
+        majority = self._majority()
+        if majority:
+            rows.append(majority)
+        return rows
+
+    def _final_splits(self) -> list[str]:
+        return [s for s in FINAL_SPLITS if s in self.splits]
+
+    def _shots(self) -> list[dict]:
+        k = self.options.few_shot
+        if not k or self.train_rows is None or not self.task.generates:
+            return []
+        import numpy as np
+
+        order = np.random.default_rng(self.seed).permutation(len(self.train_rows))[:k]
+        return [{c: v for c, v in self.train_rows[int(i)].items() if not c.startswith("_")} for i in order]
+
+    def _majority(self) -> dict[str, Any] | None:
+        """Always the most frequent training label: the score a classifier must beat to have learnt anything."""
+        if self.task.produces != "classes" or self.train_rows is None:
+            return None
+        import numpy as np
+
+        counts = np.bincount(np.asarray(self.train_labels), minlength=len(getattr(self.task, "labels", [])))
+        top = int(counts.argmax())
+        names = getattr(self.task, "labels", None)
+        shown = names[top] if names else top
+        row: dict[str, Any] = {
+            "name": "majority class",
+            "note": f"always predicts '{shown}', the most frequent training label",
+        }
+        for split in self._final_splits():
+            references = np.asarray(self.splits[split].encoded["labels"])
+            predictions = np.full_like(references, top)
+            row[split] = {}
+            for metric in self.metrics:
+                if not _text_only(metric):
+                    row[split].update(metric.compute(predictions, references))
+        return row
+
+    # -- the fine-tuned model ------------------------------------------------------------------
+    def final(self, job: TrainJob, parts: dict[str, list[tuple[str, Any]]]) -> dict[str, Any]:
+        """Evaluate the trained `job.model` on every split (and each source of a mixed split)."""
+        from runner.intervals import bootstrap
+
+        final: dict[str, Any] = {}
+        intervals: dict[str, Any] = {}
+        details: dict[str, Any] = {}
+        for split in self._final_splits():
+            final[split], last = self.scores(job, split)
+            answers = None
+            if self.text_metrics:
+                answers = self.answers(job.model, split)
+                final[split].update(self.text_scores(*answers))
+            self.events.evaluated(split, None, final[split], final=True)
+            if last is not None:
+                details[split] = self._details(*last)
+            if split == "test" and self.options.bootstrap:
+                intervals[split] = {}
+                for metric in self.metrics:
+                    data = answers if _text_only(metric) else last
+                    if data is not None:
+                        intervals[split].update(
+                            bootstrap(
+                                metric,
+                                *data,
+                                resamples=self.options.bootstrap,
+                                confidence=self.options.confidence,
+                                seed=self.seed,
+                            )  # fmt: skip
+                        )
+            for name, dataset in parts.get(split, []) if len(parts.get(split, [])) > 1 else ():
+                final[f"{split}/{name}"] = self.trainer.evaluate(job, dataset)
+                self.events.evaluated(f"{split}/{name}", None, final[f"{split}/{name}"], final=True)
+        self.record.update(intervals=intervals, details={k: v for k, v in details.items() if v})
+        return final
+
+    def _details(self, predictions, references) -> dict[str, Any]:
+        """Tables the metrics give beside their numbers (a confusion matrix), with label names."""
+        out: dict[str, Any] = {}
+        labels = getattr(self.task, "labels", None)
+        for metric in self.metrics:
+            out.update(metric.details(predictions, references, num_labels=len(labels) if labels else None))
+        if labels and "confusion_matrix" in out:
+            out["confusion_matrix"] = {**out["confusion_matrix"], "labels": list(labels)}
+        return out
