@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import FinetuneError
-from runner.report import as_number, flatten, greater_is_better, read_run, scores, split_order
 from runner.report_charts import finite
+from runner.run_record import arrow, as_number, flatten, greater_is_better, read_run, recipe_value, scores, split_order
 from runner.rundir import RunDir
 
 MISSING = object()
@@ -85,15 +85,9 @@ def compare_runs(paths: list[str | Path]) -> dict[str, Any]:
 
 def _shown(value: Any, metric: bool = False) -> str:
     """A recipe value as the recipe writes it; a metric with four decimals, so that columns line up."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
     if isinstance(value, float) and metric:
         return f"{value:.4f}" if 1e-3 <= abs(value) < 1000 else f"{value:.4g}"
-    if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    return recipe_value(value)
 
 
 def render_comparison(result: dict[str, Any], console) -> None:
@@ -139,8 +133,10 @@ def render_comparison(result: dict[str, Any], console) -> None:
                 best = i in row["best"]
                 text = _shown(value, metric=True) + (" *" if best else "  ")
                 cells.append(Text(text, style="bold green" if best else ""))
-            arrow = "↑" if row["greater_is_better"] else "↓"
             table.add_row(
-                split if n == 0 else "", Text(f"{row['metric']} {arrow}"), *cells, end_section=n == len(rows) - 1
+                split if n == 0 else "",
+                Text(f"{row['metric']} {arrow(row['greater_is_better'])}"),
+                *cells,
+                end_section=n == len(rows) - 1,
             )
     console.print(table)

@@ -14,21 +14,28 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.report import (
+from runner.report_charts import finite
+from runner.run_record import (
     RunRecord,
+    arrow,
     audit_entries,
+    audit_verdict,
     baselines,
+    data_sources,
     describe_source,
     interval_of,
     interval_text,
+    main_splits,
     metric_text,
     parameters,
+    read_json_object,
     read_run,
+    recipe_value,
     scores,
-    split_order,
+    source_fingerprints,
     split_sizes,
+    task_labels,
 )
-from runner.report_charts import finite
 from runner.rundir import atomic_write
 
 CARD = "README.md"
@@ -152,28 +159,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 # -- what the card says --------------------------------------------------------------------------
 def _meta(rec: RunRecord, model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "finetune.json"
-    if path.is_file():
-        try:
-            found = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(found, dict):
-                return found
-        except ValueError:
-            pass
-    return rec.model_meta or {}
-
-
-def _sources(rec: RunRecord) -> list[dict[str, Any]]:
-    sources = ((rec.recipe or {}).get("data") or {}).get("sources") or []
-    return [s for s in sources if isinstance(s, dict)]
+    # The model directory's own record: the card may be written into a directory not yet in place.
+    found = read_json_object(model_dir, "finetune.json")
+    return found if found is not None else rec.model_meta or {}
 
 
 def _hub_datasets(rec: RunRecord) -> list[str]:
-    return [str(s["path"]) for s in _sources(rec) if s.get("type") == "hub" and isinstance(s.get("path"), str)]
+    return [str(s["path"]) for s in data_sources(rec) if s.get("type") == "hub" and isinstance(s.get("path"), str)]
 
 
 def _data_words(rec: RunRecord) -> str:
-    sources = [describe_source(s, rows=False) for s in _sources(rec)]
+    sources = [describe_source(s, rows=False) for s in data_sources(rec)]
     return "; ".join(sources) if sources else "data not recorded"
 
 
@@ -193,10 +189,10 @@ def front_matter(rec: RunRecord, meta: dict[str, Any]) -> dict[str, Any]:
     hub = _hub_datasets(rec)
     dataset = {
         "name": hub[0] if len(hub) == 1 else f"{rec.name}: {_data_words(rec)}",
-        "type": hub[0] if len(hub) == 1 else "+".join(str(s.get("type", "data")) for s in _sources(rec)) or "data",
+        "type": hub[0] if len(hub) == 1 else "+".join(str(s.get("type", "data")) for s in data_sources(rec)) or "data",
     }
     final = rec.final_metrics()
-    for split in [s for s in split_order(final) if "/" not in s]:
+    for split in main_splits(final):
         metrics = [
             {"type": key, "value": round(float(value), 6), "name": f"{split} {key}"}
             for key, value in scores(final[split]).items()
@@ -224,7 +220,7 @@ def _description(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
         base = "not recorded"
     strategy = rec.section("strategy")
     options = ", ".join(
-        f"{k}={_value(v)}" for k, v in strategy.items() if k != "type" and not isinstance(v, dict | list)
+        f"{k}={recipe_value(v)}" for k, v in strategy.items() if k != "type" and not isinstance(v, dict | list)
     )
     params = parameters(rec)
     lines = [
@@ -232,8 +228,8 @@ def _description(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
         f"- **Task:** {_md(meta.get('task') or rec.section('task').get('type', 'not recorded'))}"
         + (f" (head {_code(meta['head'])})" if meta.get("head") else ""),
     ]
-    labels = (meta.get("task_state") or {}).get("labels") if isinstance(meta.get("task_state"), dict) else None
-    if isinstance(labels, list) and labels:
+    labels = task_labels(meta)
+    if labels:
         shown = ", ".join(_md(x) for x in labels[:30]) + (f", … ({len(labels)} in all)" if len(labels) > 30 else "")
         lines.append(f"- **Labels:** {shown}")
     lines.append(
@@ -269,17 +265,13 @@ def _intended_use(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
 
 def _training_data(rec: RunRecord) -> list[str]:
     lines = ["## Training data", ""]
-    sources = _sources(rec)
-    prints = (rec.environment or {}).get("data")
-    prints = prints if isinstance(prints, list) else []
-    if not sources and not prints:
+    pairs = source_fingerprints(rec)
+    if not pairs:
         return [*lines, "Not recorded."]
     rows = []
-    for i in range(max(len(sources), len(prints))):
-        src = describe_source(sources[i]) if i < len(sources) else "not recorded"
-        fp = prints[i] if i < len(prints) and isinstance(prints[i], dict) else {}
-        hashes = [f"{k}: {_code(v)}" for k, v in _hashes(fp)]
-        rows.append([_md(src), "<br>".join(hashes) or "not recorded"])
+    for src, fp in pairs:
+        hashes = [f"{k}: {_code(v)}" for k, v in _hashes(fp or {})]
+        rows.append([_md(describe_source(src) if src else "not recorded"), "<br>".join(hashes) or "not recorded"])
     lines.append(_table(["source", "fingerprint"], rows))
     sizes = split_sizes(rec)
     if sizes:
@@ -303,28 +295,23 @@ def _hashes(fingerprint: dict[str, Any], prefix: str = "") -> list[tuple[str, An
     return out
 
 
-def _value(value: Any) -> str:
-    """A recipe value as the recipe writes it (true, not True)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def _procedure(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     training = rec.section("training")
     if not training:
         return ["## Training procedure", "", "Not recorded."]
     rows = [
-        [_code(f"training.{k}"), _md(_value(v))]
+        [_code(f"training.{k}"), _md(recipe_value(v))]
         for k, v in training.items()
         if k not in BOOKKEEPING and not isinstance(v, dict | list) and v is not None
     ]
     env = rec.environment or {}
     extra = [
-        ("run.seed", rec.section("run").get("seed", env.get("seed"))),
+        ("run.seed", rec.seed),
         ("max_length", meta.get("max_length") or env.get("max_length")),
         ("world size (processes)", env.get("world_size")),
         ("optimizer steps", rec.global_step),
     ]
-    rows += [[_md(k), _md(_value(v))] for k, v in extra if v is not None]
+    rows += [[_md(k), _md(recipe_value(v))] for k, v in extra if v is not None]
     packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
     versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft") if packages.get(k))
     lines = ["## Training procedure", "", _table(["setting", "value"], rows)]
@@ -339,7 +326,7 @@ def _evaluation(rec: RunRecord) -> list[str]:
     if not final:
         return [*lines, "Not recorded: the run has no final evaluation."]
     rows_b = baselines(rec)
-    for split in [s for s in split_order(final) if "/" not in s]:
+    for split in main_splits(final):
         ours = scores(final[split])
         present = [b for b in rows_b if isinstance(b.get(split), dict)]
         header = ["metric", "fine-tuned", *[_md(b.get("name", "baseline")) for b in present]]
@@ -349,8 +336,8 @@ def _evaluation(rec: RunRecord) -> list[str]:
             interval = interval_of(rec, split, key)
             if interval:
                 cell += f" ({interval_text(interval)})"
-            direction = "↑" if rec.greater_is_better(key) else "↓"
-            rows.append([f"{_md(key)} {direction}", cell, *[metric_text(scores(b[split]).get(key)) for b in present]])
+            theirs = [metric_text(scores(b[split]).get(key)) for b in present]
+            rows.append([f"{_md(key)} {arrow(rec.greater_is_better(key))}", cell, *theirs])
         lines += [f"### {_md(split)} split", "", _table(header, rows), ""]
     notes = [f"- **{_md(b.get('name'))}:** {_md(b.get('note'))}" for b in rows_b if b.get("note")]
     if notes:
@@ -367,11 +354,11 @@ def _audits(rec: RunRecord) -> list[str]:
         return ["## Audits", "", "Not recorded."]
     if not entries:
         return ["## Audits", "", "No audits were configured for this run."]
-    verdict = {True: "PASS", False: "FAIL", None: "INFO"}
     lines = ["## Audits", ""]
     for a in entries:
-        passed = a.get("passed") if a.get("passed") in (True, False) else None
-        lines.append(f"- **{verdict[passed]}** {_md(a.get('name', 'audit'))}: {_md(a.get('summary') or '')}")
+        lines.append(
+            f"- **{audit_verdict(a.get('passed'))}** {_md(a.get('name', 'audit'))}: {_md(a.get('summary') or '')}"
+        )
     return lines
 
 
@@ -382,8 +369,8 @@ def _limitations(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     for a in audit_entries(rec) or []:
         if a.get("passed") is False:
             items.append(f"Failed audit **{_md(a.get('name', 'audit'))}**: {_md(a.get('summary') or '')}")
-    diagnosis = (rec.evaluation or {}).get("diagnosis")
-    if isinstance(diagnosis, dict) and diagnosis.get("verdict") in ("over-fitting", "under-fitting"):
+    diagnosis = rec.diagnosis or {}
+    if diagnosis.get("verdict") in ("over-fitting", "under-fitting"):
         items.append(f"Training diagnosis: **{_md(diagnosis['verdict'])}**. {_md(diagnosis.get('summary') or '')}")
     if rec.section("model").get("type") == "config" and not meta.get("base_model"):
         items.append("The base model was randomly initialised: the model knows nothing beyond its training rows.")

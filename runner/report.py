@@ -16,15 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from runner import __version__
-from runner.errors import format_key
 from runner.report_charts import (
     Marker,
     Series,
@@ -37,257 +34,36 @@ from runner.report_charts import (
     histogram,
     line_chart,
 )
+from runner.run_record import (
+    RunRecord,
+    arrow,
+    as_number,
+    audit_entries,
+    audit_verdict,
+    baselines,
+    compare_better,
+    confusion_matrices,
+    describe_source,
+    flatten,
+    interval_of,
+    interval_text,
+    is_number,
+    main_splits,
+    metric_text,
+    parameters,
+    read_run,
+    scores,
+    source_fingerprints,
+    split_order,
+    split_sizes,
+    task_labels,
+)
 from runner.rundir import atomic_write
 
 REPORT = "report.html"
-FINAL_SPLITS = ("validation", "test")
-# Keys of evaluation records that are bookkeeping, not scores.
-NOT_SCORES = frozenset(
-    {
-        "runtime", "samples_per_second", "steps_per_second", "epoch", "preparation_time", "global_step", "time",
-        "step", "split", "final", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
-        "model_preparation_time",
-    }
-)  # fmt: skip
-LOWER_IS_BETTER = frozenset({"loss", "perplexity", "mse", "mae", "rmse", "wer", "cer", "ter"})
 MAX_EXAMPLES = 10
 MAX_SAMPLES = 50
 MAX_LABELS = 40
-
-
-# -- reading a run directory ---------------------------------------------------------------------
-@dataclass
-class RunRecord:
-    """What a run directory holds, each file read leniently: None when missing or unreadable."""
-
-    path: Path
-    recipe_text: str | None = None
-    recipe: dict[str, Any] | None = None
-    environment: dict[str, Any] | None = None
-    status: dict[str, Any] | None = None
-    log: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, Any] | None = None
-    samples: list[dict[str, Any]] | None = None
-    model_meta: dict[str, Any] | None = None
-    data_stats: dict[str, Any] | None = None
-    evaluation: dict[str, Any] | None = None
-    audits: dict[str, Any] | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def section(self, name: str) -> dict[str, Any]:
-        """A table of the resolved recipe ({} when absent)."""
-        value = (self.recipe or {}).get(name)
-        return value if isinstance(value, dict) else {}
-
-    @property
-    def name(self) -> str:
-        return str(self.section("run").get("name") or (self.model_meta or {}).get("recipe") or self.path.name)
-
-    @property
-    def state(self) -> str:
-        return str((self.status or {}).get("state") or "unknown")
-
-    @property
-    def global_step(self) -> int | None:
-        step = (self.status or {}).get("global_step")
-        if step is None:
-            step = ((self.metrics or {}).get("train") or {}).get("global_step")
-        return step if isinstance(step, int) else None
-
-    def greater_is_better(self, key: str) -> bool:
-        return greater_is_better(key, (self.evaluation or {}).get("greater_is_better"))
-
-    def final_metrics(self) -> dict[str, dict[str, Any]]:
-        """Final metrics per evaluated split: metrics.json, else evaluation.json, else the final
-        records of metrics.jsonl (a run that stopped before writing metrics.json)."""
-        if isinstance(self.metrics, dict):
-            return {k: v for k, v in self.metrics.items() if k != "train" and isinstance(v, dict)}
-        finetuned = (self.evaluation or {}).get("finetuned")
-        if isinstance(finetuned, dict):
-            return {k: v for k, v in finetuned.items() if isinstance(v, dict)}
-        out: dict[str, dict[str, Any]] = {}
-        for record in self.log:
-            if record.get("final") and isinstance(record.get("split"), str):
-                out[record["split"]] = record
-        return out
-
-
-def _read_json(path: Path, problems: list[str]) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        problems.append(f"{path.name} could not be read: {exc}")
-        return None
-
-
-def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-    rows: list[dict[str, Any]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        problems.append(f"{path.name} could not be read: {exc}")
-        return None
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut off by a hard kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def read_run(path: Path) -> RunRecord:
-    """Read every record of the run directory `path` that exists."""
-    path = Path(path)
-    rec = RunRecord(path=path)
-    p = rec.problems
-    recipe_file = path / "recipe.resolved.toml"
-    if recipe_file.is_file():
-        rec.recipe_text = recipe_file.read_text(encoding="utf-8", errors="replace")
-        try:
-            rec.recipe = tomllib.loads(rec.recipe_text)
-        except tomllib.TOMLDecodeError as exc:
-            p.append(f"recipe.resolved.toml could not be parsed: {exc}")
-
-    def obj(name: str) -> dict[str, Any] | None:
-        value = _read_json(path / name, p)
-        if value is not None and not isinstance(value, dict):
-            p.append(f"{name} is not a JSON object")
-            return None
-        return value
-
-    rec.environment = obj("environment.json")
-    rec.status = obj("status.json")
-    rec.log = _read_jsonl(path / "metrics.jsonl", p) or []
-    rec.metrics = obj("metrics.json")
-    rec.samples = _read_jsonl(path / "samples.jsonl", p)
-    rec.model_meta = obj("model/finetune.json")
-    rec.data_stats = obj("data_stats.json")
-    rec.evaluation = obj("evaluation.json")
-    rec.audits = obj("audits.json")
-    return rec
-
-
-# -- helpers shared with the model card and `finetune compare` -------------------------------------
-def greater_is_better(key: str, table: dict[str, Any] | None = None) -> bool:
-    """Whether a higher `key` is better: as evaluation.json says, else loss-like names are lower."""
-    base = key.rsplit("/", 1)[-1]
-    for name in (key, base, base.removeprefix("eval_")):
-        if isinstance(table, dict) and isinstance(table.get(name), bool):
-            return table[name]
-    base = base.removeprefix("eval_").removeprefix("train_")
-    return not (base in LOWER_IS_BETTER or base.endswith("_loss") or base.split("_")[0] in LOWER_IS_BETTER)
-
-
-def is_number(value: Any) -> bool:
-    """A number, or one of the strings the run files use for non-finite numbers."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        return True
-    return isinstance(value, str) and value.strip().lower() in {"nan", "inf", "-inf", "+inf", "infinity", "-infinity"}
-
-
-def as_number(value: Any) -> float | int | None:
-    """The number a record holds (NaN and inf included), or None."""
-    if not is_number(value):
-        return None
-    return value if isinstance(value, int | float) else float(value)
-
-
-def scores(record: dict[str, Any] | None) -> dict[str, Any]:
-    """The metric values of one evaluation record, without timings and bookkeeping."""
-    if not isinstance(record, dict):
-        return {}
-    return {k: v for k, v in record.items() if k not in NOT_SCORES and is_number(v)}
-
-
-def flatten(value: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str, Any]]:
-    """Leaves of nested tables and lists as (key path, value): training.learning_rate, data.sources[0].path."""
-    if isinstance(value, dict) and value:
-        out: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            out += flatten(item, (*prefix, str(key)))
-        return out
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-        out = []
-        for i, item in enumerate(value):
-            out += flatten(item, (*prefix, i))
-        return out
-    return [(format_key(prefix), value)] if prefix else []
-
-
-def describe_source(source: dict[str, Any], rows: bool = True) -> str:
-    """One data source of a recipe in a few words: 'hub mteb/tweet_sentiment_extraction'; with
-    `rows`, the number of rows it asks for, where it does."""
-    kind = str(source.get("type", "data"))
-    detail = source.get("path") or source.get("kind") or source.get("name")
-    if isinstance(detail, dict):  # files given per split
-        detail = ", ".join(f"{k}: {v}" for k, v in detail.items())
-    text = f"{kind} {detail}" if detail else kind
-    count = source.get("rows")
-    return f"{text} ({count} rows)" if rows and isinstance(count, int) else text
-
-
-def split_sizes(rec: RunRecord) -> dict[str, int]:
-    """Rows per split: data_stats.json, else environment.json."""
-    sizes = (rec.data_stats or {}).get("splits") or (rec.environment or {}).get("split_sizes") or {}
-    return {str(k): v for k, v in sizes.items() if isinstance(v, int)} if isinstance(sizes, dict) else {}
-
-
-def parameters(rec: RunRecord) -> dict[str, Any]:
-    """{"total", "trainable"} parameter counts, as the model or the environment recorded them."""
-    found = (rec.model_meta or {}).get("parameters") or (rec.environment or {}).get("parameters")
-    return found if isinstance(found, dict) else {}
-
-
-def split_order(names: Iterable[str]) -> list[str]:
-    """validation, test, then the rest (e.g. test/<source>) in their order."""
-    names = list(dict.fromkeys(names))
-    return [s for s in FINAL_SPLITS if s in names] + [s for s in names if s not in FINAL_SPLITS]
-
-
-def interval_of(rec: RunRecord, split: str, key: str) -> dict[str, Any] | None:
-    found = (((rec.evaluation or {}).get("intervals") or {}).get(split) or {}).get(key)
-    return found if isinstance(found, dict) and "low" in found and "high" in found else None
-
-
-def interval_text(interval: dict[str, Any]) -> str:
-    """'95% CI 0.91 – 0.95'."""
-    confidence = finite(interval.get("confidence"))
-    level = f"{confidence:.0%} CI" if confidence is not None else "CI"
-    return f"{level} {metric_text(interval.get('low'))} – {metric_text(interval.get('high'))}"
-
-
-def baselines(rec: RunRecord) -> list[dict[str, Any]]:
-    """evaluation.json's baseline rows ({"name", "note", <split>: metrics})."""
-    rows = (rec.evaluation or {}).get("baselines")
-    return [b for b in rows if isinstance(b, dict)] if isinstance(rows, list) else []
-
-
-def audit_entries(rec: RunRecord) -> list[dict[str, Any]] | None:
-    """The audits of audits.json ([] when the recipe has none, as a run then writes no file), or None
-    when they were not recorded."""
-    if rec.audits is None:
-        return [] if (rec.recipe or {}).get("audits") == [] else None
-    entries = rec.audits.get("audits")
-    return [a for a in entries if isinstance(a, dict)] if isinstance(entries, list) else []
-
-
-def compare_better(finetuned: Any, baseline: Any, higher: bool) -> tuple[float, bool | None] | None:
-    """(fine-tuned − baseline, whether the fine-tuned model is better; None when equal)."""
-    a, b = finite(finetuned), finite(baseline)
-    if a is None or b is None:
-        return None
-    diff = a - b
-    if diff == 0:
-        return diff, None
-    return diff, (diff > 0) == higher
 
 
 # -- HTML pieces ---------------------------------------------------------------------------------
@@ -304,14 +80,6 @@ def _kv(rows: Iterable[tuple[str, str]]) -> str:
 def _num(value: Any) -> str:
     number = as_number(value)
     return esc(fmt(number)) if number is not None else esc(value) if value is not None else "—"
-
-
-def metric_text(value: Any) -> str:
-    """A metric value with four decimals, so that a column of them lines up (0.9400, not 0.94)."""
-    number = as_number(value)
-    if isinstance(number, float) and finite(number) is not None and 1e-3 <= abs(number) < 1000:
-        return f"{number:.4f}"
-    return fmt(number) if number is not None else "—"
 
 
 def signed_text(delta: float) -> str:
@@ -332,11 +100,8 @@ VERDICT_BADGE = {"good fit": "pass", "over-fitting": "fail", "under-fitting": "w
 
 
 def _audit_badge(passed: Any) -> str:
-    if passed is True:
-        return _badge("PASS", "pass")
-    if passed is False:
-        return _badge("FAIL", "fail")
-    return _badge("INFO", "info")
+    verdict = audit_verdict(passed)
+    return _badge(verdict, verdict.lower())
 
 
 def _clip(value: Any, limit: int = 300) -> str:
@@ -426,18 +191,15 @@ def section_recipe(rec: RunRecord) -> str:
         ("model", _component(model, "path", "architecture", "revision")),
         ("strategy", _component(rec.section("strategy"), "r", "alpha", "target_modules")),
         ("trainer", _component(rec.section("training"), "learning_rate", "batch_size", "epochs", "max_steps")),
-        ("seed", esc(fmt(rec.section("run").get("seed", env.get("seed"))))),
+        ("seed", esc(fmt(rec.seed))),
     ]
     out = [_kv(rows), "<h3>Data sources and fingerprints</h3>"]
-    sources = (rec.recipe or {}).get("data", {}).get("sources", [])
-    prints = env.get("data") if isinstance(env.get("data"), list) else []
-    if not sources and not prints:
+    pairs = source_fingerprints(rec)
+    if not pairs:
         out.append(_missing("not recorded"))
     else:
         out.append("<table><thead><tr><th>#</th><th>source</th><th>fingerprint</th></tr></thead><tbody>")
-        for i in range(max(len(sources), len(prints))):
-            src = sources[i] if i < len(sources) and isinstance(sources[i], dict) else {}
-            fp = prints[i] if i < len(prints) and isinstance(prints[i], dict) else None
+        for i, (src, fp) in enumerate(pairs):
             if fp is None:
                 shown = '<span class="missing">not recorded</span>'
             else:
@@ -517,8 +279,7 @@ def _parameter_text(params: dict[str, Any]) -> str:
 
 
 def _label_order(rec: RunRecord, labels: dict[str, dict[str, Any]]) -> list[str]:
-    known = ((rec.model_meta or {}).get("task_state") or {}).get("labels")
-    seen = [str(x) for x in known] if isinstance(known, list) else []
+    seen = [str(x) for x in task_labels(rec.model_meta) or []]
     for counts in labels.values():
         seen += [str(k) for k in counts]
     return list(dict.fromkeys(seen))
@@ -654,8 +415,7 @@ def section_training(rec: RunRecord) -> str:
     if not train and not valid:
         out.append(_missing("curves not recorded: metrics.jsonl is missing or has no training logs."))
         return "".join(out)
-    diagnosis = (rec.evaluation or {}).get("diagnosis")
-    diagnosis = diagnosis if isinstance(diagnosis, dict) else {}
+    diagnosis = rec.diagnosis or {}
     best = diagnosis.get("best") if isinstance(diagnosis.get("best"), dict) else None
     val_loss = _curve(valid, "loss", "validation loss")
     vlines = []
@@ -710,8 +470,8 @@ def _best_marker(best: dict[str, Any] | None, key: str | None, curve: list[tuple
 
 
 def _diagnosis(rec: RunRecord) -> str:
-    diagnosis = (rec.evaluation or {}).get("diagnosis")
-    if not isinstance(diagnosis, dict):
+    diagnosis = rec.diagnosis
+    if diagnosis is None:
         return _missing("not recorded (no diagnosis in evaluation.json).")
     verdict = str(diagnosis.get("verdict") or "unknown")
     text = f"<p>{_badge(verdict, VERDICT_BADGE.get(verdict, 'info'))} {esc(diagnosis.get('summary') or '')}</p>"
@@ -737,8 +497,7 @@ def section_results(rec: RunRecord) -> str:
         out.append(_missing("baselines not recorded (no evaluation.json): the fine-tuned model's metrics alone."))
     elif not rows:
         out.append(_missing("no baselines were evaluated for this run."))
-    main = [s for s in split_order(final) if "/" not in s]
-    for split in main:
+    for split in main_splits(final):
         out.append(f"<h3>{esc(split)}</h3>" + _comparison_table(rec, split, final[split], rows))
     notes = [(b.get("name"), b.get("note")) for b in rows if b.get("note")]
     if notes:
@@ -762,7 +521,7 @@ def _comparison_table(rec: RunRecord, split: str, finetuned: dict[str, Any], row
         return _missing("no metrics recorded for this split.")
     head = "".join(
         f'<th class="num" title="{"higher" if rec.greater_is_better(k) else "lower"} is better">{esc(k)} '
-        f'<span class="arrow">{"↑" if rec.greater_is_better(k) else "↓"}</span></th>'
+        f'<span class="arrow">{arrow(rec.greater_is_better(k))}</span></th>'
         for k in keys
     )
     body = ['<tr class="ours"><th scope="row">fine-tuned</th>']
@@ -837,23 +596,6 @@ def _source_table(splits: list[str], final: dict[str, Any]) -> str:
     return f"<table><thead><tr><th>split/source</th>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def confusion_matrices(rec: RunRecord) -> dict[str, dict[str, Any]]:
-    """Per split {"labels", "matrix"} (rows true, columns predicted): evaluation.json's "confusion",
-    or the "confusion_matrix" its metrics gave under "details"."""
-    evaluation = rec.evaluation or {}
-    found: dict[str, dict[str, Any]] = {}
-    details = evaluation.get("details")
-    for split, tables in details.items() if isinstance(details, dict) else ():
-        table = tables.get("confusion_matrix") if isinstance(tables, dict) else None
-        if isinstance(table, dict) and isinstance(table.get("matrix"), list):
-            found[split] = table
-    confusion = evaluation.get("confusion")
-    for split, table in confusion.items() if isinstance(confusion, dict) else ():
-        if isinstance(table, dict) and isinstance(table.get("matrix"), list):
-            found[split] = table
-    return found
-
-
 def _confusion(rec: RunRecord) -> str:
     matrices = confusion_matrices(rec)
     if not matrices:
@@ -861,7 +603,7 @@ def _confusion(rec: RunRecord) -> str:
     out = []
     for split in split_order(matrices):
         table = matrices[split]
-        labels = table.get("labels") or ((rec.model_meta or {}).get("task_state") or {}).get("labels") or []
+        labels = table.get("labels") or task_labels(rec.model_meta) or []
         out.append(heat_table(labels, table["matrix"], caption=f"{split}: rows true, columns predicted"))
     return '<div class="charts">' + "".join(out) + "</div>"
 

@@ -123,3 +123,14 @@ def test_a_clean_split_passes_the_leakage_audit(tmp_path):
     )
     assert code == 0 and audits["leakage"]["passed"] is True
     assert audits["leakage"]["figures"]["test"]["exact"] == audits["leakage"]["figures"]["test"]["near"] == 0
+
+
+def test_reweighting_weakens_a_partial_leak(tmp_path):
+    # 70% of the labels follow gender, the rest the sentiment word: every (gender, label) cell has
+    # rows, so reweighting can make gender and label independent in the weighted training data.
+    train, test = bias_rows(900, leaky=True, seed=1, leak=0.7), bias_rows(200, leaky=True, seed=2, leak=0.7)
+    _, plain = audited_run(tmp_path / "plain", train_rows=train, test_rows=test)
+    reweight = BIAS + 'mitigation = ["reweight"]\n'
+    _, weighted = audited_run(tmp_path / "weighted", audits=reweight, train_rows=train, test_rows=test)
+    flips = [run["bias"]["figures"]["finetuned"]["flip_rate"] for run in (plain, weighted)]
+    assert flips[1] < flips[0] / 2

@@ -14,6 +14,7 @@ from conftest import cli
 from runner.model_card import to_yaml, write_model_card
 from runner.report import build_report
 from runner.report_charts import Series, fmt, line_chart, nice_ticks
+from runner.run_record import greater_is_better, read_run, scores, source_fingerprints
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -322,3 +323,27 @@ def test_model_card_written_before_the_model_is_in_place_names_the_final_directo
     write_model_card(run, temporary)
     card = (temporary / "README.md").read_text(encoding="utf-8")
     assert f"path = {str(run / 'model')!r}" in card and ".model.tmp" not in card
+
+
+def test_run_record_reads_what_there_is(tmp_path):
+    # a run killed before metrics.json and evaluation.json: the final metrics come from metrics.jsonl
+    run = make_run(tmp_path / "run", val_loss=0.27, val_accuracy=0.81)
+    (run / "metrics.json").unlink()
+    (run / "evaluation.json").unlink()
+    with (run / "metrics.jsonl").open("a", encoding="utf-8") as log:
+        log.write('{"step": 130, "split": "tr')  # cut off by the kill
+    _write_json(run / "model" / "finetune.json", ["not", "an", "object"])
+    rec = read_run(run)
+    assert scores(rec.final_metrics()["validation"]) == {"loss": 0.27, "accuracy": 0.81}
+    assert rec.model_meta is None and rec.problems == ["model/finetune.json is not a JSON object"]
+    assert rec.seed == 42 and rec.diagnosis is None and rec.global_step == 120
+    environment = json.loads((run / "environment.json").read_text())
+    assert source_fingerprints(rec) == [({"type": "files", "path": "data/train.csv"}, environment["data"][0])]
+
+
+def test_which_way_a_metric_is_better():
+    assert greater_is_better("accuracy") and greater_is_better("test/f1")
+    assert not greater_is_better("eval_loss") and not greater_is_better("validation/perplexity")
+    assert not greater_is_better("train_loss") and not greater_is_better("wer_normalized")
+    assert greater_is_better("eval_loss", {"loss": True})  # what evaluation.json says comes first
+    assert not greater_is_better("test/accuracy", {"accuracy": False})
