@@ -148,6 +148,20 @@ def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, wor
     return facts, _fit_warnings(device, states.host, world_size, accelerator, tips)
 
 
+def _evaluation(recipe: Recipe) -> str:
+    """What the fine-tuned model will be compared with, and how sure the test figures will be."""
+    e, task = recipe.evaluation, recipe.task.cls
+    against = ["the untouched base model"] if e.baseline else []
+    if e.baseline and task.produces == "classes":
+        against.append("the majority class")
+    if e.baseline and task.generates and e.few_shot:
+        against.append(f"{e.few_shot}-shot prompting")
+    compared = f"against {', '.join(against)}" if against else "no baseline"
+    sure = f"; test intervals from {e.bootstrap} resamples ({e.confidence:.0%})" if e.bootstrap else ""
+    audits = f"; audits: {', '.join(spec.create().key() for spec in recipe.audits)}" if recipe.audits else ""
+    return compared + sure + audits
+
+
 def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: int = 1) -> None:
     """Show what `finetune run` would do with `recipe` on `world_size` processes, without training."""
     from rich.markup import escape
@@ -229,6 +243,7 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
         steps = trainer.planned_steps(data.sizes()["train"], world_size)
         if steps:
             facts["optimizer steps"] = str(steps)
+    facts["evaluation"] = _evaluation(recipe)
     facts["run directory"] = f"{recipe.run.output_dir}/{recipe.name}/<timestamp>/"
 
     if data is not None and tokenizer is not None:

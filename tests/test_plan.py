@@ -41,3 +41,12 @@ def test_plan_counts_parameters_and_steps(tmp_path, capsys):
 def test_every_shipped_recipe_plans_offline(name, capsys):
     out = plan_output(capsys, RECIPES / name, "--offline")
     assert "run directory" in out
+
+
+def test_plan_says_what_the_model_is_compared_with_and_audited_for(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path / "r.toml", extra='\n[[audits]]\ntype = "leakage"\n')
+    out = plan_output(capsys, recipe)
+    assert "against the untouched base model, the majority class; test intervals from 1000 resamples (95%)" in out
+    assert "audits: leakage" in out
+    off = plan_output(capsys, recipe, "--set", "evaluation.baseline=false", "--set", "evaluation.bootstrap=0")
+    assert "evaluation │ no baseline; audits: leakage" in off
