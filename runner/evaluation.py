@@ -78,7 +78,8 @@ class Evaluator:
     def options(self):
         return self.recipe.evaluation
 
-    def job(self, model, deepspeed=None) -> TrainJob:
+    def job(self, model) -> TrainJob:
+        """A job that evaluates `model` (no DeepSpeed: a base model is evaluated unsharded)."""
         return TrainJob(
             model=model,
             tokenizer=self.tokenizer,
@@ -90,7 +91,6 @@ class Evaluator:
             checkpoint_dir=self.checkpoint_dir,
             seed=self.seed,
             events=None,
-            deepspeed=deepspeed,
         )
 
     # -- one model on one split ----------------------------------------------------------------
@@ -174,7 +174,7 @@ class Evaluator:
 
     def _majority(self) -> dict[str, Any] | None:
         """Always the most frequent training label: the score a classifier must beat to have learnt anything."""
-        if self.task.produces != "classes" or self.train_rows is None:
+        if self.task.produces != "classes" or self.train_labels is None:
             return None
         import numpy as np
 
@@ -217,17 +217,11 @@ class Evaluator:
                 for metric in self.metrics:
                     data = answers if _text_only(metric) else last
                     if data is not None:
-                        intervals[split].update(
-                            bootstrap(
-                                metric,
-                                *data,
-                                resamples=self.options.bootstrap,
-                                confidence=self.options.confidence,
-                                seed=self.seed,
-                            )  # fmt: skip
-                        )
+                        o = self.options
+                        found = bootstrap(metric, *data, resamples=o.bootstrap, confidence=o.confidence, seed=self.seed)
+                        intervals[split].update(found)
             for name, dataset in parts.get(split, []) if len(parts.get(split, [])) > 1 else ():
-                final[f"{split}/{name}"] = self.trainer.evaluate(job, dataset)
+                final[f"{split}/{name}"] = scores_only(self.trainer.evaluate(job, dataset))
                 self.events.evaluated(f"{split}/{name}", None, final[f"{split}/{name}"], final=True)
         self.record.update(intervals=intervals, details={k: v for k, v in details.items() if v})
         return final
