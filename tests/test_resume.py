@@ -62,6 +62,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(recipe, uninterrupted, 
     process.wait()
     assert RunDir(output).status()["state"] == "running"  # a hard kill leaves no chance to say otherwise
     assert not (output / "model").exists()
+    measured_at = (output / "baseline.json").stat().st_mtime_ns
 
     assert cli("resume", output) == 0
     run = RunDir(output)
@@ -70,6 +71,11 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(recipe, uninterrupted, 
     ours = load_file(output / "model" / "model.safetensors")
     theirs = load_file(uninterrupted.run_dir.model / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # the baselines measured before the kill are the run's; the resume read them, not measured again
+    assert (output / "baseline.json").stat().st_mtime_ns == measured_at
+    measured = json.loads((output / "baseline.json").read_text())["baselines"]
+    assert measured == json.loads((output / "evaluation.json").read_text())["baselines"]
+    assert measured == json.loads((uninterrupted.run_dir.path / "evaluation.json").read_text())["baselines"]
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(recipe, tmp_path, capsys):
