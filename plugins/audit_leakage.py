@@ -78,6 +78,10 @@ class LeakageOptions(AuditOptions):
             "(exact duplicates not counted); a little is normal for templated or formulaic text."
         ),
     )
+    drop: bool = Field(
+        default=False,
+        description="Leave the duplicated validation/test rows out instead of failing (the result lists them).",
+    )
     examples: int = Field(default=10, ge=0, description="How many duplicate pairs to list in the result.")
     num_perm: int = Field(
         default=128, ge=16, le=1024, description="MinHash permutations: more find near duplicates more surely, slower."
@@ -225,6 +229,11 @@ class Leakage(Audit):
             for p in _spread(found, o.examples)
         ]
         summary = "; ".join(self._sentence(split, figures[split]) for split in splits)
+        if o.drop:  # the evaluation splits are cleaned instead: what remains has no duplicate
+            drop = {split: sorted(p["eval"] for p in found[split]) for split in splits if found[split]}
+            dropped = sum(map(len, drop.values()))
+            summary += f"; left out {dropped} of them" if dropped else "; nothing to leave out"
+            return AuditResult(True, summary, figures, thresholds, examples, drop=drop)
         allowed = f"{100 * o.max_exact:g}% exact, {100 * o.max_near:g}% near"
         summary += f" (allowed: {allowed})" if passed else f": more than allowed ({allowed})"
         return AuditResult(passed, summary, figures, thresholds, examples)

@@ -43,9 +43,10 @@ class Audits:
     def __bool__(self) -> bool:
         return bool(self.audits)
 
-    def check_data(self, data: AuditData, stop: bool = True) -> None:
-        """Data audits; with `stop`, a failure stops the run before anything trains."""
-        failed = []
+    def check_data(self, data: AuditData, stop: bool = True) -> dict[str, set[int]]:
+        """Data audits; with `stop`, a failure stops the run before anything trains. Returns the
+        evaluation rows the audits say to leave out, by split."""
+        failed, drop = [], {}
         for audit in self.audits:
             result = audit.check_data(data, self.ctx)
             if result is None:
@@ -53,6 +54,10 @@ class Audits:
             self._record(audit, result)
             if result.passed is False:
                 failed.append((audit, result))
+            for split, rows in result.drop.items():
+                if split not in ("validation", "test"):
+                    raise FinetuneError(f"audit '{audit.key()}' asked to drop {split} rows: only evaluation rows")
+                drop.setdefault(split, set()).update(rows)
         if failed and stop:
             audit, result = failed[0]
             shown = "".join(
@@ -62,6 +67,19 @@ class Audits:
                 f"audit '{audit.key()}' failed before training: {result.summary}{shown}",
                 hint="fix the data, or loosen the audit's thresholds in the recipe",
             )
+        return drop
+
+    def drop(self, data, rows: dict[str, set[int]]) -> None:
+        """Leave the given evaluation rows out (indices over the split's sources, in order)."""
+        for split, gone in rows.items():
+            start = 0
+            for source in data.parts(split):
+                dataset = source.splits[split]
+                keep = [i for i in range(len(dataset)) if start + i not in gone]
+                start += len(dataset)
+                if len(keep) < len(dataset):
+                    self.events.info(f"{source.name}: left out {len(dataset) - len(keep)} {split} rows (audits)")
+                    source.splits[split] = dataset.select(keep).flatten_indices()
 
     def mitigate(self, data) -> None:
         """Reweight or augment each source's training rows, as the audits ask."""

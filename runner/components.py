@@ -518,6 +518,9 @@ class AuditResult:
     figures: dict[str, Any] = field(default_factory=dict)  # model audits: {"base": {...}, "finetuned": {...}}
     thresholds: dict[str, float] = field(default_factory=dict)  # the limits it was judged by
     examples: list[dict[str, Any]] = field(default_factory=list)  # rows worth reading (duplicates, flips)
+    # A data audit's remedy: validation/test rows to leave out, by split, as indices into AuditData's
+    # rows of that split (leakage with `drop = true`).
+    drop: dict[str, list[int]] = field(default_factory=dict)
 
 
 class AuditData:

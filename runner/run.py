@@ -252,7 +252,7 @@ class _Pipeline:
         if not self.audits:
             return
         self.events.stage("auditing the data")
-        self.audits.check_data(audit_data(self.data))
+        self.audits.drop(self.data, self.audits.check_data(audit_data(self.data)))
         self.audits.mitigate(self.data)
         self.audit_rows = audit_data(self.data)  # what model audits read, mitigations included
 

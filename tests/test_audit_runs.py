@@ -134,3 +134,15 @@ def test_reweighting_weakens_a_partial_leak(tmp_path):
     _, weighted = audited_run(tmp_path / "weighted", audits=reweight, train_rows=train, test_rows=test)
     flips = [run["bias"]["figures"]["finetuned"]["flip_rate"] for run in (plain, weighted)]
     assert flips[1] < flips[0] / 2
+
+
+def test_leakage_can_leave_the_duplicated_rows_out_instead(tmp_path):
+    train, test = distinct_rows(300, seed=1), distinct_rows(60, seed=2)
+    test[7] = dict(train[11], text=train[11]["text"].upper())
+    test[30] = dict(train[40])
+    code, audits = audited_run(tmp_path, audits=LEAKAGE + "drop = true\n", train_rows=train, test_rows=test)
+    leakage = audits["leakage"]
+    assert code == 0 and leakage["passed"] is True and leakage["drop"] == {"test": [7, 30]}
+    assert "left out 2" in leakage["summary"]
+    stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
+    assert stats["splits"]["test"] == 58  # evaluated without them
