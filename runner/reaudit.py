@@ -12,7 +12,7 @@ from runner.audits import Audits, audit_data
 from runner.errors import FinetuneError, Issue, Location, RecipeError
 from runner.events import Events
 from runner.plugin_manager import get_plugins
-from runner.recipe.load import _drop_under, _read_toml, display_path, load_recipe
+from runner.recipe.load import display_path, drop_under, load_recipe, read_toml
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
 from runner.rundir import RunDir, read_json, write_json
@@ -23,7 +23,7 @@ def recipe_with_audits(run_dir: RunDir, audits_file: Path | None) -> Recipe:
     source = load_recipe(run_dir.recipe)
     if audits_file is not None:
         issues: list[Issue] = []
-        loaded = _read_toml(Path(audits_file).resolve(), issues)
+        loaded = read_toml(Path(audits_file).resolve(), issues)
         if loaded is None:
             raise RecipeError(issues)
         data, provenance = loaded
@@ -32,7 +32,7 @@ def recipe_with_audits(run_dir: RunDir, audits_file: Path | None) -> Recipe:
             where = provenance.get((others[0],)) if others else Location(display_path(Path(audits_file)))
             key = (others[0],) if others else ()
             raise RecipeError([Issue("an audits file holds only [[audits]] tables", where, key)])
-        _drop_under(source.provenance, ("audits",))
+        drop_under(source.provenance, ("audits",))
         source.data["audits"] = data["audits"]
         source.provenance.update({k: v for k, v in provenance.items() if k[:1] == ("audits",)})
         source.chain.append(Path(audits_file).resolve())  # relative paths in it are relative to it

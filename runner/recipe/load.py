@@ -67,7 +67,7 @@ class RecipeSource:
         return self.base_dir
 
 
-def _read_toml(path: Path, issues: list[Issue]) -> tuple[dict, dict[KeyPath, Location]] | None:
+def read_toml(path: Path, issues: list[Issue]) -> tuple[dict, dict[KeyPath, Location]] | None:
     shown = display_path(path)
     try:
         raw = path.read_bytes()
@@ -96,7 +96,8 @@ def _read_toml(path: Path, issues: list[Issue]) -> tuple[dict, dict[KeyPath, Loc
     return data, {key: Location(shown, line, col) for key, (line, col) in positions.items()}
 
 
-def _drop_under(prov: dict[KeyPath, Location], key: KeyPath) -> None:
+def drop_under(prov: dict[KeyPath, Location], key: KeyPath) -> None:
+    """Forget where the keys at and below `key` were set (they are about to be replaced)."""
     for k in [k for k in prov if k[: len(key)] == key]:
         del prov[k]
 
@@ -118,7 +119,7 @@ def merge(base: dict, base_prov: dict, over: dict, over_prov: dict, prefix: KeyP
             merge(base[key], base_prov, value, over_prov, path)
         else:
             base[key] = copy.deepcopy(value)
-            _drop_under(base_prov, path)
+            drop_under(base_prov, path)
             _copy_under(base_prov, over_prov, path)
 
 
@@ -128,7 +129,7 @@ def _load_chain(path: Path, issues: list[Issue], seen: list[Path]) -> tuple[dict
         cycle = " -> ".join(display_path(p) for p in [*seen, path])
         issues.append(Issue(f"`extends` cycle: {cycle}", Location(display_path(seen[-1]))))
         return None
-    loaded = _read_toml(path, issues)
+    loaded = read_toml(path, issues)
     if loaded is None:
         return None
     data, prov = loaded
@@ -148,7 +149,7 @@ def _load_chain(path: Path, issues: list[Issue], seen: list[Path]) -> tuple[dict
     if base is None:
         return None
     base_data, base_prov, base_chain = base
-    _drop_under(prov, ("extends",))
+    drop_under(prov, ("extends",))
     merge(base_data, base_prov, data, prov)
     return base_data, base_prov, chain + base_chain
 
@@ -216,7 +217,7 @@ def apply_override(data: dict, prov: dict[KeyPath, Location], override: str, iss
     else:
         issues.append(Issue(f"cannot set {format_key(key)} here", where, key))
         return
-    _drop_under(prov, key)
+    drop_under(prov, key)
     for n in range(1, len(key) + 1):
         prov.setdefault(key[:n], where)
     prov[key] = where
