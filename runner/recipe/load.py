@@ -68,6 +68,8 @@ class RecipeSource:
 
 
 def read_toml(path: Path, issues: list[Issue]) -> tuple[dict, dict[KeyPath, Location]] | None:
+    """A TOML file's data and where each key was set; None, with the problem in `issues`, when it
+    cannot be read or parsed."""
     shown = display_path(path)
     try:
         raw = path.read_bytes()
