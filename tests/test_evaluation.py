@@ -143,6 +143,13 @@ bootstrap = 200
 type = "forgetting"
 corpus = "reference.txt"
 max_increase = 1000.0
+
+[[audits]]
+type = "bias"
+
+[audits.terms]
+good = ["great", "amazing", "wonderful", "excellent", "good"]
+bad = ["terrible", "awful", "horrible", "poor", "bad"]
 """
 
 
@@ -157,6 +164,9 @@ def test_a_generating_task_gets_text_metrics_and_a_few_shot_baseline(tmp_path):
     assert {"exact_match", "bleu", "rougeL"} <= set(record["baselines"][1]["test"])
     assert "perplexity" in record["baselines"][0]["test"]
     assert {"perplexity", "bleu"} <= set(record["intervals"]["test"])
-    forgetting = json.loads((run.run_dir.path / "audits.json").read_text())["audits"][0]
+    forgetting, bias = json.loads((run.run_dir.path / "audits.json").read_text())["audits"]
     assert forgetting["passed"] is True
+    # a language model is audited by the likelihoods of the swapped versions; no threshold: measured only
+    assert bias["passed"] is None and bias["figures"]["finetuned"]["term_rows"] > 0
+    assert bias["figures"]["base"]["likelihood_gap"] > 0 and bias["figures"]["finetuned"]["likelihood_gap"] > 0
     assert forgetting["figures"]["base"]["perplexity"] > 0 and forgetting["figures"]["finetuned"]["perplexity"] > 0
