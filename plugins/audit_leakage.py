@@ -180,14 +180,6 @@ class Leakage(Audit):
     name = "leakage"
     Options = LeakageOptions
 
-    def measure(self, subject, data, ctx) -> None:
-        """A data audit: it measures no model."""
-        return None
-
-    def judge(self, base, finetuned) -> AuditResult:
-        """Not used: `check_data` gives the verdict before training (no model is measured)."""
-        raise NotImplementedError("'leakage' is a data audit: its verdict comes from check_data")
-
     def check_data(self, data: AuditData, ctx: RunContext | None = None) -> AuditResult:
         """Compare each evaluated split with the training split; fail when a split has more
         duplicates than `max_exact` or `max_near` allow."""

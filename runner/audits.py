@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from runner.components import SPLITS, AuditData, AuditResult, AuditSubject, RunContext
+from runner.components import SPLITS, Audit, AuditData, AuditResult, AuditSubject, RunContext
 from runner.errors import AuditFailed, FinetuneError
 
 
@@ -42,6 +42,11 @@ class Audits:
 
     def __bool__(self) -> bool:
         return bool(self.audits)
+
+    @property
+    def model_audits(self) -> list:
+        """The audits that measure models (they override `measure`); the others only read data."""
+        return [a for a in self.audits if type(a).measure is not Audit.measure]
 
     def check_data(self, data: AuditData, stop: bool = True) -> dict[str, set[int]]:
         """Data audits; with `stop`, a failure stops the run before anything trains. Returns the
@@ -108,7 +113,7 @@ class Audits:
         """Each model audit's figures for one model ("base" or "finetuned")."""
         subject = AuditSubject(label, model, tokenizer, task, max_length)
         figures = {}
-        for audit in self.audits:
+        for audit in self.model_audits:
             measured = audit.measure(subject, data, self.ctx)
             if measured is not None:
                 figures[audit.key()] = json.loads(json.dumps(measured, default=float))

@@ -57,13 +57,13 @@ def audit_run(run_dir: RunDir, audits_file: Path | None, reporters, debug: bool 
     audits.check_data(rows, stop=False)
     max_length = done.meta["max_length"]
     measured = _base_figures(run_dir, recipe)
-    missing = [spec for spec in recipe.audits if spec.create().key() not in measured]
-    if missing:
-        events.stage("measuring the base model")
-        measured |= audits.measure("base", done.base(), done.tokenizer, done.task, max_length, rows)
-    audits.base = measured
-    events.stage("auditing the fine-tuned model")
-    audits.judge(audits.measure("finetuned", done.model, done.tokenizer, done.task, max_length, rows))
+    if audits.model_audits:
+        if any(audit.key() not in measured for audit in audits.model_audits):
+            events.stage("measuring the base model")
+            measured |= audits.measure("base", done.base(), done.tokenizer, done.task, max_length, rows)
+        audits.base = measured
+        events.stage("auditing the fine-tuned model")
+        audits.judge(audits.measure("finetuned", done.model, done.tokenizer, done.task, max_length, rows))
     write_json(run_dir.path / "audits.json", audits.document())
     _rebuild_documents(run_dir, events)
     return audits.failed()

@@ -618,7 +618,8 @@ def section_audits(rec: RunRecord) -> str:
     passed = sum(1 for a in entries if a.get("passed") is True)
     failed = sum(1 for a in entries if a.get("passed") is False)
     other = len(entries) - passed - failed
-    out = [f"<p>{len(entries)} audits: {passed} passed, {failed} failed, {other} informational.</p>"]
+    noun = "audit" if len(entries) == 1 else "audits"
+    out = [f"<p>{len(entries)} {noun}: {passed} passed, {failed} failed, {other} informational.</p>"]
     for a in entries:
         kind = (
             f' <span class="note">({esc(a["type"])})</span>' if a.get("type") and a.get("type") != a.get("name") else ""

@@ -412,7 +412,7 @@ class _Pipeline:
             self.audits.base = self.baseline["audits"]
             return
         wanted = self.recipe.evaluation.baseline and self.evaluator.splits
-        if not (wanted or self.audits):
+        if not (wanted or self.audits.model_audits):
             return
         if self.recipe.distributed.create().sharding().zero_stage == 3:
             self.events.warn("no baseline under ZeRO-3: every process would hold the whole base model")
@@ -426,7 +426,7 @@ class _Pipeline:
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in row.get(split, {}).items() if k in self.shown)
                     if shown:
                         self.events.info(f"{row['name']}, {split}: {shown}")
-        if self.audits:
+        if self.audits.model_audits:
             self.baseline["audits"] = self.audits.measure(
                 "base", model, self.tokenizer, self.task, self.max_length, self.audit_rows
             )
@@ -476,7 +476,7 @@ class _Pipeline:
         return final
 
     def audit_finetuned(self) -> None:
-        if not self.audits:
+        if not self.audits.model_audits:
             return
         self.events.stage("auditing the fine-tuned model")
         with self.trainer.whole_model(self.job):
