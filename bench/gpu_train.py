@@ -250,8 +250,7 @@ def measure_peak(tiny: bool, threads: int | None) -> dict:
             a @ b
         sync()
         best = min(best, time.perf_counter() - start)
-    seconds = best
-    info = {"flops": 2 * n**3 * iters / seconds, "n": n, "dtype": str(dtype).removeprefix("torch.")}
+    info = {"flops": 2 * n**3 * iters / best, "n": n, "dtype": str(dtype).removeprefix("torch.")}
     if cuda:
         props = torch.cuda.get_device_properties(0)
         info.update(device=f"GPU: {props.name}", memory=props.total_memory, kind="GPU")

@@ -46,7 +46,7 @@ def greedy(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             longest = max(len(inputs[i]) for i in batch)
-            if max_new_tokens <= 0 or longest == 0:
+            if longest == 0:  # only empty prompts (the batches go by length): nothing to continue
                 continue
             ids = torch.full((len(batch), longest), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), longest), dtype=torch.long)

@@ -21,7 +21,9 @@ mentions a term, rewritten into each other group, with the same label).
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import random
 import tomllib
 from collections import Counter
@@ -126,7 +128,7 @@ def read_terms(options: BiasOptions) -> TermGroups:
         try:
             raw = path.read_bytes()
             table = json.loads(raw) if path.suffix.lower() == ".json" else tomllib.loads(raw.decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError too
+        except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, TOMLDecodeError, JSONDecodeError
             raise TermError(f"{path.name}: cannot read term groups: {exc}") from None
         try:
             return TermGroups.from_table(table)
@@ -160,15 +162,10 @@ class Bias(Audit):
     name = "bias"
     Options = BiasOptions
 
-    def __init__(self, options: BiasOptions):
-        super().__init__(options)
-        self._terms: TermGroups | None = None
-
-    @property
+    @functools.cached_property
     def terms(self) -> TermGroups:
-        if self._terms is None:  # read on first use: the file is checked by `check`, not on construction
-            self._terms = read_terms(self.options)
-        return self._terms
+        """The term groups, read on first use: the file is checked by `check`, not on construction."""
+        return read_terms(self.options)
 
     @property
     def terms_label(self) -> str:
@@ -231,10 +228,9 @@ class Bias(Audit):
         figures["audited_rows"] = len(chosen)
         classifier = subject.task.produces == "classes"
         if chosen:
-            if classifier:
-                figures.update(self._classifier(subject, data, split, texts, chosen))
-            else:
-                figures.update(self._language_model(subject, data, split, texts, chosen))
+            versions = [self.terms.counterfactuals(texts[i]) for i in chosen]
+            measured = self._classifier if classifier else self._language_model
+            figures.update(measured(subject, data, split, texts, chosen, versions))
         groups = data.column(split, GROUP_COLUMN)
         if groups is not None:
             subgroups = self._subgroups(subject, data, split, texts, groups, classifier, ctx)
@@ -242,9 +238,9 @@ class Bias(Audit):
                 figures["subgroups"] = subgroups
         return figures
 
-    def _classifier(self, subject, data, split, texts, rows) -> dict[str, Any]:
+    def _classifier(self, subject, data, split, texts, rows, versions) -> dict[str, Any]:
+        """Label flips and shifts; `versions`: each row rewritten into every group."""
         names = self.terms.names
-        versions = [self.terms.counterfactuals(texts[i]) for i in rows]
         batch = [texts[i] for i in rows] + [v[g] for v in versions for g in names]
         predicted = subject.predict(batch)
         original, rewritten = predicted[: len(rows)], predicted[len(rows) :]
@@ -282,9 +278,9 @@ class Bias(Audit):
             "examples": examples,
         }
 
-    def _language_model(self, subject, data, split, texts, rows) -> dict[str, Any]:
+    def _language_model(self, subject, data, split, texts, rows, versions) -> dict[str, Any]:
+        """Gaps in log-likelihood per token between the `versions` of each row."""
         names = self.terms.names
-        versions = [self.terms.counterfactuals(texts[i]) for i in rows]
         scored = subject.log_likelihoods([v[g] for v in versions for g in names])
         gaps, signed = [], {g: 0.0 for g in names}
         for n in range(len(rows)):
@@ -329,10 +325,8 @@ class Bias(Audit):
                 g: sum(right[i] == _label_name(subject.task, labels[i]) for i in members) / len(members)
                 for g, members in by_group.items()
             }
-            metric, shown = "accuracy", {g: round(v, 6) for g, v in values.items()}
+            metric, extra = "accuracy", {}
         else:
-            import math
-
             scored = dict(zip(rows, subject.log_likelihoods([texts[i] for i in rows]), strict=True))
             # negative log-likelihood per token over the group's tokens: log-perplexity
             values = {
@@ -340,17 +334,11 @@ class Bias(Audit):
                 for g, members in by_group.items()
             }
             metric = "log_perplexity"
-            shown = {g: round(v, 6) for g, v in values.items()}
-            return {
-                "metric": metric,
-                "values": shown,
-                "perplexity": {g: round(math.exp(min(v, 700.0)), 4) for g, v in values.items()},
-                "rows": {g: len(m) for g, m in by_group.items()},
-                "gap": round(max(values.values()) - min(values.values()), 6),
-            }
+            extra = {"perplexity": {g: round(math.exp(min(v, 700.0)), 4) for g, v in values.items()}}
         return {
             "metric": metric,
-            "values": shown,
+            "values": {g: round(v, 6) for g, v in values.items()},
+            **extra,
             "rows": {g: len(m) for g, m in by_group.items()},
             "gap": round(max(values.values()) - min(values.values()), 6),
         }
@@ -420,8 +408,7 @@ class Bias(Audit):
         """Kamiran & Calders reweighing: w(g, y) = P(g) P(y) / P(g, y), mean 1."""
         if "reweight" not in self.options.mitigation:
             return None
-        rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in train]
-        keys = [(self._row_group(row, task), row["label"]) for row in rows]
+        keys = [(self._row_group(row, task), row["label"]) for row in train]
         n = len(keys)
         if not n:
             return []
@@ -449,11 +436,6 @@ class Bias(Audit):
             out[GROUP_COLUMN] = target
         return out
 
-    def _mentions(self, row: dict) -> list[str]:
-        texts = [row[c] for c in TEXT_COLUMNS if isinstance(row.get(c), str)]
-        texts += [m["content"] for m in row.get("messages") or [] if isinstance(m, dict) and "content" in m]
-        return self.terms.mentions("\n".join(t for t in texts if isinstance(t, str)))
-
     @staticmethod
     def _text_key(row: dict) -> str:
         return json.dumps([row.get(c) for c in (*TEXT_COLUMNS, "messages")], default=str)
@@ -465,9 +447,7 @@ class Bias(Audit):
             return None
         new = []
         for row in train:
-            if not self._mentions(row):
-                continue
-            seen = {self._text_key(row)}
+            seen = {self._text_key(row)}  # a row without terms: every rewriting is the row itself
             for group in self.terms.names:
                 copy = self._rewrite_row(row, group)
                 key = self._text_key(copy)

@@ -19,6 +19,7 @@ causal language model head can be audited: other heads give a text no likelihood
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -111,10 +112,6 @@ class Forgetting(Audit):
     name = "forgetting"
     Options = ForgettingOptions
 
-    def __init__(self, options):
-        super().__init__(options)
-        self._texts: list[str] | None = None
-
     @classmethod
     def check(cls, options, recipe):
         head = recipe.task.cls.head
@@ -132,15 +129,14 @@ class Forgetting(Audit):
             except FinetuneError as exc:
                 yield ("corpus",), exc.message
 
+    @functools.cached_property
     def texts(self) -> list[str]:
-        """The corpus texts scored, read once."""
-        if self._texts is None:
-            self._texts = read_corpus(self.options.corpus, self.options.max_rows)
-        return self._texts
+        """The corpus texts scored, read once (for the base and the fine-tuned model)."""
+        return read_corpus(self.options.corpus, self.options.max_rows)
 
     def measure(self, subject, data, ctx) -> dict[str, Any]:
         """Token-weighted perplexity of `subject` on the corpus: {"perplexity", "tokens", "rows"}."""
-        texts = self.texts()
+        texts = self.texts
         scores = subject.log_likelihoods(texts)
         tokens = sum(n for _, n in scores)
         if tokens == 0:

@@ -60,15 +60,13 @@ class _LocalMetric(Metric):
         return self.module
 
     def prepare(self, ctx) -> None:
-        self._metric = load_module(self.module)
+        load_module(self.module)  # fails the run early if it cannot load; cached for `_module`
 
     def _args(self) -> dict:
         return {}
 
     def _module(self):
-        if not hasattr(self, "_metric"):
-            self.prepare(None)
-        return self._metric
+        return load_module(self.module)
 
     def compute(self, predictions, references) -> dict[str, float]:
         result = self._module()._compute(predictions=predictions, references=references, **self._args())
@@ -86,16 +84,13 @@ class _LocalMetric(Metric):
         """Metric values from summed statistics: `sums` has shape (m, k); one value per row."""
         return {self.key(): self._module().score_statistics(sums, **self._args())[self.result]}
 
-    def details(self, predictions, references, num_labels: int | None = None) -> dict:
-        """Tables worth keeping beside the number (a confusion matrix); none by default."""
-        return {}
 
-
-def _ratio(numerator, denominator):
+def _divide(numerator, denominator, empty: float = float("nan")):
+    """numerator / denominator element by element, `empty` where the denominator is 0."""
     import numpy as np
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(numerator, dtype=np.float64) / denominator
+    numerator = np.asarray(numerator, dtype=np.float64)
+    return np.divide(numerator, denominator, out=np.full_like(numerator, empty), where=np.asarray(denominator) > 0)
 
 
 class _Classes(_LocalMetric):
@@ -133,7 +128,7 @@ class Accuracy(_Classes):
         return np.stack([correct, np.ones_like(correct)], axis=1).astype(np.float64)
 
     def from_statistics(self, sums):
-        return {self.key(): _ratio(sums[:, 0], sums[:, 1])}
+        return {self.key(): _divide(sums[:, 0], sums[:, 1])}
 
 
 class _Averaged(_Classes):
@@ -163,21 +158,13 @@ class _Averaged(_Classes):
         import numpy as np
 
         tp, predicted, actual = np.split(np.asarray(sums, dtype=np.float64), 3, axis=1)
-        if self.options.average == "micro":
-            value = self._per_class(tp.sum(1, keepdims=True), predicted.sum(1, keepdims=True),
-                                    actual.sum(1, keepdims=True))[:, 0]  # fmt: skip
-        else:
-            scores = self._per_class(tp, predicted, actual)
-            # scikit-learn averages over the classes present in the rows scored (predicted or actual)
-            weights = actual if self.options.average == "weighted" else ((predicted + actual) > 0).astype(np.float64)
-            value = _ratio((scores * weights).sum(1), weights.sum(1))
-        return {self.key(): np.nan_to_num(value, nan=0.0)}
-
-
-def _safe(numerator, denominator):
-    import numpy as np
-
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+        if self.options.average == "micro":  # the classes' counts pooled, then scored once
+            pooled = (x.sum(1, keepdims=True) for x in (tp, predicted, actual))
+            return {self.key(): self._per_class(*pooled)[:, 0]}
+        scores = self._per_class(tp, predicted, actual)
+        # scikit-learn averages over the classes present in the rows scored (predicted or actual)
+        weights = actual if self.options.average == "weighted" else ((predicted + actual) > 0).astype(np.float64)
+        return {self.key(): _divide((scores * weights).sum(1), weights.sum(1), empty=0.0)}
 
 
 class Precision(_Averaged):
@@ -186,7 +173,7 @@ class Precision(_Averaged):
     name = module = "precision"
 
     def _per_class(self, tp, predicted, actual):
-        return _safe(tp, predicted)
+        return _divide(tp, predicted, empty=0.0)
 
 
 class Recall(_Averaged):
@@ -195,7 +182,7 @@ class Recall(_Averaged):
     name = module = "recall"
 
     def _per_class(self, tp, predicted, actual):
-        return _safe(tp, actual)
+        return _divide(tp, actual, empty=0.0)
 
 
 class F1(_Averaged):
@@ -204,7 +191,7 @@ class F1(_Averaged):
     name = module = "f1"
 
     def _per_class(self, tp, predicted, actual):
-        return _safe(2 * tp, predicted + actual)
+        return _divide(2 * tp, predicted + actual, empty=0.0)
 
 
 class Perplexity(_LocalMetric):
@@ -223,9 +210,8 @@ class Perplexity(_LocalMetric):
     def from_statistics(self, sums):
         import numpy as np
 
-        losses, tokens = sums[:, 0], sums[:, 1]
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return {self.key(): np.where(tokens > 0, np.exp(losses / tokens), np.nan)}
+        with np.errstate(over="ignore"):  # an overflow is an infinite perplexity, not an error
+            return {self.key(): np.exp(_divide(sums[:, 0], sums[:, 1]))}
 
 
 class _Errors(_LocalMetric):
@@ -243,7 +229,7 @@ class _Errors(_LocalMetric):
         return np.stack([self._error(difference), np.ones_like(difference)], axis=1)
 
     def from_statistics(self, sums):
-        return {self.key(): _ratio(sums[:, 0], sums[:, 1])}
+        return {self.key(): _divide(sums[:, 0], sums[:, 1])}
 
 
 class MSE(_Errors):

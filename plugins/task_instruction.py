@@ -79,7 +79,9 @@ class Instruction(Task):
 
     # -- rows -> conversations ------------------------------------------------------------------
     def conversation(self, row: dict) -> list[dict]:
-        if self.options.format == "chat":
+        """The row as messages. The row's columns say its format: rows of a run hold only their
+        source's columns, and few-shot rows may come from a source of the other format."""
+        if isinstance(row.get("messages"), list):
             messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
         else:
             user = {"role": "user", "content": row["instruction"]}
@@ -253,11 +255,8 @@ class Instruction(Task):
 
     def _solved_turns(self, row: dict) -> list[dict]:
         """A training row as solved turns for a few-shot prompt: its user and assistant messages up
-        to its last answer, without system messages. The row may be in either format (the training
-        rows of a run can come from sources with another `format`)."""
-        shape = "chat" if isinstance(row.get("messages"), list) else "alpaca"
-        task = self if shape == self.options.format else type(self)(self.options.model_copy(update={"format": shape}))
-        messages = task.conversation(row)
+        to its last answer, without system messages."""
+        messages = self.conversation(row)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
         return [m for m in messages[: last + 1] if m["role"] != "system"]
 

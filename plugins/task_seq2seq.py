@@ -45,15 +45,19 @@ class Seq2Seq(Task):
     def optional_columns(self):
         return () if self.options.format == "pairs" else ("input",)
 
+    @staticmethod
+    def _pair(row: dict) -> tuple[str, str]:
+        """(source without the prefix, target) of a row in either format: a row has only its format's
+        columns, and few-shot rows may come from a source of the other format."""
+        if "source" in row:
+            return row["source"], row["target"]
+        return row["instruction"] + (f"\n{row['input']}" if row.get("input") else ""), row["output"]
+
     def source(self, row: dict) -> str:
-        if self.options.format == "pairs":
-            text = row["source"]
-        else:
-            text = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
-        return self.options.prefix + text
+        return self.options.prefix + self._pair(row)[0]
 
     def target(self, row: dict) -> str:
-        return row["target"] if self.options.format == "pairs" else row["output"]
+        return self._pair(row)[1]
 
     def fit(self, splits) -> None:
         for raws in splits.values():
@@ -108,13 +112,6 @@ class Seq2Seq(Task):
         values = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
         return values[:, 0], values[:, 1]
 
-    @staticmethod
-    def _pair(row: dict) -> tuple[str, str]:
-        """(source without the prefix, target) of a row in either format."""
-        if "source" in row:
-            return row["source"], row["target"]
-        return row["instruction"] + (f"\n{row['input']}" if row.get("input") else ""), row["output"]
-
     def row_text(self, row: dict) -> str:
         """The row's source and target, one per line (without the prefix every row shares)."""
         return "\n".join(part for part in self._pair(row) if part)
@@ -126,11 +123,7 @@ class Seq2Seq(Task):
         T5 models (Flan-T5); a T5 trained on single pairs gains little from them. `tokenizer` is
         accepted for symmetry with other tasks and not needed."""
         solved = "".join(f"{source}\n{target}\n\n" for source, target in map(self._pair, shots or ()))
-        out = []
-        for row in dataset:
-            source, target = self._pair(row)
-            out.append((self.options.prefix + solved + source, target))
-        return out
+        return [(self.options.prefix + solved + source, target) for source, target in map(self._pair, dataset)]
 
     def generate(
         self, model, tokenizer, prompts: list[str], max_length: int, max_new_tokens: int | None = None,

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from runner.components import SPLITS, Audit, AuditData, AuditResult, AuditSubject, RunContext
+from runner.encoding import WEIGHT
 from runner.errors import AuditFailed, FinetuneError
 
 
@@ -102,10 +103,10 @@ class Audits:
                 if weights is not None:
                     if len(weights) != len(train):
                         raise FinetuneError(f"audit '{audit.key()}' gave {len(weights)} weights for {len(train)} rows")
-                    if "_weight" in train.column_names:  # a second reweighting multiplies the first
-                        weights = [a * b for a, b in zip(train["_weight"], weights, strict=True)]
-                        train = train.remove_columns("_weight")
-                    train = train.add_column("_weight", [float(w) for w in weights])
+                    if WEIGHT in train.column_names:  # a second reweighting multiplies the first
+                        weights = [a * b for a, b in zip(train[WEIGHT], weights, strict=True)]
+                        train = train.remove_columns(WEIGHT)
+                    train = train.add_column(WEIGHT, [float(w) for w in weights])
                     self.events.info(f"audit '{audit.key()}': training rows of {source.name} reweighted")
             source.splits["train"] = train.flatten_indices()
 
@@ -121,16 +122,11 @@ class Audits:
             self.base = figures
         return figures
 
-    def judge(self, finetuned: dict[str, Any]) -> list[AuditResult]:
+    def judge(self, finetuned: dict[str, Any]) -> None:
         """Verdicts of the model audits; each is recorded and reported."""
-        results = []
         for audit in self.audits:
-            if audit.key() not in finetuned:
-                continue
-            result = audit.judge(self.base.get(audit.key()), finetuned[audit.key()])
-            self._record(audit, result)
-            results.append(result)
-        return results
+            if audit.key() in finetuned:
+                self._record(audit, audit.judge(self.base.get(audit.key()), finetuned[audit.key()]))
 
     def _record(self, audit, result: AuditResult) -> None:
         self.records[audit.key()] = result_record(audit, result)

@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted run from its last complete checkpoint")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--checkpoint", help="resume from this checkpoint (e.g. checkpoint-40) instead of the newest")
-    p.add_argument("--force", action="store_true", help="resume even though the data changed")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even though the data, the recipe or the number of processes changed",
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="as for `run`")
     _add_launch_args(p)
 

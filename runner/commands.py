@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -86,9 +87,13 @@ def _train(args, recipe: Recipe, run_dir: RunDir, launch, resume_from: Path | No
     """Train in this process, or start the worker processes that do."""
     if launch.needed(recipe):
         return launch.start(_worker_args(args, run_dir, resume_from, force), run_dir)
-    result = _execute(args, recipe, run_dir, resume_from, force)
-    if result.audits_failed:
-        print(f"failed audits: {', '.join(result.audits_failed)} (see audits.json)", file=sys.stderr)
+    return _audits_exit(_execute(args, recipe, run_dir, resume_from, force).audits_failed)
+
+
+def _audits_exit(failed: list[str]) -> int:
+    """A completed run's exit code: 3 when an audit failed."""
+    if failed:
+        print(f"failed audits: {', '.join(failed)} (see audits.json)", file=sys.stderr)
         return 3
     return 0
 
@@ -116,7 +121,9 @@ def cmd_run(args) -> int:
 def cmd_worker(args) -> int:
     """One process of a launched run (started by torchrun or DeepSpeed's launcher)."""
     from runner import distributed
+    from runner.launch import stop_with_parent
 
+    stop_with_parent(signal.SIGKILL)  # die with the launcher, which a second Ctrl-C kills
     run_dir = RunDir.open(args.run_dir)
     try:
         _execute(args, load_and_validate(run_dir.recipe), run_dir, args.resume_from, args.force)
@@ -212,12 +219,7 @@ def cmd_audit(args) -> int:
     from runner.reaudit import audit_run
 
     _offline()
-    reporters = [spec.create() for spec in load_and_validate(RunDir.open(args.run_dir).recipe).reporters]
-    failed = audit_run(RunDir.open(args.run_dir), args.audits, reporters, debug=args.debug)
-    if failed:
-        print(f"failed audits: {', '.join(failed)}", file=sys.stderr)
-        return 3
-    return 0
+    return _audits_exit(audit_run(RunDir.open(args.run_dir), args.audits, debug=args.debug))
 
 
 def cmd_generate(args) -> int:

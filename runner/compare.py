@@ -15,7 +15,17 @@ from typing import Any
 
 from runner.errors import FinetuneError
 from runner.report_charts import finite
-from runner.run_record import arrow, as_number, flatten, greater_is_better, read_run, recipe_value, scores, split_order
+from runner.run_record import (
+    arrow,
+    as_number,
+    flatten,
+    greater_is_better,
+    metric_text,
+    read_run,
+    recipe_value,
+    scores,
+    split_order,
+)
 from runner.rundir import RunDir
 
 MISSING = object()
@@ -83,13 +93,6 @@ def compare_runs(paths: list[str | Path]) -> dict[str, Any]:
     return {"runs": runs, "recipe": recipe, "metrics": metrics}
 
 
-def _shown(value: Any, metric: bool = False) -> str:
-    """A recipe value as the recipe writes it; a metric with four decimals, so that columns line up."""
-    if isinstance(value, float) and metric:
-        return f"{value:.4f}" if 1e-3 <= abs(value) < 1000 else f"{value:.4g}"
-    return recipe_value(value)
-
-
 def render_comparison(result: dict[str, Any], console) -> None:
     """Print `compare_runs`'s result as rich tables: runs, recipe differences, final metrics."""
     from rich.table import Table
@@ -102,9 +105,8 @@ def render_comparison(result: dict[str, Any], console) -> None:
         table.add_column(name)
     for label, run in zip(columns, runs, strict=True):
         colour = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(run["status"], "")
-        table.add_row(
-            label, Text(run["path"]), Text(run["name"]), Text(run["status"], style=colour), _shown(run["global_step"])
-        )
+        status = Text(run["status"], style=colour)
+        table.add_row(label, Text(run["path"]), Text(run["name"]), status, recipe_value(run["global_step"]))
     console.print(table)
 
     if result["recipe"]:
@@ -113,7 +115,7 @@ def render_comparison(result: dict[str, Any], console) -> None:
         for label in columns:
             table.add_column(label)
         for row in result["recipe"]:
-            table.add_row(Text(row["key"]), *(Text(_shown(v)) for v in row["values"]))
+            table.add_row(Text(row["key"]), *(Text(recipe_value(v)) for v in row["values"]))
         console.print(table)
     else:
         console.print("the recipes are identical")
@@ -131,7 +133,7 @@ def render_comparison(result: dict[str, Any], console) -> None:
             cells = []
             for i, value in enumerate(row["values"]):
                 best = i in row["best"]
-                text = _shown(value, metric=True) + (" *" if best else "  ")
+                text = metric_text(value) + (" *" if best else "  ")
                 cells.append(Text(text, style="bold green" if best else ""))
             table.add_row(
                 split if n == 0 else "",

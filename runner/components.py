@@ -532,16 +532,8 @@ class AuditData:
         self._parts = parts  # split -> [(the source's task, its rows)]
         self._where = where
 
-    def splits(self) -> list[str]:
-        return [s for s in SPLITS if self._parts.get(s)]
-
     def size(self, split: str) -> int:
         return sum(len(rows) for _, rows in self._parts.get(split, []))
-
-    def rows(self, split: str) -> Iterator[dict]:
-        for _, rows in self._parts.get(split, []):
-            for row in rows:
-                yield {k: v for k, v in row.items() if not k.startswith("_")}
 
     def texts(self, split: str) -> list[str]:
         """Each row as one text (`Task.row_text` of its source's task)."""

@@ -39,6 +39,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.report_charts import finite
+
 RISE_TOLERANCE = 0.05  # share of the minimum validation loss that a rise must exceed to count
 FLAT_DROP = 0.10  # a loss that fell by less than this share of its start is flat
 LOW_LOSS = 0.1  # a training loss that ends below this is not under-fitting, however flat
@@ -53,17 +55,6 @@ class _Eval:
     epoch: float | None
     loss: float | None
     values: dict[str, float | None] = field(default_factory=dict)
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for missing, non-numeric, "nan" and "inf" values."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _is_nonfinite(value: Any) -> bool:
@@ -103,12 +94,12 @@ def _curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[_Eval], 
         if _is_nonfinite(r.get("loss")):
             diverged = step if diverged is None else min(diverged, step)
         if r.get("split") == "train":
-            loss = _number(r.get("loss"))
+            loss = finite(r.get("loss"))
             if loss is not None:
                 train[step] = loss
         elif r.get("split") == "validation":
-            values = {k: _number(v) for k, v in r.items() if k not in ("time", "step", "split", "epoch", "final")}
-            evals[step] = _Eval(step, _number(r.get("epoch")), values.get("loss"), values)
+            values = {k: finite(v) for k, v in r.items() if k not in ("time", "step", "split", "epoch", "final")}
+            evals[step] = _Eval(step, finite(r.get("epoch")), values.get("loss"), values)
     return sorted(train.items()), [evals[s] for s in sorted(evals)], diverged
 
 

@@ -3,7 +3,7 @@
 A launched run has one process per device, started by torchrun or DeepSpeed's launcher, which set
 RANK, WORLD_SIZE and LOCAL_RANK. Rank 0 is the main process: it alone prints progress and writes
 the run directory. Data preparation (loading, training the tokenizer, tokenizing) runs on rank 0
-first, with the others waiting without a collective timeout; they then read what rank 0 cached
+first, with the others waiting up to a day instead of a collective timeout; they then read what rank 0 cached
 instead of repeating the work, so a long tokenization cannot make them time out (a known failure
 of other tools). A single process needs none of this: every function here is then a no-op.
 """

@@ -59,7 +59,7 @@ class SplitRows:
 class Evaluator:
     """Evaluates models for a run; collects what evaluation.json says."""
 
-    recipe: Any
+    options: Any  # the recipe's [evaluation] (runner.recipe.resolved.EvaluationOptions)
     trainer: Any  # runner.Trainer
     task: Any
     tokenizer: Any
@@ -73,10 +73,6 @@ class Evaluator:
     checkpoint_dir: Any  # where the trainer may write (it writes nothing when only evaluating)
     train_labels: Any = None  # encoded training labels, for the majority-class baseline
     record: dict[str, Any] = field(default_factory=dict)  # intervals and details, for evaluation.json
-
-    @property
-    def options(self):
-        return self.recipe.evaluation
 
     def job(self, model) -> TrainJob:
         """A job that evaluates `model` (no DeepSpeed: a base model is evaluated unsharded)."""

@@ -95,14 +95,3 @@ def bootstrap(
         low, high = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (float("nan"), float("nan"))
         out[key] = {"low": float(low), "high": float(high), "confidence": confidence, "resamples": resamples}
     return out
-
-
-def interval_for_all(
-    metrics, predictions, references, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> dict[str, dict[str, float]]:
-    """`bootstrap` of several metrics on the same predictions and references, merged into one dict.
-    Every metric sees the same draws (same seed), so their intervals describe the same resamples."""
-    out: dict[str, dict[str, float]] = {}
-    for metric in metrics:
-        out.update(bootstrap(metric, predictions, references, resamples, confidence, seed))
-    return out

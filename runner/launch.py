@@ -18,9 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import checkpoints
 from runner.errors import FinetuneError
 from runner.recipe.resolved import Recipe
 from runner.rundir import RunDir, read_json
+
+# How long the workers may take to save a checkpoint after being asked to stop.
+SAVE_TIMEOUT_S = 30 * 60
 
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\-\[\]]+)\s+slots\s*=\s*(?P<slots>\d+)$")
 
@@ -67,8 +71,9 @@ class Launch:
         return cls(args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port, args.hostfile)
 
     def world_size(self) -> int:
+        """Processes in all: DeepSpeed's `--num_gpus` (passed for `--nproc` > 1) replaces every host's slots."""
         if self.hosts:
-            return sum(min(slots, self.nproc) if self.nproc > 1 else slots for slots in self.hosts.values())
+            return self.nproc * len(self.hosts) if self.nproc > 1 else sum(self.hosts.values())
         return self.nproc * self.nnodes
 
     def needed(self, recipe: Recipe) -> bool:
@@ -148,7 +153,7 @@ class Launch:
         # torchrun would set 1 and warn about it; split the cores between the local processes instead
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, self.nproc))))
         process = subprocess.Popen(
-            self.command(worker_argv), env=env, start_new_session=True, preexec_fn=_stop_with_parent
+            self.command(worker_argv), env=env, start_new_session=True, preexec_fn=stop_with_parent
         )
         stops = 0
 
@@ -172,26 +177,36 @@ class Launch:
             return int(status.get("exit_code") or 0)
         if state == "interrupted":
             return 130
+        if state == "running" and stops > 1:  # a second Ctrl-C: stopped at once, as a single process would
+            last = checkpoints.latest_complete(run_dir.checkpoints)
+            run_dir.set_status("interrupted", checkpoint=str(last) if last else None)
+            return 130
         if state == "running":  # a worker other than rank 0 died, or rank 0 was killed: say so
             run_dir.set_status("failed", error=f"a worker process failed (launcher exit code {code})", exit_code=1)
             return 1
         return int(status.get("exit_code") or 1)
 
 
-def _stop_with_parent() -> None:
-    """In the launcher's process: be sent SIGTERM if `finetune` dies (even by kill -9), so that the
-    workers save a checkpoint and stop instead of training on unwatched."""
+def stop_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have this process sent `sig` when its parent dies (even by kill -9); Linux only.
+
+    The launcher takes SIGTERM when `finetune` dies, so that the workers save a checkpoint and stop
+    instead of training on unwatched. A worker needs SIGKILL from it to end with a launcher that a
+    second Ctrl-C killed: torchrun starts each worker in a session of its own, out of that kill's reach."""
     if sys.platform == "linux":
         import ctypes
 
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
 
 
 def _torchrun(argv: list[str]) -> int:
     """torchrun, minus its own report of a failed worker: the worker has said what went wrong."""
     # torchrun's loggers take their level from LOGLEVEL; its warnings repeat what the workers say
     os.environ.setdefault("LOGLEVEL", "ERROR")
+    # After passing a stop on, torchrun kills the workers 30 s later by default: too soon for a large
+    # model's checkpoint. A second Ctrl-C still ends the launcher at once.
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SAVE_TIMEOUT_S))
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run

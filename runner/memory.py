@@ -44,10 +44,6 @@ class Accelerator:
     cuda: bool = False
     bf16: bool = False
 
-    @property
-    def is_cpu(self) -> bool:
-        return not self.cuda
-
 
 def _per_param(precision: str) -> tuple[int, int, int]:
     """Bytes per trainable parameter: (weights, gradients, optimizer states) for Adam.

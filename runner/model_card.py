@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from runner.modeling import HEADS
 from runner.report_charts import finite
 from runner.run_record import (
     RunRecord,
@@ -45,12 +46,6 @@ PIPELINE_TAGS = {
     "causal_lm": "text-generation",
     "token_classification": "token-classification",
     "seq2seq_lm": "text2text-generation",
-}
-AUTO_CLASSES = {
-    "sequence_classification": "ForSequenceClassification",
-    "causal_lm": "ForCausalLM",
-    "token_classification": "ForTokenClassification",
-    "seq2seq_lm": "ForSeq2SeqLM",
 }
 # Training options that say how the model was trained (the rest is bookkeeping: logging, checkpoints).
 BOOKKEEPING = frozenset(
@@ -183,10 +178,10 @@ def front_matter(rec: RunRecord, meta: dict[str, Any]) -> dict[str, Any]:
     if head in PIPELINE_TAGS:
         front["pipeline_tag"] = PIPELINE_TAGS[head]
     front["tags"] = list(dict.fromkeys(t for t in ("finetune-runner", strategy) if t))
-    if _hub_datasets(rec):
-        front["datasets"] = _hub_datasets(rec)
-    results = []
     hub = _hub_datasets(rec)
+    if hub:
+        front["datasets"] = hub
+    results = []
     dataset = {
         "name": hub[0] if len(hub) == 1 else f"{rec.name}: {_data_words(rec)}",
         "type": hub[0] if len(hub) == 1 else "+".join(str(s.get("type", "data")) for s in data_sources(rec)) or "data",
@@ -394,7 +389,7 @@ def _final_dir(model_dir: Path) -> Path:
 
 def _how_to_load(model_dir: Path, meta: dict[str, Any], run_dir: Path) -> list[str]:
     head = str(meta.get("head") or "sequence_classification")
-    suffix = AUTO_CLASSES.get(head, "ForSequenceClassification")
+    suffix = HEADS.get(head, HEADS["sequence_classification"]).removeprefix("AutoModel")
     max_length = meta.get("max_length") or 512
     if meta.get("adapter"):
         cls = f"AutoPeftModel{suffix}"

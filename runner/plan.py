@@ -82,12 +82,16 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str) -
     return found, f"activations {memory.format_bytes(found)} ({how})"
 
 
+def _processes(world_size: int) -> str:
+    return f"{world_size} process" + ("es" if world_size != 1 else "")
+
+
 def _fit_warnings(device: int, host: int, world_size: int, accelerator, tips: str) -> list[str]:
     """Warnings when `device` bytes per process, plus `host` offloaded bytes per process, will not fit."""
     from runner.memory import format_bytes as fmt
 
-    processes = f"{world_size} process" + ("es" if world_size != 1 else "")
-    if accelerator.is_cpu:
+    processes = _processes(world_size)
+    if not accelerator.cuda:
         # Every process trains in the same RAM, offloaded states included.
         need = (device + host) * world_size
         if accelerator.memory and need > accelerator.memory:
@@ -134,8 +138,7 @@ def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, wor
     activations, how = _activations(recipe, model, spec, max_length, precision)
     device = states.device + activations
     facts = {"memory per device": f"~{fmt(device)}: model states {fmt(states.device)} + {how}"}
-    processes = f"{world_size} process" + ("es" if world_size != 1 else "")
-    facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {processes}"
+    facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {_processes(world_size)}"
     offloads = {"optimizer": sharding.offload_optimizer, "weights": sharding.offload_params}
     if any(where != "none" for where in offloads.values()):
         facts["sharding"] += ", offload " + ", ".join(f"{k} to {v}" for k, v in offloads.items() if v != "none")

@@ -13,7 +13,6 @@ user content.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -175,7 +174,7 @@ def section_recipe(rec: RunRecord) -> str:
     if rec.recipe_text is None:
         return _missing("not recorded: recipe.resolved.toml is missing.")
     env = rec.environment or {}
-    actual = hashlib.sha256((rec.path / "recipe.resolved.toml").read_bytes()).hexdigest()
+    actual = rec.recipe_sha256  # set with recipe_text
     recorded = env.get("recipe_sha256")
     sha = f"<code>{esc(recorded or actual)}</code>"
     if recorded and recorded != actual:
@@ -390,14 +389,15 @@ def _curve(records: list[dict[str, Any]], key: str, name: str) -> list[tuple[flo
         value = r.get(key)
         if finite(r.get("step")) is None or not is_number(value):
             continue
-        epoch = f" · epoch {fmt(finite(r.get('epoch')), 3)}" if finite(r.get("epoch")) is not None else ""
+        epoch = finite(r.get("epoch"))
+        epoch = f" · epoch {fmt(epoch, 3)}" if epoch is not None else ""
         points.append((r["step"], value, f"step {r['step']}{epoch} · {name} {fmt(as_number(value))}"))
     return sorted(points, key=lambda p: p[0])
 
 
 def section_training(rec: RunRecord) -> str:
     """Training summary, the diagnosis, and the loss, validation-metric and learning-rate curves."""
-    log = [r for r in rec.log if isinstance(r, dict) and not r.get("final")]
+    log = [r for r in rec.log if not r.get("final")]
     train = [r for r in log if r.get("split") == "train" and "loss" in r]
     valid = [r for r in log if r.get("split") == "validation"]
     out = []
@@ -508,8 +508,9 @@ def section_results(rec: RunRecord) -> str:
     parts = [s for s in split_order(final) if "/" in s]
     if parts:
         out.append("<h3>Each data source on its own</h3>" + _source_table(parts, final))
-    if confusion_matrices(rec) or (rec.model_meta or {}).get("head") == "sequence_classification":
-        out.append("<h3>Confusion matrix</h3>" + _confusion(rec))
+    matrices = confusion_matrices(rec)
+    if matrices or (rec.model_meta or {}).get("head") == "sequence_classification":
+        out.append("<h3>Confusion matrix</h3>" + _confusion(rec, matrices))
     return "".join(out)
 
 
@@ -596,8 +597,7 @@ def _source_table(splits: list[str], final: dict[str, Any]) -> str:
     return f"<table><thead><tr><th>split/source</th>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _confusion(rec: RunRecord) -> str:
-    matrices = confusion_matrices(rec)
+def _confusion(rec: RunRecord, matrices: dict[str, dict[str, Any]]) -> str:
     if not matrices:
         return _missing("not recorded (only classifiers with evaluation.json have one).")
     out = []
@@ -642,9 +642,8 @@ def _figures(figures: Any) -> str:
         return ""
     base, tuned = figures.get("base"), figures.get("finetuned")
     if isinstance(tuned, dict) and (base is None or isinstance(base, dict)):
-        base = base or {}
-        keys = list(dict.fromkeys([k for k, _ in flatten(base)] + [k for k, _ in flatten(tuned)]))
-        b, t = dict(flatten(base)), dict(flatten(tuned))
+        b, t = dict(flatten(base or {})), dict(flatten(tuned))
+        keys = list(dict.fromkeys([*b, *t]))
         body = "".join(f"<tr><th>{esc(k)}</th>{_cell(b.get(k, '—'))}{_cell(t.get(k, '—'))}</tr>" for k in keys)
         return (
             '<h4>figures</h4><table><thead><tr><th></th><th class="num">base model</th>'

@@ -257,8 +257,8 @@ def line_chart(
     x_lo, x_hi = min(xs), max(xs)
     if x_lo == x_hi:
         x_lo, x_hi = x_lo - 1, x_hi + 1
-    y_ticks = nice_ticks(*_padded(min(ys), max(ys)))
     y_lo, y_hi = _padded(min(ys), max(ys))
+    y_ticks = nice_ticks(y_lo, y_hi)
     y_lo, y_hi = min(y_lo, y_ticks[0]), max(y_hi, y_ticks[-1])
     frame = _Frame(width, height, (x_lo, x_hi), (y_lo, y_hi))
     colours = {id(s): s.colour or PALETTE[i % len(PALETTE)] for i, (s, _) in enumerate(drawn)}
@@ -450,7 +450,7 @@ def heat_table(labels: Sequence[str], matrix: Sequence[Sequence[object]], *, cap
                 f'<td{cls} style="background: rgba(37, 99, 235, {alpha:.3f}); color: {ink}" '
                 f'title="{esc(hover)}">{count}</td>'
             )
-        recall = fmt(row[i] / total, 3) if total and i < len(row) else "—"
+        recall = fmt(row[i] / total, 3) if total else "—"
         out.append(f'<td class="total">{total}</td><td class="total">{recall}</td></tr>')
     out.append('<tr class="total"><th scope="row">predicted</th>')
     out += [f'<td class="total">{c}</td>' for c in column_totals]

@@ -36,7 +36,6 @@ from runner.signals import graceful_stop
 MODEL_META = "finetune.json"
 BASE_MODEL = "base_model"
 TOKENIZER = "tokenizer"
-BASELINE = "baseline.json"  # the base model's scores, kept so that a resumed run need not measure them again
 
 
 @dataclass
@@ -342,7 +341,7 @@ class _Pipeline:
         self.collator = self.task.collator(self.tokenizer, pad_to)
         train = self.data.parts("train")
         self.evaluator = Evaluator(
-            recipe=self.recipe,
+            options=self.recipe.evaluation,
             trainer=self.trainer,
             task=self.task,
             tokenizer=self.tokenizer,
@@ -405,7 +404,7 @@ class _Pipeline:
     def measure_base(self, model) -> None:
         """The baselines and the model audits' base figures, before anything trains (read back
         from baseline.json when a resumed run measured them already)."""
-        path = self.run_dir.path / BASELINE
+        path = self.run_dir.path / RunDir.BASELINE
         self.baseline: dict[str, Any] = {"baselines": [], "audits": {}}
         if path.is_file() and self.resume_from is not None:
             self.baseline = read_json(path)
@@ -500,10 +499,10 @@ class _Pipeline:
             **self.evaluator.record,
             "diagnosis": diagnose(self.run_dir.read_metrics_log(), best, greater.get(best, False)),
         }
-        write_json(self.run_dir.path / "evaluation.json", evaluation)
-        write_json(self.run_dir.path / "data_stats.json", self.data_stats)
+        write_json(self.run_dir.path / RunDir.EVALUATION, evaluation)
+        write_json(self.run_dir.path / RunDir.DATA_STATS, self.data_stats)
         if self.audits:
-            write_json(self.run_dir.path / "audits.json", self.audits.document())
+            write_json(self.run_dir.path / RunDir.AUDITS, self.audits.document())
 
     def write_report(self) -> None:
         from runner.report import build_report

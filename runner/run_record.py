@@ -15,6 +15,7 @@ readers can show what there is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from typing import Any
 
 from runner.errors import format_key
 from runner.report_charts import finite, fmt
+from runner.rundir import RunDir, read_json
 
 FINAL_SPLITS = ("validation", "test")
 # Keys of evaluation records that are bookkeeping, not scores.
@@ -44,6 +46,7 @@ class RunRecord:
 
     path: Path
     recipe_text: str | None = None
+    recipe_sha256: str | None = None  # of the file as it is now (environment.json has the one the run started with)
     recipe: dict[str, Any] | None = None
     environment: dict[str, Any] | None = None
     status: dict[str, Any] | None = None
@@ -109,7 +112,7 @@ def _read_json(path: Path, problems: list[str]) -> Any:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except (OSError, ValueError) as exc:
         problems.append(f"{path.name} could not be read: {exc}")
         return None
@@ -150,9 +153,11 @@ def read_run(path: Path) -> RunRecord:
     path = Path(path)
     rec = RunRecord(path=path)
     p = rec.problems
-    recipe_file = path / "recipe.resolved.toml"
+    recipe_file = path / RunDir.RECIPE
     if recipe_file.is_file():
-        rec.recipe_text = recipe_file.read_text(encoding="utf-8", errors="replace")
+        data = recipe_file.read_bytes()
+        rec.recipe_sha256 = hashlib.sha256(data).hexdigest()
+        rec.recipe_text = data.decode("utf-8", errors="replace")
         try:
             rec.recipe = tomllib.loads(rec.recipe_text)
         except tomllib.TOMLDecodeError as exc:
@@ -163,9 +168,9 @@ def read_run(path: Path) -> RunRecord:
     rec.metrics = read_json_object(path, "metrics.json", p)
     rec.samples = _read_jsonl(path / "samples.jsonl", p)
     rec.model_meta = read_json_object(path, "model/finetune.json", p)
-    rec.data_stats = read_json_object(path, "data_stats.json", p)
-    rec.evaluation = read_json_object(path, "evaluation.json", p)
-    rec.audits = read_json_object(path, "audits.json", p)
+    rec.data_stats = read_json_object(path, RunDir.DATA_STATS, p)
+    rec.evaluation = read_json_object(path, RunDir.EVALUATION, p)
+    rec.audits = read_json_object(path, RunDir.AUDITS, p)
     return rec
 
 

@@ -86,6 +86,10 @@ class RunDir:
     """Paths and small records of one run directory."""
 
     RECIPE = "recipe.resolved.toml"
+    BASELINE = "baseline.json"  # the base model's scores, measured before training (a resume reads them)
+    EVALUATION = "evaluation.json"  # baselines beside the fine-tuned scores, intervals, diagnosis
+    AUDITS = "audits.json"
+    DATA_STATS = "data_stats.json"
 
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -371,7 +371,9 @@ def test_reweighting_makes_group_and_label_independent(gender):
 def test_augmentation_adds_a_swapped_copy_of_each_term_row_with_its_label(gender):
     from datasets import Dataset
 
-    rows = [*bias_rows(20, leaky=True, seed=4), {"text": "The film was long.", "label": "negative"}]
+    # A row without terms gets no copy, though its group names a term group.
+    no_terms = {"text": "The film was long.", "label": "negative", "group": "female"}
+    rows = [*bias_rows(20, leaky=True, seed=4, with_group=True), no_terms]
     train = Dataset.from_list(rows)
     added = Bias(BiasOptions(mitigation=["augment"])).augment(train, classification_task())
     assert added.column_names == train.column_names and len(added) == 20
@@ -380,6 +382,7 @@ def test_augmentation_adds_a_swapped_copy_of_each_term_row_with_its_label(gender
         other = "male" if mentioned == "female" else "female"
         assert copy["text"] == gender.rewrite(row["text"], other) != row["text"]
         assert gender.mentions(copy["text"]) == [other] and copy["label"] == row["label"]
+        assert (row["group"], copy["group"]) == (mentioned, other)  # the group follows the rewriting
     assert Bias(BiasOptions()).augment(train, classification_task()) is None
 
 

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from conftest import run_recipe, write
+from conftest import run_recipe, tiny_recipe
 
 from runner.diagnosis import diagnose
 
@@ -156,51 +156,23 @@ def test_best_point_follows_the_best_metric_and_final_records_are_ignored():
     assert result["overfitting_from"] == {"step": 50, "epoch": 5.0}
 
 
-TINY_OVERFIT = """
-[run]
-seed = {seed}
-threads = 1
-
-[[data.sources]]
-type = "synthetic"
-rows = 200
-label_noise = 0.3
-
-[data.split]
-train = 0.3
-validation = 0.6
-test = 0.1
-
-[tokenizer]
-type = "trained"
-vocab_size = 400
-max_length = 32
-
-[model]
-type = "config"
-architecture = "gpt2"
-config = {{ n_layer = 1, n_head = 2, n_embd = 32, n_positions = 32 }}
-
-[task]
-type = "classification"
-
-[training]
-learning_rate = 3e-3
-batch_size = 16
-epochs = 16
-log_every = 1
-eval_every = "epoch"
-
-[evaluation]
-baseline = false
-bootstrap = 0
-"""
+# The conftest's tiny classifier on 60 noisy training rows for 16 epochs: it learns the noise.
+OVERFIT = [
+    "run.seed=3",
+    "data.sources[0].label_noise=0.3",
+    "data.split.train=0.3",
+    "data.split.validation=0.6",
+    "data.split.test=0.1",
+    "training.batch_size=16",
+    "evaluation.baseline=false",
+    "evaluation.bootstrap=0",
+]
 
 
 @pytest.mark.slow
 def test_a_tiny_classifier_trained_too_long_on_60_noisy_rows_over_fits(tmp_path):
-    recipe = write(tmp_path / "overfit.toml", TINY_OVERFIT.format(seed=3))
-    result = run_recipe(recipe, tmp_path / "run")
+    recipe = tiny_recipe(tmp_path / "overfit.toml", rows=200, epochs=16)
+    result = run_recipe(recipe, tmp_path / "run", OVERFIT)
     rows = result.run_dir.read_metrics_log()
     evaluations = [r for r in rows if r["split"] == "validation" and r["step"] is not None]
     assert len(evaluations) == 16

@@ -185,3 +185,14 @@ def test_a_zero_stage_the_strategy_cannot_use_is_a_recipe_error(recipe, capsys):
     assert cli("validate", recipe, *args) == 2
     out = capsys.readouterr().out
     assert "distributed.zero_stage: strategy 'prompt_tuning' does not work under ZeRO stage 3" in out
+
+
+def test_nproc_with_a_hostfile_replaces_every_machines_slots(tmp_path):
+    from runner.launch import Launch
+
+    hostfile = write(tmp_path / "hosts", "worker-1 slots=2\nworker-2 slots=4\n")
+    assert Launch(hostfile=hostfile).world_size() == 2 + 4
+    launch = Launch(nproc=5, hostfile=hostfile)
+    command = launch.command(["worker", "run"])
+    assert command[command.index("--num_gpus") + 1] == "5"  # DeepSpeed starts 5 on every machine
+    assert launch.world_size() == 5 * 2

@@ -161,3 +161,12 @@ def test_plan_shows_offload_to_host(tmp_path, monkeypatch):
     out = plan_text(recipe, gpu, monkeypatch, world_size=2, overrides=overrides)
     assert "ZeRO stage 3 over 2 processes, offload optimizer to cpu" in out
     assert "host memory (offload) │" in out and "per process" in out
+
+
+def test_plan_on_the_cpu_counts_every_process_in_the_same_ram(tmp_path, monkeypatch):
+    recipe = tiny_recipe(tmp_path / "r.toml")
+    one = plan_text(recipe, Accelerator("CPU", 64 * 1024**3, 64 * 1024**3), monkeypatch, world_size=2)
+    assert "accelerator │ CPU, 64.0 GiB" in one and "warning" not in one
+    small = Accelerator("CPU", 1024**2, 1024**2)
+    out = plan_text(recipe, small, monkeypatch, world_size=2)
+    assert "warning: the estimate of" in out and "for 2 processes exceeds the 1.0 MiB of RAM" in out

@@ -14,7 +14,7 @@ from plugins.data_synthetic import as_chat, as_instruction, generate
 from plugins.task_instruction import Instruction, InstructionOptions
 from plugins.task_seq2seq import Seq2Seq, Seq2SeqOptions
 from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
-from runner.intervals import bootstrap, interval_for_all, resampled_values
+from runner.intervals import bootstrap, resampled_values
 
 ROWS = [as_instruction(r, random.Random(0)) for r in generate(60, 0)]
 CHATS = [as_chat(r, random.Random(1)) for r in generate(60, 1)]
@@ -135,6 +135,16 @@ def test_rouge_tokenizer_matches_rouge_score_on_ascii_and_scores_other_scripts()
     assert metric(M.Rouge, variant="rouge1").compute(["Привет мир"], ["привет всем"])["rouge1"] == pytest.approx(0.5)
 
 
+def test_entity_scores_match_a_hand_count():
+    predictions = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "O"]]
+    references = [["B-PER", "I-PER", "O", "B-ORG"], ["B-LOC", "O"]]
+    # 1 of 2 predicted entities is right, 1 of 3 reference entities is found, 4 of 6 tags are right
+    expected = {"entity_precision": 1 / 2, "entity_recall": 1 / 3, "entity_f1": 2 / 5, "token_accuracy": 4 / 6}
+    for key, value in expected.items():
+        cls = next(c for c in (M.EntityPrecision, M.EntityRecall, M.EntityF1, M.TokenAccuracy) if c.name == key)
+        assert metric(cls).compute(predictions, references)[key] == pytest.approx(value)
+
+
 def test_confusion_matrix_counts_match_a_hand_count():
     predictions = [0, 1, 1, 2, 0, 2, 2, 1]
     references = [0, 1, 0, 2, 1, 1, 2, 1]
@@ -242,10 +252,12 @@ def test_interval_narrows_with_more_rows():
     assert many["high"] - many["low"] < 0.5 * (few["high"] - few["low"])
 
 
-def test_interval_for_all_merges_every_metric_and_no_rows_give_none():
+def test_metrics_with_one_seed_see_the_same_draws_and_no_rows_give_no_interval():
     predictions, references = classes(200)
     metrics = [metric(M.Accuracy), metric(M.F1), metric(M.F1, average="micro")]
-    merged = interval_for_all(metrics, predictions, references, resamples=100, confidence=0.9)
+    merged = {}
+    for m in metrics:  # as runner.evaluation collects the test intervals
+        merged.update(bootstrap(m, predictions, references, resamples=100, confidence=0.9))
     assert set(merged) == {"accuracy", "f1_macro", "f1_micro"}
     assert all(v["confidence"] == 0.9 for v in merged.values())
     # micro F1 of single-label classes is accuracy, and both see the same draws

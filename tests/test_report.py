@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from html import unescape
@@ -179,6 +180,9 @@ def test_report_has_every_section_with_its_figures(run):
     assert "max_length 48" in data and "7 truncated" in data
     recipe = section(html, "recipe")
     assert "<details" in recipe and "learning_rate = 0.002" in recipe and "ab" * 32 in recipe
+    # environment.json recorded another hash than the file's: the report says the file changed since
+    actual = hashlib.sha256((run / "recipe.resolved.toml").read_bytes()).hexdigest()
+    assert "0" * 64 in recipe and f"changed since the run started (now <code>{actual[:12]}" in recipe
     environment = section(html, "environment")
     assert "5.23.0" in environment and "abc123" in environment
     assert "&lt;i&gt;hi&lt;/i&gt;" in section(html, "samples")

@@ -154,3 +154,14 @@ def test_resolved_recipe_validates_again(tmp_path):
     recipe = load_and_validate(RECIPES / "quickstart.toml", ["training.epochs=1"])
     again = write(tmp_path / "resolved.toml", tomli_w.dumps(recipe.resolved()))
     assert load_and_validate(again).resolved() == recipe.resolved()
+
+
+def test_two_metrics_or_audits_with_one_name_are_refused(tmp_path):
+    extra = '\n[[metrics]]\ntype = "accuracy"\n[[metrics]]\ntype = "accuracy"\n'
+    extra += (
+        '\n[[audits]]\ntype = "leakage"\n[[audits]]\ntype = "leakage"\n[[audits]]\ntype = "leakage"\nname = "again"\n'
+    )
+    rendered, _ = issues_of(tiny_recipe(tmp_path / "r.toml", extra=extra))
+    assert "a second metric named 'accuracy'" in one(rendered, "metrics[1]")
+    assert "a second audit named 'leakage'" in one(rendered, "audits[1]")
+    assert not [i for i in rendered if "audits[2]" in i]  # a distinct name is enough

@@ -384,30 +384,29 @@ class Validator:
                 hint=f"use zero_stage <= {strategy.cls.max_zero_stage}",
             )
 
+    def _unique(self, recipe: Recipe, specs: list[ComponentSpec], noun: str, hint: str | None = None) -> None:
+        """Components of a list whose results share a key would overwrite each other's."""
+        seen: dict[str, KeyPath] = {}
+        for spec in specs:
+            key = spec.create().key()
+            if key in seen:
+                first = recipe.source.locate(seen[key])
+                self.issue(spec.key, f"a second {noun} named '{key}' (first at {first})", hint=hint)
+            seen.setdefault(key, spec.key)
+
     def _cross_checks(self, recipe: Recipe) -> None:
         self._sources(recipe)
         self._engine(recipe)
         task = recipe.task.cls
-        seen: dict[str, KeyPath] = {}
+        feeds = {task.produces, "text"} if task.generates else {task.produces}
         for spec in recipe.metrics:
-            metric = spec.create()
-            feeds = {task.produces, "text"} if task.generates else {task.produces}
             if not feeds & spec.cls.consumes:
                 self.issue(
                     (*spec.key, "type") if not recipe.metrics_defaulted else spec.key,
                     f"metric '{spec.name}' cannot score the predictions of task '{recipe.task.name}' ({task.produces})",
                 )
-            key = metric.key()
-            if key in seen:
-                self.issue(spec.key, f"a second metric named '{key}' (first at {recipe.source.locate(seen[key])})")
-            seen[key] = spec.key
-        audits: dict[str, KeyPath] = {}
-        for spec in recipe.audits:
-            key = spec.create().key()
-            if key in audits:
-                self.issue(spec.key, f"a second audit named '{key}' (first at {recipe.source.locate(audits[key])})",
-                           hint="give one of them a distinct `name`")  # fmt: skip
-            audits[key] = spec.key
+        self._unique(recipe, recipe.metrics, "metric")
+        self._unique(recipe, recipe.audits, "audit", hint="give one of them a distinct `name`")
         for spec in recipe.components():
             try:
                 problems = list(spec.cls.check(spec.options, recipe))

@@ -59,20 +59,5 @@ class Entities(evaluate.Metric):
         return {"entity_precision": precision, "entity_recall": recall, "entity_f1": f1, "token_accuracy": accuracy}
 
     def _compute(self, predictions, references):
-        correct = predicted = actual = tokens = right = 0
-        for pred, ref in zip(predictions, references, strict=True):
-            p, r = spans(pred), spans(ref)
-            correct += len(p & r)
-            predicted += len(p)
-            actual += len(r)
-            tokens += len(ref)
-            right += sum(a == b for a, b in zip(pred, ref, strict=True))
-        precision = correct / predicted if predicted else 0.0
-        recall = correct / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {
-            "entity_precision": precision,
-            "entity_recall": recall,
-            "entity_f1": f1,
-            "token_accuracy": right / tokens if tokens else 0.0,
-        }
+        sums = self.row_statistics(predictions, references).sum(axis=0, keepdims=True)
+        return {name: float(values[0]) for name, values in self.score_statistics(sums).items()}
