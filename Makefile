@@ -2,29 +2,44 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch that lies on disk here. A plain `torch` requirement on a machine without
-# torch pulls several GB of CUDA wheels, so machines without a GPU get this pin first.
-TORCH_CPU ?= torch==2.13.0
+# Every package but torch comes from this lock, exact versions with hashes; `make lock` refreshes it
+# from pyproject.toml's ranges (docs/development.md).
+LOCK   := requirements.lock
+# torch is pinned here, not in the lock: its build depends on the machine. Without a GPU this takes
+# the CPU build that lies on disk; a plain `torch` requirement on such a machine pulls several GB of
+# CUDA wheels. With a GPU it takes the same release's default (CUDA) build.
+TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 # Plugin packages of their own that the recipes and tests use.
 EXTRA_PLUGINS := docs/examples/finetune-adapters
+# The torch build and what only it needs; never written into the lock.
+NOT_LOCKED := torch triton nvidia- cuda-
+# `make test-latest`: the newest releases pyproject.toml allows, in an environment of their own.
+LATEST := .venv-latest
 
 # Nothing in the demo or the tests may wait on the network.
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint format clean bench
+.PHONY: demo test test-latest lock lint format clean bench
 
-$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(EXTRA_PLUGINS))
-	$(PYTHON) -m venv $(VENV)
+define install_torch
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-		echo "GPU found: installing the default torch build"; $(BIN)/pip install -q torch; \
+		echo "GPU found: installing the default build of $(TORCH)"; $(1)/pip install -q "$(TORCH)"; \
 	else \
-		echo "no GPU: installing the CPU build $(TORCH_CPU)"; $(BIN)/pip install -q "$(TORCH_CPU)"; \
+		echo "no GPU: installing the CPU build of $(TORCH)"; $(1)/pip install -q "$(TORCH)"; \
 	fi
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
+endef
+
+$(STAMP): pyproject.toml $(LOCK) $(addsuffix /pyproject.toml,$(EXTRA_PLUGINS))
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(call install_torch,$(BIN))
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
+	$(BIN)/pip check
 	touch $@
 
 demo: $(STAMP)
@@ -41,8 +56,30 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The lock of every dependency but torch, resolved by uv for the Python and platform CI runs on.
+lock: $(STAMP)
+	echo "$(TORCH)" > $(LOCK).torch
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes --constraint $(LOCK).torch \
+		--custom-compile-command "make lock" --quiet --output-file - \
+		| awk '/^[^ #]/ { skip = 0; n = split("$(NOT_LOCKED)", out, " "); \
+			for (i = 1; i <= n; i++) if (index($$0, out[i]) == 1) skip = 1 } !skip' > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm $(LOCK).torch
+
+# The suite on the newest releases pyproject.toml allows (torch stays at $(TORCH)), then which
+# dependencies have releases beyond their bounds: how a bound is widened, see docs/development.md.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(call install_torch,$(LATEST)/bin)
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH)"
+	$(LATEST)/bin/pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
+	$(LATEST)/bin/python .ci/releases.py --lock $(LOCK)
+	$(LATEST)/bin/python -m pytest -q
+
 bench: $(STAMP)
 	$(BIN)/python bench/padding.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache

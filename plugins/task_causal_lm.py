@@ -91,7 +91,7 @@ class CausalLM(Task):
     def collator(self, tokenizer, pad_to: int | None):
         if self.options.packing:
             return PackedCollator(tokenizer.pad_token_id)
-        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
+        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True)
 
     def preprocess_logits(self, logits, labels):
         return token_losses(logits, labels)

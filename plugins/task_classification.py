@@ -40,7 +40,7 @@ class _TextTask(Task):
     optional_columns = ("text_pair",)
 
     def collator(self, tokenizer, pad_to: int | None):
-        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, side=tokenizer.padding_side)
+        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to)
 
     def _encode(self, dataset, tokenizer, max_length: int, label_of):
         def fn(batch):
@@ -59,7 +59,12 @@ class _TextTask(Task):
         model.eval()
         for start in range(0, len(texts), batch):
             enc = tokenizer(
-                texts[start : start + batch], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+                texts[start : start + batch],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                padding_side="right",  # as in training, whatever side the tokenizer was saved with
+                return_tensors="pt",
             ).to(model.device)
             with torch.no_grad():
                 yield model(**enc).logits.float().cpu()

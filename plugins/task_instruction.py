@@ -203,7 +203,7 @@ class Instruction(Task):
     def collator(self, tokenizer, pad_to: int | None):
         if self.options.packing:
             return PackedCollator(tokenizer.pad_token_id)
-        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
+        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True)
 
     def preview(self, rows: list[dict], tokenizer, max_length: int) -> list[list[tuple[str, bool]]]:
         """Each row as (text, trained) pieces, cut where truncation cuts it."""

@@ -101,7 +101,7 @@ class Seq2Seq(Task):
         return dataset.map(fn, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
 
     def collator(self, tokenizer, pad_to: int | None):
-        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
+        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True)
 
     def preprocess_logits(self, logits, labels):
         return token_losses(logits, labels, shift=False)

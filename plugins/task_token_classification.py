@@ -113,7 +113,7 @@ class TokenClassification(Task):
         return dataset.map(fn, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
 
     def collator(self, tokenizer, pad_to: int | None):
-        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True, side=tokenizer.padding_side)
+        return PadCollator(tokenizer.pad_token_id, pad_to=pad_to, sequence_labels=True)
 
     def preprocess_logits(self, logits, labels):
         return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)

@@ -13,6 +13,11 @@ class PadCollator:
     Padding is masked by position, never recognised by token id: a tokenizer that pads with its
     EOS token still has every real EOS supervised. Keys other than model inputs, `labels` and a
     loss `weight` (such as `length`) are dropped.
+
+    The built-in tasks pad on the right, whatever side a tokenizer was saved with: under causal
+    attention no real token then sees the padding, and every real token keeps the position it has
+    in the row alone, so a row's outputs do not depend on its batch. (Generation pads prompts on
+    the left itself: plugins/_generation.py.)
     """
 
     def __init__(
@@ -37,16 +42,12 @@ class PadCollator:
             if key not in features[0]:
                 continue
             fill = self.pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([list(f[key]) + [fill] * (width - len(f[key])) for f in features])
+            batch[key] = torch.tensor([self._pad(list(f[key]), width, fill) for f in features])
         if "attention_mask" not in batch:
-            batch["attention_mask"] = torch.tensor(
-                [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
-            )
+            batch["attention_mask"] = torch.tensor([self._pad([1] * len(f["input_ids"]), width, 0) for f in features])
         if "labels" in features[0]:
             if self.sequence_labels:
-                batch["labels"] = torch.tensor(
-                    [list(f["labels"]) + [-100] * (width - len(f["labels"])) for f in features]
-                )
+                batch["labels"] = torch.tensor([self._pad(list(f["labels"]), width, -100) for f in features])
             else:
                 labels = [f["labels"] for f in features]
                 dtype = torch.float32 if isinstance(labels[0], float) else torch.long

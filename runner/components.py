@@ -306,9 +306,6 @@ class Strategy(Component):
     can_merge: ClassVar[bool] = False
     # The highest DeepSpeed ZeRO stage the method works under (3 partitions the weights themselves).
     max_zero_stage: ClassVar[int] = 3
-    # Prepends learned tokens to every input (prompt tuning): a model that classifies from the
-    # last position then needs left padding, so the last position is a real token.
-    virtual_tokens: ClassVar[bool] = False
 
     def apply(self, model: PreTrainedModel, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
         """Prepare the model for training (freeze, wrap with adapters); return the model to train.

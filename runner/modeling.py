@@ -40,6 +40,52 @@ def pools_last_token(model) -> bool:
     return getattr(model, "score", None) is not None
 
 
+class _LastAttendedPosition:
+    """Hooks that make a last-token classifier fed `inputs_embeds` read each row's last attended
+    position: the attention mask is kept as the model is called, and the head's per-position
+    output at that position is moved to the last position, which transformers then reads."""
+
+    def __init__(self) -> None:
+        self.mask = None
+
+    def remember(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        # With input_ids transformers finds the last real token itself (by the pad id).
+        self.mask = kwargs.get("attention_mask") if ids is None else None
+
+    def move(self, module, args, output):
+        import torch
+
+        mask, self.mask = self.mask, None  # used once: a call without the first hook leaves none
+        if mask is None or output.dim() != 3 or tuple(mask.shape) != tuple(output.shape[:2]):
+            return None
+        width = mask.shape[1]
+        last = (width - 1 - mask.flip(1).argmax(1)).to(output.device)  # each row's rightmost attended position
+        rows = torch.arange(output.shape[0], device=output.device)
+        return torch.cat([output[:, :-1], output[rows, last].unsqueeze(1)], dim=1)
+
+
+def read_last_real_token(model):
+    """Make every last-token sequence classifier inside `model` (GPT-2, Llama: a `score` head)
+    classify from each row's last real token, however it is fed; return `model`.
+
+    transformers finds that token by looking for pad ids in `input_ids`. Given `inputs_embeds`
+    instead, as peft's prompt tuning and p-tuning give it, it reads the last position: padding,
+    for every row shorter than its batch's longest, so predictions would depend on the batch.
+    The attention mask says which positions are real in either case. Installing twice is a no-op.
+    """
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        installed = getattr(module, "_finetune_pooling", None) is not None
+        if isinstance(module, PreTrainedModel) and pools_last_token(module) and not installed:
+            hooks = _LastAttendedPosition()
+            module.register_forward_pre_hook(hooks.remember, with_kwargs=True)
+            module.score.register_forward_hook(hooks.move)
+            module._finetune_pooling = hooks
+    return model
+
+
 def count_parameters(model) -> dict[str, int]:
     total = trainable = 0
     seen = set()

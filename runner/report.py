@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import __version__
+from runner.evaluation import majority_warning
 from runner.report_charts import (
     Marker,
     Series,
@@ -156,6 +157,9 @@ def _header(rec: RunRecord) -> str:
     out.append(_kv(rows))
     if status.get("error"):
         out.append(f'<div class="error"><strong>error:</strong> {esc(status["error"])}</div>')
+    warning = majority_warning((rec.evaluation or {}).get("against_majority"))
+    if warning:
+        out.append(f'<div class="error"><strong>no better than guessing:</strong> {esc(warning)}</div>')
     if rec.status is None:
         out.append(_missing("status.json not recorded: the run may not have started."))
     for problem in rec.problems:

@@ -25,9 +25,15 @@ from runner.data import prepare_data
 from runner.encoding import default_cache_dir, encode_sources
 from runner.environment import describe
 from runner.errors import FinetuneError, RunInterrupted
-from runner.evaluation import Evaluator, MetricsComputer, SplitRows
+from runner.evaluation import Evaluator, MetricsComputer, SplitRows, against_majority, majority_warning
 from runner.events import Events
-from runner.modeling import auto_class, count_parameters, describe_parameters, ensure_pad_token, pools_last_token
+from runner.modeling import (
+    auto_class,
+    count_parameters,
+    describe_parameters,
+    ensure_pad_token,
+    read_last_real_token,
+)
 from runner.plugin_manager import Plugins
 from runner.recipe.resolved import Recipe
 from runner.rundir import ReadOnlyRunDir, RunDir, atomic_write, publish_dir, read_json, write_json
@@ -363,7 +369,8 @@ class _Pipeline:
     def build_model(self) -> None:
         self.events.stage("building the model")
         self.spec = self.task.model_spec(self.tokenizer, self.max_length)
-        base_dir = self.run_dir.path / BASE_MODEL
+        # Absolute: an adapter names its base by this path, and must load from any folder.
+        base_dir = (self.run_dir.path / BASE_MODEL).resolve()
         if base_dir.is_dir():  # resuming an adapter run whose base exists only here
             model = auto_class(self.spec.head).from_pretrained(base_dir)
         else:
@@ -378,10 +385,7 @@ class _Pipeline:
             if self.main and not base_dir.is_dir():
                 publish(base_dir, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d)))
             model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
-        self.model = self.strategy.apply(model, self.ctx, self.spec)
-        if self.strategy.virtual_tokens and self.spec.head == "sequence_classification" and pools_last_token(model):
-            # Virtual tokens hide the pad positions from a last-token classifier: pad on the left.
-            self.tokenizer.padding_side = "left"
+        self.model = read_last_real_token(self.strategy.apply(model, self.ctx, self.spec))
         self.parameters = count_parameters(self.model)
         self.events.info(f"{self.recipe.strategy.name}: {describe_parameters(self.parameters)}")
 
@@ -472,6 +476,16 @@ class _Pipeline:
         self.events.stage("evaluating")
         final: dict[str, Any] = {"train": {"global_step": outcome.global_step, **outcome.metrics}}
         final.update(self.evaluator.final(self.job, self.encoded_parts))
+        best = getattr(self.recipe.training.options, "best_metric", "loss")
+        greater = {m.key(): m.greater_is_better for m in self.metrics}
+        check = against_majority(
+            self.baseline["baselines"], final, self.evaluator.record.get("intervals", {}), best, greater
+        )
+        if check:
+            self.evaluator.record["against_majority"] = check
+            warning = majority_warning(check)
+            if warning:
+                self.events.warn(warning)
         return final
 
     def audit_finetuned(self) -> None:
@@ -523,7 +537,7 @@ class _Pipeline:
             self.events.info(f"{len(samples)} generated samples written to samples.jsonl")
 
     def save_model(self) -> Path:
-        base_dir = self.run_dir.path / BASE_MODEL
+        base_dir = (self.run_dir.path / BASE_MODEL).resolve()
         meta = {
             "task": self.recipe.task.name,
             "task_state": self.task.state(),

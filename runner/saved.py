@@ -35,7 +35,7 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
     from transformers import AutoTokenizer
 
     from runner.encoding import default_cache_dir
-    from runner.modeling import auto_class
+    from runner.modeling import auto_class, read_last_real_token
 
     meta_path = run_dir.model / MODEL_META
     if not meta_path.is_file():
@@ -63,7 +63,7 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
         set_seed(recipe.run.seed)  # a model built from a config gets the weights the run started from
         return recipe.model.create().build(ctx, spec)
 
-    model = strategy.load(run_dir.model, spec, base)
+    model = read_last_real_token(strategy.load(run_dir.model, spec, base))
     return Finished(recipe, task, tokenizer, model, meta, ctx, base)
 
 

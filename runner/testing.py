@@ -99,6 +99,12 @@ def tiny_batch(head: str = "sequence_classification", rows: int = 4, length: int
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
+def read_last_real_token(model):
+    from runner.modeling import read_last_real_token
+
+    return read_last_real_token(model)
+
+
 def _logits(model, batch):
     import torch
 
@@ -144,7 +150,7 @@ class StrategyContract:
         strategy = self.make()
         ctx = RunContext(seed=0, cache_dir=tmp_path / "cache", run_dir=tmp_path)
         model = strategy.apply(tiny_model(architecture, head), ctx, tiny_spec(head))
-        return strategy, model
+        return strategy, read_last_real_token(model)  # as the runner does after apply and load
 
     def step(self, model, batch) -> None:
         import torch
@@ -185,6 +191,27 @@ class StrategyContract:
         strategy.save(model, tmp_path / "saved")
         loaded = strategy.load(tmp_path / "saved", tiny_spec(head), lambda: tiny_model(architecture, head))
         assert torch.allclose(_logits(loaded, batch), trained, atol=1e-5)
+
+    def test_padding_does_not_change_what_a_row_predicts(self, architecture, head, tmp_path):
+        """A row's prediction is the same alone and in a padded batch (the runner pads on the right)."""
+        import torch
+
+        from runner.collate import PadCollator
+
+        if head != "sequence_classification":
+            pytest.skip("about classifiers: which position a sequence classifier reads")
+        strategy, model = self.adapted(architecture, head, tmp_path)
+        self.step(model, tiny_batch(head))
+        (tmp_path / "saved").mkdir()
+        strategy.save(model, tmp_path / "saved")
+        loaded = read_last_real_token(
+            strategy.load(tmp_path / "saved", tiny_spec(head), lambda: tiny_model(architecture, head))
+        )
+        ids = tiny_batch(head, rows=4, length=12)["input_ids"].tolist()
+        rows = [{"input_ids": row[:n]} for row, n in zip(ids, (12, 7, 3, 9), strict=True)]
+        batched = _logits(loaded, PadCollator(0, side="right")(rows))
+        alone = torch.cat([_logits(loaded, PadCollator(0)([row])) for row in rows])
+        assert torch.allclose(batched, alone, atol=1e-5), "padding changed the logits of a row"
 
     def test_merge_keeps_the_logits_or_says_it_cannot(self, architecture, head, tmp_path):
         import torch

@@ -82,6 +82,16 @@ def test_dynamic_padding_pads_to_the_longest_row_and_masks_by_position():
     assert fixed["input_ids"].shape == (1, 8) and "length" not in fixed
 
 
+def test_left_padding_puts_ids_mask_and_labels_before_the_row():
+    left = PadCollator(0, sequence_labels=True, side="left")
+    batch = left([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [-100, -100, 8]]
+    given = left([{"input_ids": [5, 6], "attention_mask": [1, 1]}, {"input_ids": [8], "attention_mask": [1]}])
+    assert given["attention_mask"].tolist() == [[1, 1], [0, 1]]
+
+
 def test_tokenization_is_cached_by_content_tokenizer_and_length(tmp_path):
     from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
     from runner.modeling import ensure_pad_token

@@ -49,6 +49,22 @@ def test_the_majority_class_is_a_baseline(classifier):
     assert row["test"]["accuracy"] == pytest.approx(list(splits["test"]["label"]).count(top) / len(splits["test"]))
 
 
+def test_a_classifier_that_learnt_nothing_is_called_no_better_than_the_majority_class(classifier, tmp_path):
+    learnt = evaluation(classifier)["against_majority"]
+    assert learnt["verdict"] == "better" and learnt["split"] == "test" and learnt["metric"] == "accuracy"
+    assert "no better than guessing" not in (classifier.run_dir.path / "report.html").read_text()
+
+    # a learning rate this small changes nothing: the untrained head is as good as a guess
+    still = run_recipe(
+        tiny_recipe(tmp_path / "r.toml", rows=300, epochs=1), tmp_path / "run", ["training.learning_rate=1e-12"]
+    )
+    check = evaluation(still)["against_majority"]
+    assert check["verdict"] == "no better"
+    assert check["interval"]["low"] <= check["majority"]  # its interval reaches the guess
+    report = (still.run_dir.path / "report.html").read_text()
+    assert "no better than guessing" in report and "majority-class baseline" in report
+
+
 def test_test_metrics_have_intervals_and_a_confusion_matrix(classifier):
     record = evaluation(classifier)
     test = classifier.metrics["test"]

@@ -83,12 +83,16 @@ def test_predict_command(quickstart, tmp_path, capsys):
     assert {r["label"] for r in rows} <= {"negative", "neutral", "positive"}
 
 
-def test_lora_trains_only_adapters_and_the_head_and_reloads(tmp_path):
+def test_lora_trains_only_adapters_and_the_head_and_reloads(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
     from peft import AutoPeftModelForSequenceClassification
     from safetensors.torch import load_file
 
     recipe = tiny_recipe(tmp_path / "r.toml", rows=200, epochs=1, extra='[strategy]\ntype = "lora"\nr = 4\n')
-    result = run_recipe(recipe, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    result = run_recipe(recipe, Path("run"))  # a relative run directory, as `--output run` gives
     trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
     assert any("lora_A" in n for n in trainable) and any("score" in n for n in trainable)
@@ -104,7 +108,10 @@ def test_lora_trains_only_adapters_and_the_head_and_reloads(tmp_path):
         if "score" not in name and name in trained:
             assert torch.equal(tensor, trained[name]), name
 
-    reloaded = AutoPeftModelForSequenceClassification.from_pretrained(model_dir)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(model_dir, elsewhere / "model")
+    monkeypatch.chdir(elsewhere)  # the adapter finds its base from any folder
+    reloaded = AutoPeftModelForSequenceClassification.from_pretrained(elsewhere / "model")
     assert torch.allclose(logits(reloaded, result.tokenizer), logits(result.model, result.tokenizer), atol=1e-6)
 
 
@@ -178,6 +185,8 @@ def test_early_stopping_and_keeping_the_best_model(tmp_path):
 def test_export_merges_lora_into_a_plain_model_and_refuses_prompt_tuning(tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification
 
+    from runner.saved import load_finished
+
     recipe = tiny_recipe(tmp_path / "r.toml", rows=200, epochs=1, extra='[strategy]\ntype = "lora"\nr = 4\n')
     result = run_recipe(recipe, tmp_path / "run")
     assert cli("export", result.run_dir.path, "--merge") == 0
@@ -186,9 +195,20 @@ def test_export_merges_lora_into_a_plain_model_and_refuses_prompt_tuning(tmp_pat
     assert not list(merged_dir.glob("adapter_*"))
     assert torch.allclose(logits(merged, result.tokenizer), logits(result.model, result.tokenizer), atol=1e-5)
 
+    # prompt tuning needs a pretrained base: the LoRA run's saved base stands in for one
+    base = result.run_dir.path / "base_model"
     prompt = tiny_recipe(tmp_path / "p.toml", rows=200, epochs=1, extra='[strategy]\ntype = "prompt_tuning"\n')
-    result = run_recipe(prompt, tmp_path / "prompt-run", ["strategy.num_virtual_tokens=4", "tokenizer.max_length=28"])
+    text = prompt.read_text()
+    start, end = text.index("[tokenizer]"), text.index("[task]")
+    local = f'[tokenizer]\ntype = "pretrained"\npath = "{base}"\nmax_length = 28\n\n[model]\ntype = "pretrained"\npath = "{base}"\n\n'
+    prompt.write_text(text[:start] + local + text[end:])
+    result = run_recipe(prompt, tmp_path / "prompt-run", ["strategy.num_virtual_tokens=4"])
+    done = load_finished(result.run_dir)
+    texts = ["so happy today", "this is the worst service I have ever had, never again", "ok", "fine I guess"]
+    batched = done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"])
+    alone = [done.task.predict(done.model, done.tokenizer, [t], done.meta["max_length"])[0] for t in texts]
+    for one_of_many, one in zip(batched, alone, strict=True):
+        assert one_of_many["scores"] == pytest.approx(one["scores"], abs=1e-5)
     capsys.readouterr()
     assert cli("export", result.run_dir.path, "--merge") == 2
     assert "cannot be merged: its virtual tokens are extra inputs" in capsys.readouterr().err
-    assert result.tokenizer.padding_side == "left"  # a GPT-2 classifier behind virtual tokens pads on the left

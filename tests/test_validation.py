@@ -116,6 +116,14 @@ def test_max_length_beyond_model_positions(tmp_path):
     assert "exceeds the model's 32 positions" in one(rendered, "model")
 
 
+@pytest.mark.parametrize("strategy", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_virtual_tokens_need_a_pretrained_base(tmp_path, strategy):
+    path = tiny_recipe(tmp_path / "r.toml", extra=f'[strategy]\ntype = "{strategy}"\nnum_virtual_tokens = 4\n')
+    rendered, _ = issues_of(path, ["tokenizer.max_length=28"])
+    message = one(rendered, "strategy.type")
+    assert "r.toml:" in message and "randomly initialised" in message and "'lora'" in message
+
+
 def test_metric_must_fit_the_task(tmp_path):
     path = tiny_recipe(tmp_path / "r.toml", extra='[[metrics]]\ntype = "perplexity"\n')
     rendered, _ = issues_of(path)
