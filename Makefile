@@ -61,11 +61,12 @@ lock: $(STAMP)
 	echo "$(TORCH)" > $(LOCK).torch
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --generate-hashes --constraint $(LOCK).torch \
-		--custom-compile-command "make lock" --quiet --output-file - \
+		--custom-compile-command "make lock" --quiet \
 		| awk '/^[^ #]/ { skip = 0; n = split("$(NOT_LOCKED)", out, " "); \
 			for (i = 1; i <= n; i++) if (index($$0, out[i]) == 1) skip = 1 } !skip' > $(LOCK).tmp
-	mv $(LOCK).tmp $(LOCK)
 	rm $(LOCK).torch
+	@# replaced only when it changed: a new lock makes the next `make` reinstall
+	if cmp -s $(LOCK).tmp $(LOCK); then rm $(LOCK).tmp; else mv $(LOCK).tmp $(LOCK); fi
 
 # The suite on the newest releases pyproject.toml allows (torch stays at $(TORCH)), then which
 # dependencies have releases beyond their bounds: how a bound is widened, see docs/development.md.

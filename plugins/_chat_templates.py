@@ -13,7 +13,9 @@ a template that does not is an error, never a silently wrong mask.
 
 from __future__ import annotations
 
+from plugins._template_sandbox import time_limit, trial_render
 from runner import FinetuneError
+from runner.errors import clip
 
 DEFAULT_SYSTEM = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -35,12 +37,15 @@ ALPACA = (
     "{% endif %}{% endfor %}"
 ).replace("NL", _NL)
 
+# ChatML's newline between turns opens the next turn (the usual template writes it after
+# <|im_end|>, which would train it, and whatever the tokenizer makes of it, as part of the answer).
+# A whole conversation renders to the same text, less a newline at its very end.
 CHATML = (
     "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}NL{{ message['content'] }}"
-    "{% if message.get('input') %}NLNL{{ message['input'] }}{% endif %}<|im_end|>NL"
+    "{% if not loop.first %}NL{% endif %}<|im_start|>{{ message['role'] }}NL{{ message['content'] }}"
+    "{% if message.get('input') %}NLNL{{ message['input'] }}{% endif %}<|im_end|>"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistantNL{% endif %}"
+    "{% if add_generation_prompt %}{% if messages %}NL{% endif %}<|im_start|>assistantNL{% endif %}"
 ).replace("NL", _NL)
 
 PLAIN = (
@@ -59,25 +64,34 @@ END_OF_TURN = {"chatml": "<|im_end|>"}
 
 
 def check_template(source: str) -> str | None:
-    """A syntax error in a template, or None. Only parses: nothing is rendered or run."""
+    """What is wrong with a template, or None: a syntax error, or a failure to render a short sample
+    conversation within the sandbox's limits of time and size (see _template_sandbox)."""
     import jinja2
 
     try:
         jinja2.Environment().parse(source)
     except jinja2.TemplateSyntaxError as exc:
         return f"template syntax error on its line {exc.lineno}: {exc.message}"
-    return None
+    except RecursionError:
+        return "the template nests its blocks too deeply to be read"
+    return trial_render(source)
 
 
 def render(tokenizer, template: str, messages: list[dict], generation_prompt: bool = False) -> str:
-    import jinja2
-
+    """The conversation rendered by the template; any failure, or a render that takes longer than
+    RENDER_SECONDS, is a FinetuneError naming task.template (a recipe's template is user input)."""
     try:
-        return tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-        )
-    except jinja2.TemplateError as exc:  # the sandbox refusing something is one of these
-        raise FinetuneError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from None
+        with time_limit():
+            return tokenizer.apply_chat_template(
+                messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+            )
+    except FinetuneError:
+        raise
+    except Exception as exc:  # the sandbox's refusal, raise_exception(), RenderStopped, a RecursionError, ...
+        raise FinetuneError(
+            f"task.template: the chat template failed to render: {type(exc).__name__}: {clip(str(exc))}",
+            hint="fix the template, or use a built-in one (alpaca, chatml, plain)",
+        ) from None
 
 
 def response_spans(tokenizer, template: str, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -95,5 +109,12 @@ def response_spans(tokenizer, template: str, messages: list[dict]) -> tuple[str,
                 "tokens cannot be told from the prompt",
                 hint="use a built-in template (alpaca, chatml, plain) or one that renders turns in order",
             )
-        spans.append((len(before), len(upto)))
+        spans.append((len(before), _end_at_marker(text, len(before), len(upto), tokenizer.all_special_tokens)))
     return text, spans
+
+
+def _end_at_marker(text: str, start: int, end: int, markers: list[str]) -> int:
+    """Where a turn's trained span ends: at its end marker, when the template writes only
+    whitespace after it (a separator between turns, as the usual ChatML template's newline)."""
+    kept = text[start:end].rstrip()
+    return start + len(kept) if any(marker and kept.endswith(marker) for marker in markers) else end

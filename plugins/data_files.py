@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from runner import DataError, DataSource, DataSourceOptions, FilePath, RawSplit, RunContext, hookimpl
+from runner.errors import clip
 
 FORMATS = {
     ".csv": "csv",
@@ -112,10 +114,45 @@ def read_file(path: str, fmt: str, options: FilesOptions) -> RawSplit:
     except DataError:
         raise
     except Exception as exc:  # pyarrow and pandas parse errors, with their own detail
+        bad = _bad_json_line(file, fmt) if fmt in ("json", "jsonl") else None
+        if bad is not None:
+            line, problem = bad
+            hint = f"each line of a {fmt} file is one JSON object"
+            raise DataError(f"{path}: cannot read it as {fmt}: line {line} is {problem}", hint=hint) from exc
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read it as {fmt}: {detail}") from exc
+        raise DataError(f"{path}: cannot read it as {fmt}: {clip(detail)}") from exc
     finally:
         datasets_log.setLevel(level)
+
+
+def _bad_json_line(file: Path, fmt: str) -> tuple[int, str] | None:
+    """The first line of a JSON Lines file that is not a JSON object, and what it is instead.
+
+    Asked only after `datasets` failed, whose own message names no line. A .json file that is one
+    JSON document is judged whole."""
+    text = file.read_text(encoding="utf-8")
+    if fmt == "json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if exc.msg != "Extra data":  # not several documents, one per line: one broken document
+                return exc.lineno, f"not valid JSON ({exc.msg}, column {exc.colno})"
+        except RecursionError:
+            return 1, "nested too deeply"
+        else:
+            return None if isinstance(whole, dict | list) else (1, "not a JSON object or array of objects")
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return n, f"not valid JSON ({exc.msg}, column {exc.colno})"
+        except RecursionError:
+            return n, "nested too deeply"
+        if not isinstance(row, dict):
+            return n, f"not a JSON object (a {type(row).__name__})"
+    return None
 
 
 def sha256_file(path: str) -> str:

@@ -305,6 +305,9 @@ class ExactMatch(_LocalMetric):
         return {"ignore_case": self.options.ignore_case}
 
 
+BLEU_ORDER = 4  # sacrebleu's highest n-gram order
+
+
 class BleuOptions(Options):
     tokenize: Literal["13a", "intl", "char", "zh", "none"] = Field(
         default="13a",
@@ -322,6 +325,18 @@ class Bleu(_LocalMetric):
 
     def _args(self) -> dict:
         return {"tokenize": self.options.tokenize, "lowercase": self.options.lowercase}
+
+    def meaningless(self, references) -> str | None:
+        # BLEU multiplies 1- to 4-gram precisions: answers shorter than 4 words have no 4-grams,
+        # and score 0 (or a smoothing artefact) however right they are.
+        words = sorted(len(str(r).split()) for r in references)
+        median = words[len(words) // 2] if words else BLEU_ORDER
+        if median >= BLEU_ORDER:
+            return None
+        return (
+            f"the references have a median length of {median} word{'s' if median != 1 else ''}, and 4-gram BLEU "
+            f"needs at least {BLEU_ORDER}: it would score right answers near 0. Exact match and ROUGE say more here"
+        )
 
 
 class RougeOptions(Options):

@@ -11,13 +11,17 @@ import difflib
 
 from pydantic import Field
 
+from plugins._config_checks import built_problems, static_problems
 from plugins._transformers_static import architectures, config_fields
 from runner import FinetuneError, Model, ModelSpec, Options, RunContext, hookimpl
+from runner.errors import clip
 from runner.modeling import auto_class
 
 # Set from the tokenizer and the task; a recipe that sets them would contradict the data.
 DERIVED = {"vocab_size", "num_labels", "id2label", "label2id", "pad_token_id", "problem_type"}
 POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
+# How modeling code refuses a config value (not: out of memory, which is no fault of the values).
+REFUSALS = (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, AssertionError, IndexError)
 
 
 class ConfigModelOptions(Options):
@@ -51,6 +55,10 @@ class FromConfig(Model):
                 close = difflib.get_close_matches(key, list(fields), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 yield ("config", key), f"'{options.architecture}' configs have no key '{key}'{hint}"
+        problems = list(static_problems(options.architecture, options.config, fields))
+        yield from problems
+        if problems:
+            return
         limit = cls(options).max_positions()
         max_length = recipe.tokenizer.options.max_length
         extra = recipe.strategy.create().extra_positions()
@@ -59,6 +67,12 @@ class FromConfig(Model):
             key = next((k for k in POSITION_KEYS if k in fields), "n_positions")
             message = f"tokenizer.max_length = {max_length}{also} exceeds the model's {limit} positions"
             yield (), f"{message}; raise config.{key} or lower max_length"
+
+    @classmethod
+    def check_build(cls, options, recipe):
+        """The architecture's own verdict on the config: the model built on the meta device (no
+        weights). Needs torch, so `finetune run` and `plan` call it, not `validate`."""
+        yield from built_problems(options.architecture, options.config)
 
     def max_positions(self) -> int | None:
         for key in POSITION_KEYS:
@@ -83,11 +97,24 @@ class FromConfig(Model):
         for name in ("bos_token_id", "eos_token_id"):
             if getattr(spec, name) is not None:
                 values[name] = getattr(spec, name)
-        return AutoConfig.for_model(o.architecture, **values)
+        try:
+            return AutoConfig.for_model(o.architecture, **values)
+        except REFUSALS as exc:  # a value the config class refuses (a dtype that is no torch type, ...)
+            raise self._refused(exc) from exc
 
     def build(self, ctx: RunContext, spec: ModelSpec):
         config = self.build_config(spec)
-        return auto_class(spec.head).from_config(config)
+        try:
+            return auto_class(spec.head).from_config(config)
+        except REFUSALS as exc:  # `check_build` normally said so before any data was read
+            raise self._refused(exc) from exc
+
+    def _refused(self, exc: Exception) -> FinetuneError:
+        return FinetuneError(
+            f"model.config: the {self.options.architecture} architecture refuses this config: "
+            f"{type(exc).__name__}: {clip(str(exc), 300)}",
+            hint="fix the values in [model] config",
+        )
 
 
 @hookimpl

@@ -197,10 +197,13 @@ class _VirtualTokenStrategy(PeftStrategy):
         # On a random base there is nothing to steer (the quickstart with prompt, p- or prefix
         # tuning scored 0.36-0.41 test accuracy against 0.36 for always answering the commonest label).
         if recipe.model.create().base_reference() is None:
-            yield ("type",), (
-                f"'{cls.name}' trains virtual tokens in front of a frozen base, which needs a pretrained "
-                f"model; model '{recipe.model.name}' is randomly initialised. Use strategy 'full', 'freeze' "
-                "or 'lora' on it, or a pretrained model"
+            yield (
+                ("type",),
+                (
+                    f"'{cls.name}' trains virtual tokens in front of a frozen base, which needs a pretrained "
+                    f"model; model '{recipe.model.name}' is randomly initialised. Use strategy 'full', 'freeze' "
+                    "or 'lora' on it, or a pretrained model"
+                ),
             )
 
     def extra_positions(self) -> int:

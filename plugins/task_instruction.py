@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from plugins import _chat_templates as chat_templates
 from runner import DataError, FinetuneError, ModelSpec, Options, Task, hookimpl
 from runner.collate import PackedCollator, PadCollator
+from runner.errors import clip
 
 ROLES = ("system", "user", "assistant")
 
@@ -48,7 +49,7 @@ class InstructionOptions(Options):
             return value
         if "{" not in value:
             known = ", ".join([*chat_templates.BUILTIN, "tokenizer"])
-            raise ValueError(f"unknown template '{value}': name one of {known}, or write a Jinja chat template")
+            raise ValueError(f"unknown template '{clip(value)}': name one of {known}, or write a Jinja chat template")
         problem = chat_templates.check_template(value)
         if problem:
             raise ValueError(problem)

@@ -26,23 +26,34 @@ from runner import (
     TrainOutcome,
     hookimpl,
 )
-from runner.options import Fraction
+from runner.options import MAX_BATCH, MAX_STEPS, Fraction
 
 Interval = Literal["epoch"] | int
 
 
 class HFTrainerOptions(Options):
     learning_rate: PositiveFloat = Field(default=5e-5, description="Peak learning rate.")
-    batch_size: int = Field(default=16, gt=0, description="Rows per device per micro-batch.")
-    eval_batch_size: int | None = Field(default=None, gt=0, description="Rows per evaluation batch (default: 2x).")
-    gradient_accumulation_steps: int = Field(default=1, gt=0, description="Micro-batches per optimizer step.")
-    epochs: PositiveFloat = Field(default=3.0, description="Passes over the training data.")
+    batch_size: int = Field(
+        default=16, gt=0, le=MAX_BATCH, description="Rows per device per micro-batch (at most 2**20)."
+    )
+    eval_batch_size: int | None = Field(
+        default=None, gt=0, le=MAX_BATCH, description="Rows per evaluation batch (default: 2x)."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, gt=0, le=MAX_BATCH, description="Micro-batches per optimizer step (at most 2**20)."
+    )
+    epochs: PositiveFloat = Field(
+        default=3.0, le=MAX_STEPS, description="Passes over the training data (a run plans at most 10**9 steps)."
+    )
     max_steps: int | None = Field(
-        default=None, gt=0, description="Stop after this many optimizer steps (overrides epochs)."
+        default=None,
+        gt=0,
+        le=MAX_STEPS,
+        description="Stop after this many optimizer steps (overrides epochs; at most 10**9).",
     )
     weight_decay: NonNegativeFloat = Field(default=0.0, description="AdamW weight decay.")
     warmup_ratio: Fraction = Field(default=0.0, description="Share of steps spent warming the learning rate up.")
-    warmup_steps: int = Field(default=0, ge=0, description="Warm-up steps (instead of warmup_ratio).")
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="Warm-up steps (instead of warmup_ratio).")
     scheduler: Literal[
         "linear",
         "cosine",
@@ -64,7 +75,7 @@ class HFTrainerOptions(Options):
     save_every: Interval | None = Field(
         default=None, description="Checkpoint every N steps or 'epoch' (default: as eval_every)."
     )
-    log_every: int = Field(default=10, gt=0, description="Log training loss every N steps.")
+    log_every: int = Field(default=10, gt=0, le=MAX_STEPS, description="Log training loss every N steps.")
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest complete checkpoints to keep (plus the best).")
     keep_best: bool = Field(default=True, description="End with the weights of the best evaluation, not the last.")
     best_metric: str = Field(
@@ -75,14 +86,14 @@ class HFTrainerOptions(Options):
     )
     group_by_length: bool = Field(default=True, description="Batch rows of similar length together (less padding).")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
-    dataloader_workers: int = Field(default=0, ge=0, description="Worker processes loading batches.")
+    dataloader_workers: int = Field(default=0, ge=0, le=1024, description="Worker processes loading batches.")
 
     @model_validator(mode="after")
     def _consistent(self):
-        if isinstance(self.eval_every, int) and self.eval_every <= 0:
-            raise ValueError("eval_every must be > 0 or 'epoch'")
-        if isinstance(self.save_every, int) and self.save_every <= 0:
-            raise ValueError("save_every must be > 0 or 'epoch'")
+        for name in ("eval_every", "save_every"):
+            every = getattr(self, name)
+            if isinstance(every, int) and not 0 < every <= MAX_STEPS:
+                raise ValueError(f"{name} must be 'epoch' or a number of steps from 1 to {MAX_STEPS:,} (got {every})")
         if self.warmup_ratio and self.warmup_steps:
             raise ValueError("give warmup_ratio or warmup_steps, not both")
         save = self.save_every if self.save_every is not None else self.eval_every
@@ -356,6 +367,10 @@ class HF(Trainer):
         from transformers import EarlyStoppingCallback
 
         has_eval = job.evaluation is not None and len(job.evaluation) > 0
+        from runner import distributed
+
+        if job.train is not None:  # refuses a run of more than MAX_STEPS before it starts
+            self.planned_steps(len(job.train), distributed.world_size())
         if self.options.early_stopping_patience and not has_eval:
             raise FinetuneError("training.early_stopping_patience needs a validation split, and there is none")
         holder: dict = {"fitting": True}
@@ -374,7 +389,7 @@ class HF(Trainer):
             kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written before it"
             raise TrainingDiverged(
                 f"training stopped: the loss became {exc.value} at step {exc.step}, before the optimizer step{kept}",
-                hint="lower training.learning_rate, or set training.max_grad_norm",
+                hint=divergence_hint(self.options),
             ) from None
         finally:
             holder["fitting"] = False
@@ -412,11 +427,29 @@ class HF(Trainer):
         return deepspeed.zero.GatheredParameters(list(job.model.parameters()), modifier_rank=None)
 
     def planned_steps(self, train_rows: int, world_size: int = 1) -> int | None:
+        """The run's optimizer steps; a FinetuneError when they are more than MAX_STEPS."""
         o = self.options
         if o.max_steps:
             return o.max_steps
         per_epoch = math.ceil(math.ceil(train_rows / (o.batch_size * world_size)) / o.gradient_accumulation_steps)
-        return math.ceil(per_epoch * o.epochs)
+        steps = math.ceil(per_epoch * o.epochs)
+        if steps > MAX_STEPS:
+            raise FinetuneError(
+                f"training.epochs = {o.epochs:g} plans {steps:,} optimizer steps ({per_epoch:,} per epoch), "
+                f"more than the {MAX_STEPS:,} a run may take",
+                hint="lower training.epochs, raise training.batch_size, or set training.max_steps",
+            )
+        return steps
+
+
+def divergence_hint(options: HFTrainerOptions) -> str:
+    """What to try after a NaN/inf loss: gradient clipping only where it is off."""
+    if options.max_grad_norm == 0:
+        return "lower training.learning_rate, or clip gradients with training.max_grad_norm (e.g. 1.0)"
+    return (
+        f"lower training.learning_rate (gradients are already clipped to norm {options.max_grad_norm:g}); "
+        "check the data for extreme or empty rows"
+    )
 
 
 @hookimpl

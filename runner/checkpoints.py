@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from runner.errors import FinetuneError
+from runner.errors import FinetuneError, clip
 from runner.rundir import fsync_dir, read_json, write_json
 
 MANIFEST = "finetune-checkpoint.json"
@@ -51,13 +51,44 @@ def is_complete(checkpoint: Path) -> bool:
     return (checkpoint / MANIFEST).is_file()
 
 
-def verify(checkpoint: Path) -> None:
-    """Raise FinetuneError naming the first file that is missing, truncated or altered."""
+def _manifest_files(checkpoint: Path) -> dict[str, dict]:
+    """The manifest's files with their size and checksum; FinetuneError naming the manifest when it
+    cannot be read or does not have the shape `mark_complete` writes."""
+    where = checkpoint / MANIFEST
     try:
-        manifest = read_json(checkpoint / MANIFEST)
-    except (OSError, ValueError) as exc:
-        raise FinetuneError(f"checkpoint {checkpoint}: unreadable manifest {MANIFEST} ({exc})") from exc
-    for rel, expected in manifest["files"].items():
+        manifest = read_json(where)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+        raise FinetuneError(
+            f"checkpoint {checkpoint} is damaged: its manifest {where} cannot be read ({clip(str(exc))})",
+            hint="resume from an earlier checkpoint with --checkpoint",
+        ) from exc
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    problem = None
+    if not isinstance(files, dict) or not files:
+        problem = 'it has no "files" table of the checkpoint\'s files'
+    else:
+        for rel, expected in files.items():
+            if (
+                not isinstance(expected, dict)
+                or not isinstance(expected.get("size"), int)
+                or not isinstance(expected.get("sha256"), str)
+                or Path(rel).is_absolute()
+                or ".." in Path(rel).parts
+            ):
+                problem = f"its entry for {clip(rel)!r} is not a file inside the checkpoint with a size and sha256"
+                break
+    if problem:
+        raise FinetuneError(
+            f"checkpoint {checkpoint} is damaged: {where} is not a checkpoint manifest ({problem})",
+            hint="resume from an earlier checkpoint with --checkpoint",
+        )
+    return files
+
+
+def verify(checkpoint: Path) -> None:
+    """Raise FinetuneError naming the first file that is missing, truncated or altered, or a
+    manifest that is unreadable or malformed."""
+    for rel, expected in _manifest_files(checkpoint).items():
         path = checkpoint / rel
         if not path.is_file():
             raise FinetuneError(f"checkpoint {checkpoint} is damaged: {path} is missing")

@@ -8,12 +8,13 @@ traceback); a diverged run exits 1, an interrupted one 130.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from pathlib import Path
 
 from runner import __version__
-from runner.errors import FinetuneError
+from runner.errors import FinetuneError, clip
 
 EPILOG = """\
 exit codes: 0 done, 1 training diverged (NaN/inf loss), 2 error in a recipe, data or arguments,
@@ -159,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # A path the user typed (--output, a run directory) that no file system accepts: their error.
+        if args.debug:
+            traceback.print_exc()
+        name = clip(str(exc.filename or ""))
+        print(f"error: {name}: the name is too long for the file system (at most 255 bytes a name)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

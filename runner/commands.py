@@ -10,6 +10,7 @@ from pathlib import Path
 
 from runner.errors import FinetuneError, RecipeError, RunInterrupted, TrainingDiverged
 from runner.plugin_manager import get_plugins
+from runner.recipe.build_check import check_build
 from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
@@ -103,9 +104,14 @@ def cmd_run(args) -> int:
 
     recipe = load_and_validate(args.recipe, args.overrides)
     _offline()
+    check_build(recipe)  # what only torch can tell (a model config that does not build), before any data
     launch = Launch.from_args(args)
     if launch.needed(recipe):
         launch.check(recipe, output_given=args.output is not None)
+    if launch.joins:  # a node other than 0: node 0 creates the shared run directory and writes into it
+        from runner.distributed import join_run_dir
+
+        return _train(args, recipe, join_run_dir(args.output, recipe.resolved(), launch.node_rank), launch)
     if args.output is not None:
         if args.output.exists() and any(args.output.iterdir()):
             raise FinetuneError(f"--output {args.output} exists and is not empty", hint="name a new directory")
@@ -155,19 +161,23 @@ def cmd_resume(args) -> int:
     if status.get("state") == "completed":
         print(f"{run_dir.path} is complete (step {status.get('global_step')}); nothing to resume")
         return 0
-    pid = _still_running(run_dir)
+    launch = Launch.from_args(args)
+    pid = None if launch.joins else _still_running(run_dir)  # node 0's process ids mean nothing here
     if pid:
         raise FinetuneError(f"{run_dir.path} is still running (process {pid})")
     recipe = load_and_validate(run_dir.recipe)
     _offline()
-    launch = Launch.from_args(args)
     launch.check_resume(run_dir, args.force)
     if launch.needed(recipe):
         launch.check(recipe, output_given=True)  # the run directory exists already
-    checkpoint, notes = checkpoints.resume_point(run_dir.checkpoints, args.checkpoint)
-    for note in notes:
-        print(note)
-    run_dir.rewind_metrics(checkpoints.step_of(checkpoint) if checkpoint else -1)
+    if launch.joins:  # node 0 verifies and tidies the checkpoints and metrics; this node names the same one
+        named = run_dir.checkpoints / args.checkpoint if args.checkpoint else None
+        checkpoint = named or checkpoints.latest_complete(run_dir.checkpoints)
+    else:
+        checkpoint, notes = checkpoints.resume_point(run_dir.checkpoints, args.checkpoint)
+        for note in notes:
+            print(note)
+        run_dir.rewind_metrics(checkpoints.step_of(checkpoint) if checkpoint else -1)
     if checkpoint is None:
         print(f"{run_dir.path} has no complete checkpoint: starting again from step 0")
     else:
@@ -180,6 +190,7 @@ def cmd_plan(args) -> int:
 
     recipe = load_and_validate(args.recipe, args.overrides)
     _offline(args.offline)
+    check_build(recipe)
     plan(recipe, _console(), offline=args.offline, samples=args.samples, world_size=args.nproc * args.nnodes)
     return 0
 

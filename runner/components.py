@@ -467,6 +467,11 @@ class Metric(Component):
         in label-id order over `num_labels` classes; the core adds the label names)."""
         return {}
 
+    def meaningless(self, references) -> str | None:
+        """Why this metric says nothing about predictions against these references, or None.
+        A metric that answers is left out of the results, and evaluation.json records why."""
+        return None
+
 
 class Reporter(Component):
     """Shows a run's progress. Every method has a do-nothing default; override what you show."""

@@ -11,6 +11,31 @@ from dataclasses import dataclass
 
 KeyPath = tuple[str | int, ...]
 
+# How much of a user's value an error repeats: enough to recognise it, never a 10 MB string.
+SHOWN_CHARS = 200
+# No line of an error is longer than this, whatever it quotes (a key, a path, an override).
+LINE_CHARS = 2000
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text`, or its first `limit` characters with an ellipsis and the full length."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def clip_lines(text: str, limit: int = LINE_CHARS) -> str:
+    """Cut every over-long line of a message in its middle, keeping its start and end."""
+    lines = text.split("\n")
+    if all(len(line) <= limit for line in lines):
+        return text
+    keep = limit // 2
+    return "\n".join(
+        line if len(line) <= limit else f"{line[:keep]} … ({len(line) - 2 * keep:,} characters cut) … {line[-keep:]}"
+        for line in lines
+    )
+
 
 def format_key(path: Sequence[str | int]) -> str:
     """Render a key path the way a user writes it: `data.sources[0].path`."""
@@ -19,7 +44,7 @@ def format_key(path: Sequence[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + part
+            out += ("." if out else "") + clip(part, 100)
     return out
 
 
@@ -32,11 +57,12 @@ class Location:
     col: int | None = None
 
     def __str__(self) -> str:
+        file = clip(self.file, 500)  # an override's location is its text, which may be huge
         if self.line is None:
-            return self.file
+            return file
         if self.col is None:
-            return f"{self.file}:{self.line}"
-        return f"{self.file}:{self.line}:{self.col}"
+            return f"{file}:{self.line}"
+        return f"{file}:{self.line}:{self.col}"
 
 
 @dataclass(frozen=True)
@@ -60,7 +86,7 @@ class Issue:
             text = self.message
         if self.hint:
             text += f" ({self.hint})"
-        return text
+        return clip_lines(text)
 
 
 class FinetuneError(Exception):
@@ -74,7 +100,7 @@ class FinetuneError(Exception):
         self.hint = hint
 
     def render(self) -> str:
-        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+        return clip_lines(f"{self.message}\n  hint: {self.hint}" if self.hint else self.message)
 
 
 class RecipeError(FinetuneError):
@@ -87,7 +113,7 @@ class RecipeError(FinetuneError):
         super().__init__("\n".join([header, *("  " + i.render() for i in self.issues)]))
 
     def render(self) -> str:
-        return self.message
+        return clip_lines(self.message)
 
 
 class DataError(FinetuneError):

@@ -113,9 +113,20 @@ class Evaluator:
     def text_scores(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         out: dict[str, float] = {}
         for metric in self.metrics:
-            if _text_only(metric):
+            if _text_only(metric) and self._meaningful(metric, references):
                 out.update(metric.compute(predictions, references))
         return out
+
+    def _meaningful(self, metric, references) -> bool:
+        """False for a metric that says nothing on these references; evaluation.json's
+        `left_out` says why, and the run says it once."""
+        reason = metric.meaningless(references)
+        if reason:
+            left_out = self.record.setdefault("left_out", {})
+            if metric.key() not in left_out and self.events is not None:
+                self.events.info(f"{metric.key()} left out: {reason}")
+            left_out[metric.key()] = reason
+        return reason is None
 
     @property
     def text_metrics(self) -> bool:
@@ -213,7 +224,7 @@ class Evaluator:
                 intervals[split] = {}
                 for metric in self.metrics:
                     data = answers if _text_only(metric) else last
-                    if data is not None:
+                    if data is not None and metric.key() not in self.record.get("left_out", {}):
                         o = self.options
                         found = bootstrap(metric, *data, resamples=o.bootstrap, confidence=o.confidence, seed=self.seed)
                         intervals[split].update(found)

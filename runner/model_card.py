@@ -9,11 +9,11 @@ record is left out or called "not recorded", never guessed.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from runner.card_text import md, md_code, md_fenced, md_table, to_yaml
 from runner.modeling import HEADS
 from runner.report_charts import finite
 from runner.run_record import (
@@ -51,105 +51,6 @@ PIPELINE_TAGS = {
 BOOKKEEPING = frozenset(
     {"type", "log_every", "keep_checkpoints", "keep_best", "dataloader_workers", "eval_on_start", "group_by_length"}
 )
-
-
-# -- YAML front matter (no YAML library needed to write it) ---------------------------------------
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_RESERVED = frozenset({"true", "false", "null", "yes", "no", "on", "off", "y", "n"})
-
-
-def _yaml_string(text: str) -> str:
-    """A double-quoted YAML scalar: JSON's escapes, plus the characters YAML may not hold raw."""
-    quoted = json.dumps(text, ensure_ascii=False)
-    out = []
-    for ch in quoted:
-        code = ord(ch)
-        # C1 controls, surrogates, byte-order marks, and U+2028/9 (YAML line breaks, which it would fold)
-        if 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF):
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _yaml_scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:
-            return ".nan"
-        if value in (float("inf"), float("-inf")):
-            return ".inf" if value > 0 else "-.inf"
-        text = repr(value)
-        # YAML 1.1 readers (PyYAML) take 1e-05 for a string: a float needs its dot.
-        if "e" in text and "." not in text.split("e")[0]:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}.0e{exponent}"
-        return text
-    if isinstance(value, dict):
-        return "{}"
-    if isinstance(value, list):
-        return "[]"
-    return _yaml_string(str(value))
-
-
-def _yaml_key(key: str) -> str:
-    return key if _PLAIN_KEY.fullmatch(key) and key.lower() not in _RESERVED else _yaml_string(key)
-
-
-def _yaml_lines(value: Any, indent: int = 0) -> list[str]:
-    pad = " " * indent
-    lines: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, dict | list) and item:
-                lines.append(f"{pad}{_yaml_key(str(key))}:")
-                lines += _yaml_lines(item, indent + 2)
-            else:
-                lines.append(f"{pad}{_yaml_key(str(key))}: {_yaml_scalar(item)}")
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict | list) and item:
-                inner = _yaml_lines(item, indent + 2)
-                lines.append(f"{pad}- {inner[0][indent + 2 :]}")
-                lines += inner[1:]
-            else:
-                lines.append(f"{pad}- {_yaml_scalar(item)}")
-    return lines
-
-
-def to_yaml(mapping: dict[str, Any]) -> str:
-    """Block-style YAML for nested dicts, lists and scalars; strings always quoted."""
-    return "\n".join(_yaml_lines(mapping)) + "\n"
-
-
-# -- Markdown ------------------------------------------------------------------------------------
-def _md(value: Any) -> str:
-    """User text inside Markdown prose or a table cell: one line, no table breaks, no raw HTML."""
-    text = " ".join(str(value).split())
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _code(value: Any) -> str:
-    """Inline code that survives backticks in the value."""
-    text = " ".join(str(value).split()).replace("|", "\\|")
-    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
-    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
-
-
-def _fenced(text: str, lang: str = "") -> str:
-    fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
-    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # -- what the card says --------------------------------------------------------------------------
@@ -205,12 +106,11 @@ def front_matter(rec: RunRecord, meta: dict[str, Any]) -> dict[str, Any]:
 def _description(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     model = rec.section("model")
     if meta.get("base_model"):
-        base = _code(meta["base_model"])
+        base = md_code(meta["base_model"])
     elif model.get("type") == "config":
         config = ", ".join(f"{k}={v}" for k, v in (model.get("config") or {}).items())
-        base = (
-            f"a {_code(model.get('architecture', '?'))} model built from a config ({_md(config)}), randomly initialised"
-        )
+        architecture = md_code(model.get("architecture", "?"))
+        base = f"a {architecture} model built from a config ({md(config)}), randomly initialised"
     else:
         base = "not recorded"
     strategy = rec.section("strategy")
@@ -220,16 +120,16 @@ def _description(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     params = parameters(rec)
     lines = [
         f"- **Base model:** {base}",
-        f"- **Task:** {_md(meta.get('task') or rec.section('task').get('type', 'not recorded'))}"
-        + (f" (head {_code(meta['head'])})" if meta.get("head") else ""),
+        f"- **Task:** {md(meta.get('task') or rec.section('task').get('type', 'not recorded'))}"
+        + (f" (head {md_code(meta['head'])})" if meta.get("head") else ""),
     ]
     labels = task_labels(meta)
     if labels:
-        shown = ", ".join(_md(x) for x in labels[:30]) + (f", … ({len(labels)} in all)" if len(labels) > 30 else "")
+        shown = ", ".join(md(x) for x in labels[:30]) + (f", … ({len(labels)} in all)" if len(labels) > 30 else "")
         lines.append(f"- **Labels:** {shown}")
     lines.append(
-        f"- **Fine-tuning strategy:** {_md(meta.get('strategy') or strategy.get('type', 'not recorded'))}"
-        + (f" ({_md(options)})" if options else "")
+        f"- **Fine-tuning strategy:** {md(meta.get('strategy') or strategy.get('type', 'not recorded'))}"
+        + (f" ({md(options)})" if options else "")
     )
     total, trainable = params.get("total"), params.get("trainable")
     if isinstance(total, int) and isinstance(trainable, int) and total:
@@ -247,7 +147,7 @@ def _intended_use(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     return [
         "## Intended use",
         "",
-        f"{what.capitalize()} on text like its training data: it was trained on {rows} of {_md(_data_words(rec))}. "
+        f"{what.capitalize()} on text like its training data: it was trained on {rows} of {md(_data_words(rec))}. "
         "Use it where inputs resemble those rows, after checking it on data of your own.",
         "",
         "### Out of scope",
@@ -265,12 +165,12 @@ def _training_data(rec: RunRecord) -> list[str]:
         return [*lines, "Not recorded."]
     rows = []
     for src, fp in pairs:
-        hashes = [f"{k}: {_code(v)}" for k, v in _hashes(fp or {})]
-        rows.append([_md(describe_source(src) if src else "not recorded"), "<br>".join(hashes) or "not recorded"])
-    lines.append(_table(["source", "fingerprint"], rows))
+        hashes = [f"{k}: {md_code(v)}" for k, v in _hashes(fp or {})]
+        rows.append([md(describe_source(src) if src else "not recorded"), "<br>".join(hashes) or "not recorded"])
+    lines.append(md_table(["source", "fingerprint"], rows))
     sizes = split_sizes(rec)
     if sizes:
-        lines += ["", "Rows per split: " + ", ".join(f"{_md(k)} {v:,}" for k, v in sizes.items()) + "."]
+        lines += ["", "Rows per split: " + ", ".join(f"{md(k)} {v:,}" for k, v in sizes.items()) + "."]
     stats = rec.data_stats or {}
     truncated = ((stats.get("lengths") or {}).get("train") or {}).get("truncated")
     if isinstance(truncated, int) and truncated:
@@ -295,7 +195,7 @@ def _procedure(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     if not training:
         return ["## Training procedure", "", "Not recorded."]
     rows = [
-        [_code(f"training.{k}"), _md(recipe_value(v))]
+        [md_code(f"training.{k}"), md(recipe_value(v))]
         for k, v in training.items()
         if k not in BOOKKEEPING and not isinstance(v, dict | list) and v is not None
     ]
@@ -306,12 +206,12 @@ def _procedure(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
         ("world size (processes)", env.get("world_size")),
         ("optimizer steps", rec.global_step),
     ]
-    rows += [[_md(k), _md(recipe_value(v))] for k, v in extra if v is not None]
+    rows += [[md(k), md(recipe_value(v))] for k, v in extra if v is not None]
     packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
     versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft") if packages.get(k))
-    lines = ["## Training procedure", "", _table(["setting", "value"], rows)]
+    lines = ["## Training procedure", "", md_table(["setting", "value"], rows)]
     if versions:
-        lines += ["", f"Trained with {_md(versions)} (python {_md(env.get('python', '?'))})."]
+        lines += ["", f"Trained with {md(versions)} (python {md(env.get('python', '?'))})."]
     return lines
 
 
@@ -324,7 +224,7 @@ def _evaluation(rec: RunRecord) -> list[str]:
     for split in main_splits(final):
         ours = scores(final[split])
         present = [b for b in rows_b if isinstance(b.get(split), dict)]
-        header = ["metric", "fine-tuned", *[_md(b.get("name", "baseline")) for b in present]]
+        header = ["metric", "fine-tuned", *[md(b.get("name", "baseline")) for b in present]]
         rows = []
         for key, value in ours.items():
             cell = metric_text(value)
@@ -332,9 +232,9 @@ def _evaluation(rec: RunRecord) -> list[str]:
             if interval:
                 cell += f" ({interval_text(interval)})"
             theirs = [metric_text(scores(b[split]).get(key)) for b in present]
-            rows.append([f"{_md(key)} {arrow(rec.greater_is_better(key))}", cell, *theirs])
-        lines += [f"### {_md(split)} split", "", _table(header, rows), ""]
-    notes = [f"- **{_md(b.get('name'))}:** {_md(b.get('note'))}" for b in rows_b if b.get("note")]
+            rows.append([f"{md(key)} {arrow(rec.greater_is_better(key))}", cell, *theirs])
+        lines += [f"### {md(split)} split", "", md_table(header, rows), ""]
+    notes = [f"- **{md(b.get('name'))}:** {md(b.get('note'))}" for b in rows_b if b.get("note")]
     if notes:
         lines += ["Baselines, evaluated on the same rows with the same preprocessing:", "", *notes, ""]
     elif rec.evaluation is None:
@@ -352,7 +252,7 @@ def _audits(rec: RunRecord) -> list[str]:
     lines = ["## Audits", ""]
     for a in entries:
         lines.append(
-            f"- **{audit_verdict(a.get('passed'))}** {_md(a.get('name', 'audit'))}: {_md(a.get('summary') or '')}"
+            f"- **{audit_verdict(a.get('passed'))}** {md(a.get('name', 'audit'))}: {md(a.get('summary') or '')}"
         )
     return lines
 
@@ -360,13 +260,13 @@ def _audits(rec: RunRecord) -> list[str]:
 def _limitations(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     items = []
     if rec.state in ("failed", "interrupted"):
-        items.append(f"The run did not complete (state: {_md(rec.state)}).")
+        items.append(f"The run did not complete (state: {md(rec.state)}).")
     for a in audit_entries(rec) or []:
         if a.get("passed") is False:
-            items.append(f"Failed audit **{_md(a.get('name', 'audit'))}**: {_md(a.get('summary') or '')}")
+            items.append(f"Failed audit **{md(a.get('name', 'audit'))}**: {md(a.get('summary') or '')}")
     diagnosis = rec.diagnosis or {}
     if diagnosis.get("verdict") in ("over-fitting", "under-fitting"):
-        items.append(f"Training diagnosis: **{_md(diagnosis['verdict'])}**. {_md(diagnosis.get('summary') or '')}")
+        items.append(f"Training diagnosis: **{md(diagnosis['verdict'])}**. {md(diagnosis.get('summary') or '')}")
     if rec.section("model").get("type") == "config" and not meta.get("base_model"):
         items.append("The base model was randomly initialised: the model knows nothing beyond its training rows.")
     items.append(
@@ -385,6 +285,10 @@ def _final_dir(model_dir: Path) -> Path:
     if name.startswith(".") and name.endswith(".tmp") and len(name) > 5:
         return model_dir.with_name(name[1:-4])
     return model_dir
+
+
+# Strategies that peft runs through inputs_embeds (prompt tuning, p-tuning).
+EMBEDDING_PROMPTS = ("prompt_tuning", "p_tuning")
 
 
 def _how_to_load(model_dir: Path, meta: dict[str, Any], run_dir: Path) -> list[str]:
@@ -419,14 +323,23 @@ def _how_to_load(model_dir: Path, meta: dict[str, Any], run_dir: Path) -> list[s
     )
     command, flag = ("generate", "--prompt") if head in ("causal_lm", "seq2seq_lm") else ("predict", "--text")
     where = f'"{run_dir}"' if " " in str(run_dir) else str(run_dir)
+    caveat = []
+    if head == "sequence_classification" and meta.get("strategy") in EMBEDDING_PROMPTS:
+        caveat = [
+            "Classify one text at a time with plain peft: it feeds this model embeddings, so a classifier "
+            "that reads the last token (GPT-2, Llama) reads padding in a padded batch. `finetune predict` "
+            "reads each row's last real token in batches too.",
+            "",
+        ]
     return [
         "## How to load it",
         "",
-        _fenced(code, "python"),
+        md_fenced(code, "python"),
         "",
+        *caveat,
         "Or with finetune-runner, from the run directory:",
         "",
-        _fenced(f'finetune {command} {where} {flag} "an example"', "bash"),
+        md_fenced(f'finetune {command} {where} {flag} "an example"', "bash"),
     ]
 
 
@@ -434,16 +347,17 @@ def _reproduce(rec: RunRecord) -> list[str]:
     lines = [
         "## Reproduce",
         "",
-        _fenced("finetune run recipe.resolved.toml", "bash"),
+        md_fenced("finetune run recipe.resolved.toml", "bash"),
         "",
-        f"`recipe.resolved.toml` is in the run directory ({_code(rec.path)}): the recipe with every default resolved.",
+        f"`recipe.resolved.toml` is in the run directory ({md_code(rec.path)}): "
+        "the recipe with every default resolved.",
     ]
     sha = (rec.environment or {}).get("recipe_sha256")
     if sha:
-        lines[-1] += f" Its sha256 is {_code(sha)}."
+        lines[-1] += f" Its sha256 is {md_code(sha)}."
     lines[-1] += " The data must match the fingerprints above for the same result."
     if rec.recipe_text:
-        recipe = _fenced(rec.recipe_text, "toml")
+        recipe = md_fenced(rec.recipe_text, "toml")
         lines += ["", "<details><summary>recipe.resolved.toml</summary>", "", recipe, "", "</details>"]
     return lines
 
@@ -452,11 +366,12 @@ def _provenance(rec: RunRecord) -> str:
     # The card is written while the model is saved, before the run is marked completed: the start
     # time is what it can say for sure.
     status = rec.status or {}
-    text = f"Fine-tuned with finetune-runner from the recipe {_code(rec.name)}, in the run directory {_code(rec.path)}"
+    text = f"Fine-tuned with finetune-runner from the recipe {md_code(rec.name)}, "
+    text += f"in the run directory {md_code(rec.path)}"
     if rec.state == "completed" and status.get("finished"):
-        text += f", finished {_md(status['finished'])}"
+        text += f", finished {md(status['finished'])}"
     elif status.get("started"):
-        text += f", started {_md(status['started'])}"
+        text += f", started {md(status['started'])}"
     return text + "."
 
 
@@ -464,9 +379,9 @@ def render_model_card(rec: RunRecord, model_dir: Path) -> str:
     """The card's text: front matter and Markdown."""
     meta = _meta(rec, model_dir)
     description = rec.section("run").get("description")
-    body = [f"# {_md(rec.name)}", ""]
+    body = [f"# {md(rec.name)}", ""]
     if description:
-        body += [_md(description), ""]
+        body += [md(description), ""]
     body += [
         _provenance(rec),
         "",

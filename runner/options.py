@@ -43,6 +43,15 @@ HubOrPath = Annotated[str, _FileMarker(must_exist=False, hub=True)]
 the recipe, or that starts with "/", "./", "../" or "~", is a local path and must exist."""
 
 
+# Bounds on counts that no machine reaches: a value beyond them is a typo (1e300 epochs), and
+# would otherwise run for ever or crash deep inside a library that cannot take it.
+MAX_STEPS = 10**9
+"""Most optimizer steps a run may plan (a billion: years of training on any machine)."""
+
+MAX_BATCH = 2**20
+"""Most rows in one batch, and most micro-batches accumulated into one optimizer step."""
+
+
 def _finite_positive(value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be a finite number > 0 (got {value})")

@@ -137,7 +137,16 @@ def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, wor
     )
     activations, how = _activations(recipe, model, spec, max_length, precision)
     device = states.device + activations
-    facts = {"memory per device": f"~{fmt(device)}: model states {fmt(states.device)} + {how}"}
+    # The libraries and data a run holds besides the model: on the CPU the plan holds them too (its
+    # model is on the meta device), so its own resident memory measures them.
+    footprint = 0 if accelerator.cuda else memory.resident_bytes()
+    device += footprint
+    parts = f"model states {fmt(states.device)} + {how}"
+    if footprint:
+        parts += f" + libraries and data {fmt(footprint)}"
+    elif accelerator.cuda:
+        parts += "; not counted: the CUDA context and allocator, some hundreds of MiB more"
+    facts = {"memory per device": f"~{fmt(device)}: {parts}"}
     facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {_processes(world_size)}"
     offloads = {"optimizer": sharding.offload_optimizer, "weights": sharding.offload_params}
     if any(where != "none" for where in offloads.values()):

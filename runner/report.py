@@ -504,6 +504,7 @@ def section_results(rec: RunRecord) -> str:
     for split in main_splits(final):
         out.append(f"<h3>{esc(split)}</h3>" + _comparison_table(rec, split, final[split], rows))
     notes = [(b.get("name"), b.get("note")) for b in rows if b.get("note")]
+    notes += [(f"{key} left out", why) for key, why in ((rec.evaluation or {}).get("left_out") or {}).items()]
     if notes:
         out.append(
             '<ul class="note">' + "".join(f"<li><strong>{esc(n)}</strong>: {esc(t)}</li>" for n, t in notes) + "</ul>"

@@ -180,6 +180,16 @@ def test_a_hostfile_that_does_not_parse_names_its_line(recipe, tmp_path, capsys)
     assert f"{hostfile}:3: expected 'HOSTNAME slots=N'" in capsys.readouterr().err
 
 
+def test_a_host_listed_twice_is_refused_with_the_line_to_write_instead(recipe, tmp_path, capsys):
+    # DeepSpeed's launcher keys machines by name: two lines for one host cannot be two machines
+    hostfile = write(tmp_path / "hosts", "localhost slots=1\nworker-2 slots=2\nlocalhost slots=3\n")
+    assert cli("run", recipe, "--hostfile", hostfile, "--output", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"{hostfile}:3: host 'localhost' is listed twice (first on line 1)" in err
+    assert "'localhost slots=4'" in err and "--nnodes N --node-rank I" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_zero_stage_the_strategy_cannot_use_is_a_recipe_error(recipe, capsys):
     args = ["--set", 'strategy.type="prompt_tuning"', *ZERO, "distributed.zero_stage=3"]
     assert cli("validate", recipe, *args) == 2

@@ -99,6 +99,23 @@ def test_every_assistant_turn_of_a_conversation_is_trained(template):
     assert "neutral" in trained and "no strong feeling" in trained.lower() and "why" not in trained.lower()
     end = "<|im_end|>" if template == "chatml" else "[EOS]"
     assert trained.count(end) == 2  # both turns end, and both ends are learnt
+    ids, labels, _ = task.tokens(row, tokenizer, 1000)
+    pieces = [tokenizer.decode([t]) for t, label in zip(ids, labels, strict=True) if label != -100]
+    ends = [i for i, piece in enumerate(pieces) if piece == end]
+    assert ends[-1] == len(pieces) - 1 and pieces[ends[0] + 1].strip()  # nothing trained after an end marker
+
+
+def test_the_newline_a_template_writes_after_the_end_marker_is_not_trained():
+    # the usual ChatML template closes every turn with "<|im_end|>\n"
+    usual = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}{{ '\\n' }}{{ message['content'] }}"
+        "<|im_end|>{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}"
+    )
+    task, tokenizer = task_and_tokenizer(format="chat", template="chatml")
+    task.template_source = usual
+    row = {"messages": [{"role": "user", "content": "Classify: fine"}, {"role": "assistant", "content": "neutral"}]}
+    text, spans = task.render(row, tokenizer)
+    assert text.endswith("<|im_end|>\n") and text[spans[0][0] : spans[0][1]] == "neutral<|im_end|>"
 
 
 def test_rows_without_a_response_token_after_truncation(tmp_path):

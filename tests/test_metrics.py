@@ -89,6 +89,16 @@ def test_new_modules_load_offline_from_their_directories():
         assert type(module).__module__.split(".")[-1] == name
 
 
+def test_bleu_says_it_means_nothing_on_answers_shorter_than_its_n_grams():
+    bleu = metric(M.Bleu)
+    one_word = ["positive", "negative", "neutral", "the cat sat down"]
+    three_right = ["positive", "negative", "neutral", "a dog ran off"]
+    assert bleu.compute(three_right, one_word)["bleu"] < 25  # 3 of 4 answers right (exact match 0.75)
+    assert "median length of 1 word," in bleu.meaningless(one_word)
+    assert bleu.meaningless(["the cat sat on the mat", "a dog ran far away", "no"]) is None
+    assert metric(M.ExactMatch).meaningless(one_word) is None
+
+
 def test_exact_match_normalises_whitespace_and_optionally_case():
     em = metric(M.ExactMatch)
     assert em.compute(["Paris", "a  b\n"], ["Paris", " a b"]) == {"exact_match": 1.0}

@@ -80,3 +80,24 @@ def test_pickled_weights_are_refused(local_model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "has no safetensors weights; pickled weights are refused" in err
+
+
+@pytest.mark.parametrize("strategy", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_virtual_tokens_on_a_pretrained_base_predict_a_row_alike_alone_and_batched(
+    local_model, tmp_path, capsys, strategy
+):
+    from runner.saved import load_finished
+
+    extra = f'[strategy]\ntype = "{strategy}"\nnum_virtual_tokens = 4\n'
+    result = run_recipe(pretrained_recipe(tmp_path, local_model, extra), tmp_path / "run")
+    done = load_finished(result.run_dir)
+    texts = ["so happy today", "this is the worst service I have ever had, never again", "ok", "fine I guess"]
+    batched = done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"])
+    alone = [done.task.predict(done.model, done.tokenizer, [t], done.meta["max_length"])[0] for t in texts]
+    for one_of_many, one in zip(batched, alone, strict=True):
+        assert one_of_many["scores"] == pytest.approx(one["scores"], abs=1e-5)
+    card = (result.run_dir.model / "README.md").read_text()
+    assert ("one text at a time" in card) == (strategy != "prefix_tuning")  # plain peft feeds embeddings
+    capsys.readouterr()
+    assert cli("export", result.run_dir.path, "--merge") == 2
+    assert "cannot be merged: its virtual tokens are extra inputs" in capsys.readouterr().err

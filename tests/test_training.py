@@ -182,10 +182,8 @@ def test_early_stopping_and_keeping_the_best_model(tmp_path):
     assert result.metrics["validation"]["accuracy"] == max(r["accuracy"] for r in evals)
 
 
-def test_export_merges_lora_into_a_plain_model_and_refuses_prompt_tuning(tmp_path, capsys):
+def test_export_merges_lora_into_a_plain_model(tmp_path):
     from transformers import AutoModelForSequenceClassification
-
-    from runner.saved import load_finished
 
     recipe = tiny_recipe(tmp_path / "r.toml", rows=200, epochs=1, extra='[strategy]\ntype = "lora"\nr = 4\n')
     result = run_recipe(recipe, tmp_path / "run")
@@ -194,21 +192,3 @@ def test_export_merges_lora_into_a_plain_model_and_refuses_prompt_tuning(tmp_pat
     merged = AutoModelForSequenceClassification.from_pretrained(merged_dir)
     assert not list(merged_dir.glob("adapter_*"))
     assert torch.allclose(logits(merged, result.tokenizer), logits(result.model, result.tokenizer), atol=1e-5)
-
-    # prompt tuning needs a pretrained base: the LoRA run's saved base stands in for one
-    base = result.run_dir.path / "base_model"
-    prompt = tiny_recipe(tmp_path / "p.toml", rows=200, epochs=1, extra='[strategy]\ntype = "prompt_tuning"\n')
-    text = prompt.read_text()
-    start, end = text.index("[tokenizer]"), text.index("[task]")
-    local = f'[tokenizer]\ntype = "pretrained"\npath = "{base}"\nmax_length = 28\n\n[model]\ntype = "pretrained"\npath = "{base}"\n\n'
-    prompt.write_text(text[:start] + local + text[end:])
-    result = run_recipe(prompt, tmp_path / "prompt-run", ["strategy.num_virtual_tokens=4"])
-    done = load_finished(result.run_dir)
-    texts = ["so happy today", "this is the worst service I have ever had, never again", "ok", "fine I guess"]
-    batched = done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"])
-    alone = [done.task.predict(done.model, done.tokenizer, [t], done.meta["max_length"])[0] for t in texts]
-    for one_of_many, one in zip(batched, alone, strict=True):
-        assert one_of_many["scores"] == pytest.approx(one["scores"], abs=1e-5)
-    capsys.readouterr()
-    assert cli("export", result.run_dir.path, "--merge") == 2
-    assert "cannot be merged: its virtual tokens are extra inputs" in capsys.readouterr().err

@@ -11,13 +11,16 @@ import copy
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from runner.errors import Issue, KeyPath, Location, RecipeError, format_key
+from runner.errors import Issue, KeyPath, Location, RecipeError, clip, format_key
 from runner.recipe.toml_positions import key_positions
 
 _TOML_ERROR_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+# Arrays and tables nested deeper than this are refused: no recipe needs more than a handful of
+# levels, and much deeper ones overflow the stack of recursive code (tomllib's own parser first).
+MAX_DEPTH = 32
 
 
 def display_path(path: Path) -> str:
@@ -94,8 +97,92 @@ def read_toml(path: Path, issues: list[Issue]) -> tuple[dict, dict[KeyPath, Loca
         message = _TOML_ERROR_AT.sub("", message).strip()
         issues.append(Issue(f"TOML syntax error: {message}", Location(shown, line, col)))
         return None
-    positions = key_positions(text)
-    return data, {key: Location(shown, line, col) for key, (line, col) in positions.items()}
+    except RecursionError:
+        issues.append(Issue(TOO_DEEP, Location(shown, _deepest_line(text)), hint="flatten the value"))
+        return None
+    except ValueError:  # Python refuses to read an integer of more than 4,300 digits
+        m = _HUGE_INTEGER.search(text)
+        line = text[: m.start()].count("\n") + 1 if m else None
+        issues.append(Issue(OUT_OF_RANGE, Location(shown, line), hint=INTEGER_HINT))
+        return None
+    try:
+        positions = key_positions(text)
+    except RecursionError:  # within tomllib's limit but beyond the scanner's: too deep all the same
+        positions = {}
+    prov = {key: Location(shown, line, col) for key, (line, col) in positions.items()}
+    deep = too_deep(data)
+    if deep is not None:
+        key = named_part(deep)
+        issues.append(Issue(TOO_DEEP, prov.get(key) or Location(shown, _deepest_line(text)), key, "flatten the value"))
+        return None
+    huge = out_of_range(data)
+    issues += [Issue(OUT_OF_RANGE, prov.get(key, Location(shown)), key, INTEGER_HINT) for key in huge]
+    return None if huge else (data, prov)
+
+
+TOO_DEEP = f"arrays or tables nested more than {MAX_DEPTH} levels deep"
+# TOML integers are 64-bit: "an integer that cannot be represented losslessly" is an error by the
+# spec, though tomllib reads any size. Refused here, no value that large reaches a component.
+INT64 = (-(2**63), 2**63 - 1)
+OUT_OF_RANGE = "integer out of TOML's 64-bit range"
+INTEGER_HINT = f"integers go from {INT64[0]:,} to {INT64[1]:,}"
+_HUGE_INTEGER = re.compile(r"\d[\d_]{4000,}")
+
+
+def out_of_range(value: object, prefix: KeyPath = ()) -> list[KeyPath]:
+    """Key paths of the integers in `value` outside the 64-bit range (iteratively, like `too_deep`)."""
+    found = []
+    stack: list[tuple[object, KeyPath]] = [(value, prefix)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, (*path, k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(node))
+        elif isinstance(node, int) and not isinstance(node, bool) and not INT64[0] <= node <= INT64[1]:
+            found.append(path)
+    return sorted(found, key=str)
+
+
+def too_deep(value: object, prefix: KeyPath = ()) -> KeyPath | None:
+    """The first key path longer than MAX_DEPTH in `value` (which stands at `prefix`), or None.
+
+    Iterative, so that it cannot itself run out of stack on the values it is there to refuse."""
+    stack: list[tuple[object, KeyPath]] = [(value, prefix)]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return path
+        if isinstance(node, dict):
+            stack.extend((v, (*path, k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(node))
+    return None
+
+
+def named_part(key: KeyPath) -> KeyPath:
+    """The part of a too-deep key path worth naming: up to its first array index, not the long
+    run of [0][0][0]... after it."""
+    for n, part in enumerate(key):
+        if isinstance(part, int):
+            return key[:n] or key[:1]
+    return key
+
+
+def _deepest_line(text: str) -> int | None:
+    """The line where brackets and braces nest deepest (for a document too deep to parse)."""
+    depth = best = 0
+    line = best_line = 1
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > best:
+                best, best_line = depth, line
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "\n":
+            line += 1
+    return best_line if best else None
 
 
 def drop_under(prov: dict[KeyPath, Location], key: KeyPath) -> None:
@@ -125,12 +212,18 @@ def merge(base: dict, base_prov: dict, over: dict, over_prov: dict, prefix: KeyP
             _copy_under(base_prov, over_prov, path)
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a recipe file (missing, a directory, a name the system refuses), or None."""
+    try:
+        if path.is_file():
+            return None
+        return f"the recipe it extends {'is a directory, not a file' if path.is_dir() else 'does not exist'}"
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte, a loop of links
+        return f"the recipe it extends cannot be opened ({getattr(exc, 'strerror', None) or exc})"
+
+
 def _load_chain(path: Path, issues: list[Issue], seen: list[Path]) -> tuple[dict, dict, list[Path]] | None:
     path = path.resolve()
-    if path in seen:
-        cycle = " -> ".join(display_path(p) for p in [*seen, path])
-        issues.append(Issue(f"`extends` cycle: {cycle}", Location(display_path(seen[-1]))))
-        return None
     loaded = read_toml(path, issues)
     if loaded is None:
         return None
@@ -144,10 +237,22 @@ def _load_chain(path: Path, issues: list[Issue], seen: list[Path]) -> tuple[dict
         issues.append(Issue("must be a path to another recipe (a string)", where, ("extends",)))
         return None
     parent_path = path.parent / parent
-    if not parent_path.is_file():
-        issues.append(Issue(f"the recipe it extends does not exist: {parent}", where, ("extends",)))
+    problem = _file_problem(parent_path)
+    if problem:
+        issues.append(Issue(f"{problem}: {clip(parent)}", where, ("extends",), hint=f"relative to {path.parent}"))
         return None
-    base = _load_chain(parent_path, issues, [*seen, path])
+    if parent_path.resolve() in [*seen, path]:
+        cycle = " -> ".join(display_path(p) for p in [*seen, path, parent_path.resolve()])
+        issues.append(Issue(f"`extends` cycle: {cycle}", where, ("extends",)))
+        return None
+    found: list[Issue] = []
+    base = _load_chain(parent_path, found, [*seen, path])
+    # A problem inside the extended file names the `extends` that led there: that file may be far
+    # from the recipe the user named (`extends = "../../x.toml"`).
+    via = f"reached through extends at {where}"
+    for issue in found:  # named once, by the `extends` nearest to the problem
+        named = "reached through extends" in (issue.hint or "")
+        issues.append(issue if named else replace(issue, hint=f"{issue.hint}; {via}" if issue.hint else via))
     if base is None:
         return None
     base_data, base_prov, base_chain = base
@@ -195,6 +300,18 @@ def apply_override(data: dict, prov: dict[KeyPath, Location], override: str, iss
         value = parse_override_value(value_text.strip())
     except tomllib.TOMLDecodeError as exc:
         issues.append(Issue(f"not a TOML value: {exc}", where, key))
+        return
+    except RecursionError:
+        issues.append(Issue(TOO_DEEP, where, key[:1], hint="flatten the value"))
+        return
+    except ValueError:  # an integer of more than 4,300 digits
+        issues.append(Issue(OUT_OF_RANGE, where, key, hint=INTEGER_HINT))
+        return
+    if too_deep(value, key) is not None:
+        issues.append(Issue(TOO_DEEP, where, key[:1], hint="flatten the value"))
+        return
+    if out_of_range(value, key):
+        issues.append(Issue(OUT_OF_RANGE, where, key, hint=INTEGER_HINT))
         return
     node: object = data
     for depth, part in enumerate(key[:-1]):

@@ -18,12 +18,16 @@ class RunOptions(Options):
 
     name: str | None = Field(default=None, description="Run name (default: the recipe file's name).")
     description: str = Field(default="", description="One line shown by `finetune recipes`.")
-    seed: int = Field(default=42, ge=0, description="Seeds data splits, initialisation and data order.")
+    seed: int = Field(
+        default=42, ge=0, le=2**32 - 1, description="Seeds data splits, initialisation and data order (0 to 2**32-1)."
+    )
     output_dir: str = Field(
         default="runs",
         description="Run directories go to <output_dir>/<name>/<timestamp>/ (relative to cwd).",
     )
-    threads: int | None = Field(default=None, gt=0, description="CPU threads for torch (default: torch's).")
+    threads: int | None = Field(
+        default=None, gt=0, le=4096, description="CPU threads for torch (default: torch's; at most 4096)."
+    )
     deterministic: bool = Field(
         default=False, description="Use deterministic algorithms only (slower; bitwise-repeatable on GPU)."
     )
@@ -78,7 +82,8 @@ class EvaluationOptions(Options):
     bootstrap: int = Field(
         default=1000,
         ge=0,
-        description="Resamples for the confidence intervals of test metrics (0: no intervals).",
+        le=100_000,
+        description="Resamples for the confidence intervals of test metrics (0: no intervals; at most 100,000).",
     )
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of the intervals.")
     generation_rows: int = Field(

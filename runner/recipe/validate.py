@@ -9,17 +9,16 @@ feed). Nothing in a recipe can name code: a `type` is looked up among registered
 from __future__ import annotations
 
 import difflib
-import os
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from runner.errors import Issue, KeyPath, PluginError, RecipeError
-from runner.options import Options, _FileMarker
+from runner.errors import Issue, KeyPath, PluginError, RecipeError, clip
+from runner.options import Options
 from runner.recipe.load import RecipeSource
+from runner.recipe.paths import resolve_paths
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
 from runner.registry import Registry
 
@@ -64,8 +63,8 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
+        return f'"{clip(value)}"'
+    return clip(repr(value))
 
 
 def _unwrap(annotation: Any) -> list[Any]:
@@ -97,18 +96,6 @@ def _fields_at(model: type[BaseModel], path: KeyPath) -> list[str] | None:
             return None
         current = nxt
     return sorted({name for m in current for name in m.model_fields})
-
-
-def _marker_of(annotation: Any) -> _FileMarker | None:
-    if typing.get_origin(annotation) is typing.Annotated:
-        for meta in typing.get_args(annotation)[1:]:
-            if isinstance(meta, _FileMarker):
-                return meta
-    for arg in typing.get_args(annotation):
-        found = _marker_of(arg)
-        if found:
-            return found
-    return None
 
 
 class Validator:
@@ -214,54 +201,13 @@ class Validator:
         if cls is None:
             close = suggest(name, names)
             hint = f"did you mean '{close}'?" if close else f"available: {', '.join(names) or 'none'}"
-            self.issue((*key, tag), f"unknown {noun} '{name}'", hint=hint)
+            self.issue((*key, tag), f"unknown {noun} '{clip(name)}'", hint=hint)
             return None
         options = self.options(cls.Options, {k: v for k, v in raw.items() if k != tag}, key, cls.aliases)
         if options is None:
             return None
-        self._resolve_paths(options, key)
+        resolve_paths(options, key, self.source, self.issue)
         return ComponentSpec(kind=kind, name=name, cls=cls, options=options, key=key, tag=tag)
-
-    def _resolve_paths(self, options: Options, key: KeyPath) -> None:
-        """Make file options absolute, relative to the recipe file that set them, and check they exist."""
-        for name, field in type(options).model_fields.items():
-            value = getattr(options, name)
-            marker = _marker_of(field.annotation) or next(
-                (m for m in field.metadata if isinstance(m, _FileMarker)), None
-            )
-            fkey = (*key, name)
-            if marker is not None:
-                if isinstance(value, str):
-                    setattr(options, name, self._path(value, fkey, marker))
-                elif isinstance(value, dict):
-                    setattr(options, name, {k: self._path(v, (*fkey, k), marker) for k, v in value.items()})
-                elif isinstance(value, list):
-                    setattr(options, name, [self._path(v, (*fkey, i), marker) for i, v in enumerate(value)])
-            elif isinstance(value, Options):
-                self._resolve_paths(value, fkey)
-            elif isinstance(value, list):
-                for i, item in enumerate(value):
-                    if isinstance(item, Options):
-                        self._resolve_paths(item, (*fkey, i))
-
-    def _path(self, value: str, key: KeyPath, marker: _FileMarker) -> str:
-        base = self.source.directory_of(key)
-        path = Path(os.path.expanduser(value))
-        path = path if path.is_absolute() else base / path
-        if marker.hub:
-            looks_local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
-            if path.exists():
-                return str(path.resolve())
-            if not looks_local:
-                return value  # a Hub id
-            self.issue(key, f"no such local path: {value}", hint=f"looked in {base}")
-            return value
-        if marker.must_exist:
-            ok = path.is_dir() if marker.directory else path.is_file()
-            if not ok:
-                what = "directory" if marker.directory else "file"
-                self.issue(key, f"{what} not found: {value}", hint=f"looked in {base}" if base else None)
-        return str(path.resolve())
 
     def component_list(self, kind: str, raw: Any, key: KeyPath) -> list[ComponentSpec]:
         if not isinstance(raw, list):
@@ -360,7 +306,7 @@ class Validator:
                 self.options(recipe.task.cls.Options, {**task_options, **overrides}, (*spec.key, "task"))
             if spec.options.name is not None:
                 if spec.options.name in names:
-                    self.issue((*spec.key, "name"), f"a second source named '{spec.options.name}'")
+                    self.issue((*spec.key, "name"), f"a second source named '{clip(spec.options.name)}'")
                 names[spec.options.name] = spec.key
         weighted = [spec.options.weight is not None for spec in recipe.sources]
         if any(weighted) and not all(weighted):
