@@ -234,6 +234,17 @@ class Evaluator:
         self.record.update(intervals=intervals, details={k: v for k, v in details.items() if v})
         return final
 
+    def compare_with_majority(self, baselines: list[dict[str, Any]], final: dict[str, Any], best_metric: str) -> None:
+        """Record whether the fine-tuned classifier beats the majority class (`against_majority`),
+        and warn when it does not."""
+        greater = {m.key(): m.greater_is_better for m in self.metrics}
+        check = against_majority(baselines, final, self.record.get("intervals", {}), best_metric, greater)
+        if check:
+            self.record["against_majority"] = check
+            warning = majority_warning(check)
+            if warning and self.events is not None:
+                self.events.warn(warning)
+
     def _details(self, predictions, references) -> dict[str, Any]:
         """Tables the metrics give beside their numbers (a confusion matrix), with label names."""
         out: dict[str, Any] = {}

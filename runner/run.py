@@ -25,7 +25,7 @@ from runner.data import prepare_data
 from runner.encoding import default_cache_dir, encode_sources
 from runner.environment import describe
 from runner.errors import FinetuneError, RunInterrupted
-from runner.evaluation import Evaluator, MetricsComputer, SplitRows, against_majority, majority_warning
+from runner.evaluation import Evaluator, MetricsComputer, SplitRows
 from runner.events import Events
 from runner.modeling import (
     auto_class,
@@ -477,15 +477,7 @@ class _Pipeline:
         final: dict[str, Any] = {"train": {"global_step": outcome.global_step, **outcome.metrics}}
         final.update(self.evaluator.final(self.job, self.encoded_parts))
         best = getattr(self.recipe.training.options, "best_metric", "loss")
-        greater = {m.key(): m.greater_is_better for m in self.metrics}
-        check = against_majority(
-            self.baseline["baselines"], final, self.evaluator.record.get("intervals", {}), best, greater
-        )
-        if check:
-            self.evaluator.record["against_majority"] = check
-            warning = majority_warning(check)
-            if warning:
-                self.events.warn(warning)
+        self.evaluator.compare_with_majority(self.baseline["baselines"], final, best)
         return final
 
     def audit_finetuned(self) -> None:
