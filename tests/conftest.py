@@ -75,6 +75,53 @@ def tiny_recipe(path: Path, *, rows: int = 300, epochs: int = 2, eval_every: str
     return write(path, TINY.format(rows=rows, epochs=epochs, eval_every=eval_every) + textwrap.dedent(extra))
 
 
+# Two processes, or two machines, must do the sums one process does: no dropout (each process
+# would draw its own masks), one thread a process.
+NO_DROPOUT = """
+[run]
+seed = 7
+threads = 1
+
+[[data.sources]]
+type = "synthetic"
+rows = {rows}
+
+[tokenizer]
+type = "trained"
+vocab_size = 400
+max_length = 32
+
+[model]
+type = "config"
+architecture = "gpt2"
+[model.config]
+n_layer = 1
+n_head = 2
+n_embd = 32
+n_positions = 32
+resid_pdrop = 0.0
+embd_pdrop = 0.0
+attn_pdrop = 0.0
+
+[task]
+type = "classification"
+
+[training]
+learning_rate = 3e-3
+batch_size = {batch_size}
+epochs = 1
+log_every = 1
+eval_every = {eval_every}
+keep_best = false
+"""
+
+
+def no_dropout_recipe(path: Path, *, rows: int, batch_size: int, eval_every: str | int, extra: str = "") -> Path:
+    """A tiny classifier recipe whose runs agree exactly however many processes train it."""
+    text = NO_DROPOUT.format(rows=rows, batch_size=batch_size, eval_every=eval_every)
+    return write(path, text + textwrap.dedent(extra))
+
+
 def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
     """Run a recipe in this process, as `finetune run` does; returns runner.run.RunResult."""
     from runner.commands import load_and_validate

@@ -6,52 +6,14 @@ import shutil
 
 import pytest
 import torch
-from conftest import cli, run_recipe, write
+from conftest import cli, no_dropout_recipe, run_recipe, write
 from safetensors.torch import load_file
 
 from runner.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
-# No dropout: one process and two draw different dropout masks, and the curves must compare.
-RECIPE = """
-[run]
-seed = 7
-threads = 1
 
-[[data.sources]]
-type = "synthetic"
-rows = 400
-
-[tokenizer]
-type = "trained"
-vocab_size = 400
-max_length = 32
-
-[model]
-type = "config"
-architecture = "gpt2"
-[model.config]
-n_layer = 1
-n_head = 2
-n_embd = 32
-n_positions = 32
-resid_pdrop = 0.0
-embd_pdrop = 0.0
-attn_pdrop = 0.0
-
-[task]
-type = "classification"
-
-[training]
-learning_rate = 3e-3
-batch_size = 16
-epochs = 1
-log_every = 1
-eval_every = 10
-keep_best = false
-keep_checkpoints = 5
-"""
 # The same global batch of 16 rows: 16 on one process, 8 on each of two.
 TWO = ["--nproc", "2", "--set", "training.batch_size=8"]
 ZERO = ["--set", 'distributed.engine="deepspeed"', "--set"]
@@ -60,7 +22,13 @@ LORA = ["--set", 'strategy.type="lora"', "--set", "strategy.dropout=0.0"]
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    return write(tmp_path_factory.mktemp("recipe") / "r.toml", RECIPE)
+    return no_dropout_recipe(
+        tmp_path_factory.mktemp("recipe") / "r.toml",
+        rows=400,
+        batch_size=16,
+        eval_every=10,
+        extra="keep_checkpoints = 5\n",
+    )
 
 
 @pytest.fixture(scope="module")

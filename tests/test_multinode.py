@@ -12,55 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, finetune_subprocess, write
+from conftest import cli, finetune_subprocess, no_dropout_recipe
 
 from runner import distributed
 from runner.rundir import RunDir
 
-# No dropout, one thread per process: two processes on one machine or one on each of two do the
-# same sums in the same order, so the runs agree exactly.
-RECIPE = """
-[run]
-seed = 7
-threads = 1
-
-[[data.sources]]
-type = "synthetic"
-rows = 120
-
-[tokenizer]
-type = "trained"
-vocab_size = 400
-max_length = 32
-
-[model]
-type = "config"
-architecture = "gpt2"
-[model.config]
-n_layer = 1
-n_head = 2
-n_embd = 32
-n_positions = 32
-resid_pdrop = 0.0
-embd_pdrop = 0.0
-attn_pdrop = 0.0
-
-[task]
-type = "classification"
-
-[training]
-learning_rate = 3e-3
-batch_size = 8
-epochs = 1
-log_every = 1
-eval_every = "epoch"
-keep_best = false
-"""
-
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    return write(tmp_path_factory.mktemp("recipe") / "r.toml", RECIPE)
+    return no_dropout_recipe(tmp_path_factory.mktemp("recipe") / "r.toml", rows=120, batch_size=8, eval_every='"epoch"')
 
 
 def free_port() -> int:
