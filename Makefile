@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 # Every package but torch comes from this lock, exact versions with hashes; `make lock` refreshes it
 # from pyproject.toml's ranges (docs/development.md).
 LOCK   := requirements.lock
-# torch is pinned here, not in the lock: its build depends on the machine. Without a GPU this takes
-# the CPU build that lies on disk; a plain `torch` requirement on such a machine pulls several GB of
-# CUDA wheels. With a GPU it takes the same release's default (CUDA) build.
+# torch is pinned here, not in the lock: its build depends on the machine. Where the CPU build lies on
+# disk (pip's find-links, as on the machines without a GPU here) pip takes it; a plain `torch`
+# requirement there would pull several GB of CUDA wheels. Elsewhere it takes PyPI's default build.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 # Plugin packages of their own that the recipes and tests use.
@@ -24,19 +24,11 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test test-latest lock lint format clean bench
 
-define install_torch
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-		echo "GPU found: installing the default build of $(TORCH)"; $(1)/pip install -q "$(TORCH)"; \
-	else \
-		echo "no GPU: installing the CPU build of $(TORCH)"; $(1)/pip install -q "$(TORCH)"; \
-	fi
-endef
-
 $(STAMP): pyproject.toml $(LOCK) $(addsuffix /pyproject.toml,$(EXTRA_PLUGINS))
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
-	$(call install_torch,$(BIN))
+	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
 	$(BIN)/pip check
@@ -73,7 +65,6 @@ lock: $(STAMP)
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(call install_torch,$(LATEST)/bin)
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH)"
 	$(LATEST)/bin/pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
 	$(LATEST)/bin/python .ci/releases.py --lock $(LOCK)

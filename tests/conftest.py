@@ -75,51 +75,13 @@ def tiny_recipe(path: Path, *, rows: int = 300, epochs: int = 2, eval_every: str
     return write(path, TINY.format(rows=rows, epochs=epochs, eval_every=eval_every) + textwrap.dedent(extra))
 
 
-# Two processes, or two machines, must do the sums one process does: no dropout (each process
-# would draw its own masks), one thread a process.
-NO_DROPOUT = """
-[run]
-seed = 7
-threads = 1
-
-[[data.sources]]
-type = "synthetic"
-rows = {rows}
-
-[tokenizer]
-type = "trained"
-vocab_size = 400
-max_length = 32
-
-[model]
-type = "config"
-architecture = "gpt2"
-[model.config]
-n_layer = 1
-n_head = 2
-n_embd = 32
-n_positions = 32
-resid_pdrop = 0.0
-embd_pdrop = 0.0
-attn_pdrop = 0.0
-
-[task]
-type = "classification"
-
-[training]
-learning_rate = 3e-3
-batch_size = {batch_size}
-epochs = 1
-log_every = 1
-eval_every = {eval_every}
-keep_best = false
-"""
-
-
 def no_dropout_recipe(path: Path, *, rows: int, batch_size: int, eval_every: str | int, extra: str = "") -> Path:
-    """A tiny classifier recipe whose runs agree exactly however many processes train it."""
-    text = NO_DROPOUT.format(rows=rows, batch_size=batch_size, eval_every=eval_every)
-    return write(path, text + textwrap.dedent(extra))
+    """The tiny recipe with no dropout (each process would draw its own masks) and one thread a
+    process: its runs agree exactly however many processes, or machines, train it."""
+    path = tiny_recipe(path, rows=rows, epochs=1, eval_every=eval_every, extra="keep_best = false\n" + extra)
+    text = path.read_text().replace("batch_size = 32", f"batch_size = {batch_size}")
+    no_dropout = "n_positions = 32, resid_pdrop = 0.0, embd_pdrop = 0.0, attn_pdrop = 0.0 }"
+    return write(path, text.replace("n_positions = 32 }", no_dropout))
 
 
 def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):

@@ -93,7 +93,16 @@ def test_recipe_errors_exit_2_without_traceback_and_debug_shows_it(tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["validate", "recipes/quickstart.toml"], ["plugins"], ["recipes"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["validate", "recipes/quickstart.toml"],
+        ["validate", "recipes/quickstart-instruct.toml"],  # its chat template is rendered on a sample
+        ["plugins"],
+        ["recipes"],
+    ],
+)
 def test_light_commands_import_neither_torch_nor_transformers(argv):
     code = (
         "import sys\n"
