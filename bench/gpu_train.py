@@ -287,7 +287,7 @@ class Probe:
     def install(self) -> None:
         import atexit
 
-        from runner import collate, events
+        from runner.pipeline import collate, events
 
         for cls in (collate.PadCollator, collate.PackedCollator):
             cls.__call__ = self._counting(cls.__call__)

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from padding import finetune_command, padding_stats, train_lengths
 
-from runner.packing import best_fit
+from runner.pipeline.packing import best_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart-instruct.toml"

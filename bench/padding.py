@@ -205,11 +205,11 @@ def train_lengths(recipe: Path, overrides: list[str], run_dir: Path, max_length:
     os.environ["FINETUNE_CACHE"] = str(cache_dir)
     from transformers import AutoTokenizer
 
-    from runner.commands import load_and_validate
+    from runner.cli.commands import load_and_validate
     from runner.components import RunContext
-    from runner.data import prepare_data
-    from runner.encoding import encode_splits
-    from runner.run import quiet_libraries
+    from runner.pipeline.data import prepare_data
+    from runner.pipeline.encoding import encode_splits
+    from runner.pipeline.run import quiet_libraries
 
     quiet_libraries(debug=False)
     validated = load_and_validate(recipe, overrides)
@@ -236,7 +236,7 @@ def padding_stats(lengths: list[int], variant: str, run: dict) -> dict:
         padded = n_batches = 0
         group = batch * run["gradient_accumulation_steps"]
         for epoch in range(passes):
-            # As plugins/trainer_hf.py's EpochSeededLengthSampler orders rows for this epoch.
+            # As plugins/trainers/hf.py's EpochSeededLengthSampler orders rows for this epoch.
             generator = torch.Generator().manual_seed(run["seed"] * 1_000_003 + epoch)
             order = get_length_grouped_indices(lengths, group, generator=generator)
             for i in range(0, len(order), batch):

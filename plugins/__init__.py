@@ -1,32 +1,37 @@
-"""Built-in plugins. Each module uses only the public hook API, as a third-party plugin would:
-it defines components and registers them through `runner.hookimpl` hooks.
+"""Built-in plugins, grouped by the kind of component they register (`data/`, `tokenizers/`,
+`models/`, `tasks/`, `strategies/`, `trainers/`, `engines/`, `metrics/`, `reporters/`, `audits/`).
 
-`BUILTIN` lists them in load order; third-party plugins (entry-point group `finetune`) load after.
+Each module imports only the public API (`from runner import ...`), exactly as a third-party plugin
+would: it defines components and registers them through `runner.hookimpl` hooks. A test
+(tests/test_layout.py) fails when one imports a private `runner.*` module.
+
+`BUILTIN` maps each plugin's name (what `finetune plugins` shows and FINETUNE_DISABLE_PLUGINS takes)
+to its module, in load order; third-party plugins (entry-point group `finetune`) load after.
 """
 
-BUILTIN = [
-    "plugins.data_files",
-    "plugins.data_hub",
-    "plugins.data_inline",
-    "plugins.data_synthetic",
-    "plugins.tokenizer_pretrained",
-    "plugins.tokenizer_trained",
-    "plugins.model_pretrained",
-    "plugins.model_config",
-    "plugins.task_classification",
-    "plugins.task_causal_lm",
-    "plugins.task_instruction",
-    "plugins.task_token_classification",
-    "plugins.task_seq2seq",
-    "plugins.strategy_full",
-    "plugins.strategy_freeze",
-    "plugins.strategy_peft",
-    "plugins.trainer_hf",
-    "plugins.engine_ddp",
-    "plugins.engine_deepspeed",
-    "plugins.metrics",
-    "plugins.reporter_rich",
-    "plugins.audit_leakage",
-    "plugins.audit_forgetting",
-    "plugins.audit_bias",
-]
+BUILTIN = {
+    "data_files": "plugins.data.files",
+    "data_hub": "plugins.data.hub",
+    "data_inline": "plugins.data.inline",
+    "data_synthetic": "plugins.data.synthetic",
+    "tokenizer_pretrained": "plugins.tokenizers.pretrained",
+    "tokenizer_trained": "plugins.tokenizers.trained",
+    "model_pretrained": "plugins.models.pretrained",
+    "model_config": "plugins.models.config",
+    "task_classification": "plugins.tasks.classification",
+    "task_causal_lm": "plugins.tasks.causal_lm",
+    "task_instruction": "plugins.tasks.instruction",
+    "task_token_classification": "plugins.tasks.token_classification",
+    "task_seq2seq": "plugins.tasks.seq2seq",
+    "strategy_full": "plugins.strategies.full",
+    "strategy_freeze": "plugins.strategies.freeze",
+    "strategy_peft": "plugins.strategies.peft_methods",
+    "trainer_hf": "plugins.trainers.hf",
+    "engine_ddp": "plugins.engines.ddp",
+    "engine_deepspeed": "plugins.engines.deepspeed_zero",
+    "metrics": "plugins.metrics.standard",
+    "reporter_rich": "plugins.reporters.rich_progress",
+    "audit_leakage": "plugins.audits.leakage",
+    "audit_forgetting": "plugins.audits.forgetting",
+    "audit_bias": "plugins.audits.bias",
+}

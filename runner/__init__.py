@@ -1,7 +1,10 @@
 """finetune-runner: a plugin-based, declarative runner for fine-tuning language models.
 
-The public API for plugin authors is what this module exports: the hook markers, the component
-kinds with their option base classes, and the error types. Importing it does not import torch.
+The public API for plugin authors is what this module exports (and `runner.testing`, the kit for
+their tests): the hook marker, the component kinds with their option base classes, the error
+types, and the helpers the built-in plugins use themselves: collators, model helpers, Hub access,
+and, for trainers, the process-group and checkpoint calls. Everything else under `runner/` is the
+core's own and may change. Importing this module does not import torch.
 """
 
 __version__ = "0.1.0"
@@ -32,9 +35,12 @@ from runner.components import (
     TrainJob,
     TrainOutcome,
 )
-from runner.errors import DataError, FinetuneError, RecipeError, TrainingDiverged
+from runner.distributed.process_group import any_rank, barrier, world_size
+from runner.errors import DataError, FinetuneError, RecipeError, TrainingDiverged, clip
 from runner.hookspecs import hookimpl
 from runner.options import (
+    MAX_BATCH,
+    MAX_STEPS,
     DirPath,
     FilePath,
     Fraction,
@@ -43,9 +49,14 @@ from runner.options import (
     Options,
     PositiveFloat,
 )
+from runner.pipeline.checkpoints import latest_complete as latest_checkpoint
+from runner.pipeline.checkpoints import mark_complete as mark_checkpoint_complete
+from runner.pipeline.checkpoints import rotate as rotate_checkpoints
+from runner.pipeline.collate import PackedCollator, PadCollator
+from runner.pipeline.hub import hub_load_error, is_offline
+from runner.pipeline.modeling import auto_class, token_losses
 
 __all__ = [
-    "GROUP_COLUMN",
     "Audit",
     "AuditData",
     "AuditOptions",
@@ -59,13 +70,18 @@ __all__ = [
     "Engine",
     "FilePath",
     "FinetuneError",
-    "HubOrPath",
     "Fraction",
+    "GROUP_COLUMN",
+    "HubOrPath",
+    "MAX_BATCH",
+    "MAX_STEPS",
     "Metric",
     "Model",
     "ModelSpec",
     "NonNegativeFloat",
     "Options",
+    "PackedCollator",
+    "PadCollator",
     "PositiveFloat",
     "RawSplit",
     "RecipeError",
@@ -78,7 +94,18 @@ __all__ = [
     "TokenizerOptions",
     "TrainJob",
     "TrainOutcome",
-    "TrainingDiverged",
     "Trainer",
+    "TrainingDiverged",
+    "any_rank",
+    "auto_class",
+    "barrier",
+    "clip",
     "hookimpl",
+    "hub_load_error",
+    "is_offline",
+    "latest_checkpoint",
+    "mark_checkpoint_complete",
+    "rotate_checkpoints",
+    "token_losses",
+    "world_size",
 ]

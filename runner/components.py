@@ -319,7 +319,7 @@ class Strategy(Component):
 
     def load(self, directory: Path, spec: ModelSpec, base: Callable[[], PreTrainedModel]) -> PreTrainedModel:
         """Load what `save` wrote. `base()` builds the untouched base model when one is needed."""
-        from runner.modeling import auto_class
+        from runner.pipeline.modeling import auto_class
 
         return auto_class(spec.head).from_pretrained(directory)
 
@@ -359,7 +359,7 @@ class TrainJob:
     compute_metrics: Callable[[Any], dict[str, float]]
     checkpoint_dir: Path
     seed: int
-    events: Any  # runner.events.Events
+    events: Any  # runner.pipeline.events.Events
     resume_from: Path | None = None
     deterministic: bool = False
     deepspeed: dict[str, Any] | None = None  # the engine's DeepSpeed config, if it uses DeepSpeed
@@ -567,7 +567,7 @@ class AuditSubject:
     def log_likelihoods(self, texts: list[str]) -> list[tuple[float, int]]:
         """Per text: (summed log-probability of its tokens, number of tokens scored). Language-model
         heads only; raises FinetuneError for others."""
-        from runner.scoring import log_likelihoods
+        from runner.evaluation.scoring import log_likelihoods
 
         return log_likelihoods(self.model, self.tokenizer, texts, self.max_length)
 

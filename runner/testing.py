@@ -8,6 +8,10 @@ Fixtures
 - `run_recipe`: `run_recipe(path, overrides=[...])` runs it in this process and returns the result
   (metrics, run directory, trained model and tokenizer).
 
+Helpers
+- `load_run(path)`: a finished run directory's recipe, task, tokenizer and model, loaded the way
+  `finetune predict` loads them (to check that what a run saved reloads to the same outputs).
+
 Contract tests: subclass `StrategyContract` in a test module and set `strategy` to the recipe
 table; pytest collects four tests per architecture, all on tiny random models (no download):
 
@@ -56,6 +60,14 @@ _CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def load_run(path: Path | str):
+    """The recipe, task, tokenizer and model of the finished run in `path` (`.model`, `.tokenizer`, ...)."""
+    from runner.cli.saved import load_finished
+    from runner.pipeline.rundir import RunDir
+
+    return load_finished(RunDir(Path(path)))
+
+
 def tiny_spec(head: str = "sequence_classification"):
     from runner.components import ModelSpec
 
@@ -79,7 +91,7 @@ def tiny_model(architecture: str = "gpt2", head: str = "sequence_classification"
     import torch
     from transformers import AutoConfig
 
-    from runner.modeling import auto_class
+    from runner.pipeline.modeling import auto_class
 
     spec = tiny_spec(head)
     values = {**_CONFIGS[architecture], "vocab_size": VOCAB, **spec.config_overrides()}
@@ -100,7 +112,7 @@ def tiny_batch(head: str = "sequence_classification", rows: int = 4, length: int
 
 
 def read_last_real_token(model):
-    from runner.modeling import read_last_real_token
+    from runner.pipeline.modeling import read_last_real_token
 
     return read_last_real_token(model)
 
@@ -137,7 +149,7 @@ class StrategyContract:
     # -- helpers --------------------------------------------------------------------------------
     def make(self):
         """The strategy component, built from `strategy` through the registered plugins."""
-        from runner.plugin_manager import get_plugins
+        from runner.plugins.manager import get_plugins
 
         options = {k: v for k, v in self.strategy.items() if k != "type"}
         cls = get_plugins().registry.get("strategy", self.strategy["type"])
@@ -196,7 +208,7 @@ class StrategyContract:
         """A row's prediction is the same alone and in a padded batch (the runner pads on the right)."""
         import torch
 
-        from runner.collate import PadCollator
+        from runner.pipeline.collate import PadCollator
 
         if head != "sequence_classification":
             pytest.skip("about classifiers: which position a sequence classifier reads")
@@ -244,7 +256,7 @@ def pytest_generate_tests(metafunc) -> None:
 @pytest.fixture
 def finetune_plugins():
     """A fresh plugin manager for this test; the previous one is restored afterwards."""
-    from runner import plugin_manager
+    from runner.plugins import manager as plugin_manager
 
     previous = plugin_manager._DEFAULT
     plugins = plugin_manager.Plugins()
@@ -266,10 +278,10 @@ def write_recipe(tmp_path):
 @pytest.fixture
 def run_recipe(tmp_path):
     def run(path: Path, overrides: list[str] | None = None):
-        from runner.commands import load_and_validate
-        from runner.plugin_manager import get_plugins
-        from runner.run import execute
-        from runner.rundir import RunDir
+        from runner.cli.commands import load_and_validate
+        from runner.pipeline.run import execute
+        from runner.pipeline.rundir import RunDir
+        from runner.plugins.manager import get_plugins
 
         recipe = load_and_validate(path, overrides)
         output = tmp_path / "run"

@@ -56,7 +56,7 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _fresh_plugins(monkeypatch):
     """Every test starts from the installed plugins, loaded anew."""
-    from runner.plugin_manager import reset_plugins
+    from runner.plugins.manager import reset_plugins
 
     monkeypatch.delenv("FINETUNE_DISABLE_PLUGINS", raising=False)
     monkeypatch.delenv("FINETUNE_LOAD_PLUGINS", raising=False)
@@ -85,11 +85,11 @@ def no_dropout_recipe(path: Path, *, rows: int, batch_size: int, eval_every: str
 
 
 def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
-    """Run a recipe in this process, as `finetune run` does; returns runner.run.RunResult."""
-    from runner.commands import load_and_validate
-    from runner.plugin_manager import get_plugins
-    from runner.run import execute
-    from runner.rundir import RunDir
+    """Run a recipe in this process, as `finetune run` does; returns runner.pipeline.run.RunResult."""
+    from runner.cli.commands import load_and_validate
+    from runner.pipeline.run import execute
+    from runner.pipeline.rundir import RunDir
+    from runner.plugins.manager import get_plugins
 
     recipe = load_and_validate(path, overrides)
     output.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
 
 
 def cli(*args: str) -> int:
-    from runner.cli import main
+    from runner.cli.main import main
 
     return main([str(a) for a in args])
 

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import tiny_recipe
 
-from plugins._counterfactual import TermError, TermGroups
-from plugins.audit_bias import Bias, BiasOptions, read_terms
+from plugins.audits._counterfactual import TermError, TermGroups
+from plugins.audits.bias import Bias, BiasOptions, read_terms
 from runner import AuditData, RunContext
 
 CTX = RunContext(seed=0, cache_dir=None)
@@ -141,7 +141,7 @@ def test_malformed_term_groups_are_refused(groups, problem):
 
 
 def test_term_files_in_toml_and_json_and_the_recipe_checks(tmp_path):
-    from runner.commands import load_and_validate
+    from runner.cli.commands import load_and_validate
     from runner.errors import RecipeError
 
     (tmp_path / "names.json").write_text(json.dumps({"a": ["alice", "anna"], "b": ["bob", "ben"]}))
@@ -162,7 +162,7 @@ def test_term_files_in_toml_and_json_and_the_recipe_checks(tmp_path):
 
 
 def test_reweighting_is_refused_where_there_is_no_label(tmp_path):
-    from runner.commands import load_and_validate
+    from runner.cli.commands import load_and_validate
     from runner.errors import RecipeError
 
     lm = tiny_recipe(tmp_path / "lm.toml", extra='[[audits]]\ntype = "bias"\nmitigation = ["reweight"]\n')
@@ -178,7 +178,7 @@ def test_reweighting_is_refused_where_there_is_no_label(tmp_path):
 def classification_task(labels=None):
     from datasets import Dataset
 
-    from plugins.task_classification import Classification, ClassificationOptions
+    from plugins.tasks.classification import Classification, ClassificationOptions
     from runner import RawSplit
 
     task = Classification(ClassificationOptions(labels=labels))
@@ -276,8 +276,8 @@ def test_subgroup_accuracy_compares_label_ids_with_predicted_names():
 
 @pytest.fixture(scope="module")
 def language_model():
-    from plugins.task_causal_lm import CausalLM
-    from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
+    from plugins.tasks.causal_lm import CausalLM
+    from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
     from runner import AuditSubject
     from runner.testing import tiny_model
 

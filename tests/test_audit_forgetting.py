@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from plugins.audit_forgetting import Forgetting, read_corpus
-from plugins.task_causal_lm import CausalLM
-from plugins.task_classification import Classification
+from plugins.audits.forgetting import Forgetting, read_corpus
+from plugins.tasks.causal_lm import CausalLM
+from plugins.tasks.classification import Classification
 from runner import AuditSubject, DataError
 
 CORPUS = [
@@ -27,7 +27,7 @@ UNRELATED = "0 1 2 3 4 5 6 7 8 9 9 8 7 6 5 4 3 2 1 0"
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from plugins.tokenizer_trained import Trained
+    from plugins.tokenizers.trained import Trained
 
     trained = Trained(Trained.Options(vocab_size=320, max_length=64))
     return trained.build(None, lambda: iter(CORPUS + [UNRELATED]))

@@ -7,7 +7,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from plugins.audit_leakage import Leakage, normalise
+from plugins.audits.leakage import Leakage, normalise
 from runner import AuditData, Task
 
 
@@ -188,7 +188,7 @@ def test_options_are_strict_and_the_audit_measures_no_model():
         Leakage.Options(splits=["train"])
     from types import SimpleNamespace
 
-    from runner.audits import Audits
+    from runner.evaluation.audits import Audits
 
     audits = Audits([SimpleNamespace(create=audit)], ctx=None, events=None)
     assert audits.audits and not audits.model_audits  # no model is loaded or measured for it

@@ -9,9 +9,9 @@ import re
 import pytest
 from conftest import RECIPES, cli, tiny_recipe, write
 
-from runner import checkpoints
-from runner.commands import load_and_validate
+from runner.cli.commands import load_and_validate
 from runner.errors import FinetuneError, RecipeError
+from runner.pipeline import checkpoints
 
 LONG = "a" * 300  # one path component longer than any file system allows (255)
 
@@ -110,7 +110,7 @@ def instruct_recipe(tmp_path, template: str):
 def test_a_template_that_fails_or_exhausts_the_sandbox_is_an_error_at_task_template(
     tmp_path, monkeypatch, template, message
 ):
-    from plugins import _template_sandbox
+    from plugins.tasks import _template_sandbox
 
     monkeypatch.setattr(_template_sandbox, "RENDER_SECONDS", 0.5)  # the spinning one stops sooner
     path = instruct_recipe(tmp_path, template)
@@ -120,7 +120,7 @@ def test_a_template_that_fails_or_exhausts_the_sandbox_is_an_error_at_task_templ
 
 
 def test_a_render_that_fails_or_runs_too_long_at_run_time_names_task_template(monkeypatch):
-    from plugins import _chat_templates, _template_sandbox
+    from plugins.tasks import _chat_templates, _template_sandbox
 
     monkeypatch.setattr(_template_sandbox, "RENDER_SECONDS", 0.2)
 
@@ -244,7 +244,7 @@ def test_finetune_resume_with_a_damaged_manifest_exits_2(tmp_path, capsys):
 
 # -- 6. weak messages ------------------------------------------------------------------------------
 def test_a_malformed_jsonl_line_is_named_with_file_and_line(tmp_path):
-    from plugins.data_files import FilesOptions, read_file
+    from plugins.data.files import FilesOptions, read_file
 
     rows = [json.dumps({"text": f"row {i}", "label": "ab"[i % 2]}) for i in range(60)]
     rows[41] = '{"text": "bad", "label": }'
@@ -287,7 +287,7 @@ def test_a_data_path_that_is_a_directory_says_so(tmp_path):
 
 
 def test_the_divergence_hint_suggests_clipping_only_when_it_is_off():
-    from plugins.trainer_hf import HFTrainerOptions, divergence_hint
+    from plugins.trainers.hf import HFTrainerOptions, divergence_hint
 
     assert "max_grad_norm" in divergence_hint(HFTrainerOptions(max_grad_norm=0))
     clipped = divergence_hint(HFTrainerOptions(max_grad_norm=1.0))
@@ -302,7 +302,7 @@ def test_the_model_card_makes_markdown_in_user_text_inert(tmp_path):
     from markdown_it import MarkdownIt
     from test_report import make_run
 
-    from runner.model_card import write_model_card
+    from runner.report.model_card import write_model_card
 
     run = make_run(tmp_path / "run", description=HOSTILE)
     meta = run / "model" / "finetune.json"
@@ -323,7 +323,7 @@ def test_the_model_card_makes_markdown_in_user_text_inert(tmp_path):
 
 @pytest.mark.slow
 def test_a_template_slow_only_on_real_rows_is_stopped_during_the_run(tmp_path, monkeypatch, capsys):
-    from plugins import _template_sandbox
+    from plugins.tasks import _template_sandbox
 
     monkeypatch.setattr(_template_sandbox, "RENDER_SECONDS", 0.5)
     spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"

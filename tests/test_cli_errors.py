@@ -106,7 +106,7 @@ def test_recipe_errors_exit_2_without_traceback_and_debug_shows_it(tmp_path):
 def test_light_commands_import_neither_torch_nor_transformers(argv):
     code = (
         "import sys\n"
-        "from runner.cli import main\n"
+        "from runner.cli.main import main\n"
         "try:\n"
         f"    rc = main({argv!r})\n"
         "except SystemExit as e:\n"
@@ -130,7 +130,7 @@ def test_validate_reports_every_recipe(tmp_path, capsys):
 
 
 def test_an_unreachable_hub_switches_to_offline_at_once(monkeypatch):
-    from runner.hub import go_offline_if_unreachable
+    from runner.pipeline.hub import go_offline_if_unreachable
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")

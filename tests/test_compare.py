@@ -7,7 +7,7 @@ import json
 from conftest import cli
 from test_report import make_run
 
-from runner.compare import compare_runs
+from runner.report.compare import compare_runs
 
 
 def two_runs(tmp_path):

@@ -5,11 +5,11 @@ from collections import Counter
 import pytest
 from conftest import tiny_recipe, write
 
-from runner.collate import PadCollator
-from runner.commands import load_and_validate
+from runner.cli.commands import load_and_validate
 from runner.components import RunContext
-from runner.data import prepare_data
-from runner.encoding import encode_splits
+from runner.pipeline.collate import PadCollator
+from runner.pipeline.data import prepare_data
+from runner.pipeline.encoding import encode_splits
 
 
 def prepared(recipe_path, overrides=None, seed=7):
@@ -93,8 +93,8 @@ def test_left_padding_puts_ids_mask_and_labels_before_the_row():
 
 
 def test_tokenization_is_cached_by_content_tokenizer_and_length(tmp_path):
-    from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
-    from runner.modeling import ensure_pad_token
+    from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
+    from runner.pipeline.modeling import ensure_pad_token
 
     recipe = tiny_recipe(tmp_path / "r.toml", rows=200)
     data, task = prepared(recipe)
@@ -113,8 +113,8 @@ def test_tokenization_is_cached_by_content_tokenizer_and_length(tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["bpe", "wordlevel"])
 def test_trained_tokenizers_are_deterministic(algorithm):
-    from plugins.data_synthetic import generate
-    from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
+    from plugins.data.synthetic import generate
+    from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
 
     texts = [r["text"] for r in generate(500, seed=1)]
     options = TrainedTokenizerOptions(algorithm=algorithm, vocab_size=300)

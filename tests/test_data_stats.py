@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runner.data_stats import data_stats, length_edges, length_summary
+from runner.evaluation.data_stats import data_stats, length_edges, length_summary
 
 
 def test_edges_are_integers_from_zero_to_max_length_in_about_twenty_bins():

@@ -5,7 +5,7 @@ import math
 import pytest
 from conftest import run_recipe, tiny_recipe
 
-from runner.diagnosis import diagnose
+from runner.evaluation.diagnosis import diagnose
 
 STEPS = 10  # optimizer steps per epoch in the synthetic curves
 LOG_EVERY = 2

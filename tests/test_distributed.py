@@ -9,7 +9,7 @@ import torch
 from conftest import cli, no_dropout_recipe, run_recipe, write
 from safetensors.torch import load_file
 
-from runner.rundir import RunDir
+from runner.pipeline.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +166,7 @@ def test_a_zero_stage_the_strategy_cannot_use_is_a_recipe_error(recipe, capsys):
 
 
 def test_nproc_with_a_hostfile_replaces_every_machines_slots(tmp_path):
-    from runner.launch import Launch
+    from runner.distributed.launch import Launch
 
     hostfile = write(tmp_path / "hosts", "worker-1 slots=2\nworker-2 slots=4\n")
     assert Launch(hostfile=hostfile).world_size() == 2 + 4

@@ -4,10 +4,10 @@ from conftest import ROOT
 
 
 def test_recipe_reference_matches_the_code():
-    from runner.reference import builtin_reference
+    from runner.cli.reference import builtin_reference
 
     written = (ROOT / "docs" / "recipe-reference.md").read_text(encoding="utf-8")
-    assert written == builtin_reference(), "regenerate it: python -m runner.reference > docs/recipe-reference.md"
+    assert written == builtin_reference(), "regenerate it: python -m runner.cli.reference > docs/recipe-reference.md"
 
 
 def test_readme_shows_the_two_setup_commands_and_the_measured_accuracy():
@@ -20,7 +20,7 @@ def test_the_readme_recipe_validates(tmp_path):
     import re
     import shutil
 
-    from runner.commands import load_and_validate
+    from runner.cli.commands import load_and_validate
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     recipe = re.search(r"## A recipe\n\n```toml\n(.*?)```", readme, re.S).group(1)

@@ -18,7 +18,7 @@ from conftest import RECIPES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.commands import load_and_validate
+from runner.cli.commands import load_and_validate
 from runner.errors import LINE_CHARS, FinetuneError
 from runner.recipe.load import load_recipe
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import cli, run_recipe, write
 
-from plugins.data_synthetic import as_chat, as_instruction, generate
-from plugins.task_instruction import Instruction, InstructionOptions
-from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
+from plugins.data.synthetic import as_chat, as_instruction, generate
+from plugins.tasks.instruction import Instruction, InstructionOptions
+from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
 
 ROWS = [as_instruction(r, random.Random(0)) for r in generate(200, 0)]
 CHATS = [as_chat(r, random.Random(1)) for r in generate(200, 1)]
@@ -170,8 +170,8 @@ def test_instruction_run_lowers_validation_loss_saves_the_template_and_generates
 def test_packed_loss_equals_padded_loss(architecture):
     from datasets import Dataset
 
-    from runner.collate import PackedCollator, PadCollator
-    from runner.packing import pack
+    from runner.pipeline.collate import PackedCollator, PadCollator
+    from runner.pipeline.packing import pack
     from runner.testing import tiny_model
 
     model = tiny_model(architecture, "causal_lm").eval()
@@ -196,7 +196,7 @@ def test_packed_loss_equals_padded_loss(architecture):
 
 
 def test_best_fit_packs_rows_nearly_full():
-    from runner.packing import best_fit
+    from runner.pipeline.packing import best_fit
 
     lengths = [7, 3, 5, 9, 2, 6, 4, 8, 1, 10, 5, 5]
     bins = best_fit(lengths, capacity=10)

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import tiny_recipe
 
-from runner import memory
-from runner.memory import Accelerator, activation_bytes, model_state_bytes, transformer_shape
+from runner.distributed import memory
+from runner.distributed.memory import Accelerator, activation_bytes, model_state_bytes, transformer_shape
 
 N = 1_000_000  # divisible by 4: sharded shares are exact
 
@@ -128,8 +128,8 @@ def test_host_memory_is_known_and_bytes_format():
 def plan_text(path, accelerator, monkeypatch, world_size=1, overrides=()):
     from rich.console import Console
 
-    from runner.commands import load_and_validate
-    from runner.plan import plan
+    from runner.cli.commands import load_and_validate
+    from runner.cli.plan import plan
 
     monkeypatch.setattr(memory, "detect_accelerator", lambda: accelerator)
     out = io.StringIO()

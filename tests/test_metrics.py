@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from plugins import metrics as M
-from plugins._chat_templates import render
-from plugins.data_synthetic import as_chat, as_instruction, generate
-from plugins.task_instruction import Instruction, InstructionOptions
-from plugins.task_seq2seq import Seq2Seq, Seq2SeqOptions
-from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
-from runner.intervals import bootstrap, resampled_values
+from plugins.data.synthetic import as_chat, as_instruction, generate
+from plugins.metrics import standard as M
+from plugins.tasks._chat_templates import render
+from plugins.tasks.instruction import Instruction, InstructionOptions
+from plugins.tasks.seq2seq import Seq2Seq, Seq2SeqOptions
+from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
+from runner.evaluation.intervals import bootstrap, resampled_values
 
 ROWS = [as_instruction(r, random.Random(0)) for r in generate(60, 0)]
 CHATS = [as_chat(r, random.Random(1)) for r in generate(60, 1)]
@@ -266,7 +266,7 @@ def test_metrics_with_one_seed_see_the_same_draws_and_no_rows_give_no_interval()
     predictions, references = classes(200)
     metrics = [metric(M.Accuracy), metric(M.F1), metric(M.F1, average="micro")]
     merged = {}
-    for m in metrics:  # as runner.evaluation collects the test intervals
+    for m in metrics:  # as runner.evaluation.evaluator collects the test intervals
         merged.update(bootstrap(m, predictions, references, resamples=100, confidence=0.9))
     assert set(merged) == {"accuracy", "f1_macro", "f1_micro"}
     assert all(v["confidence"] == 0.9 for v in merged.values())
@@ -431,7 +431,7 @@ def test_row_text_and_default_metrics():
     assert Instruction(InstructionOptions()).row_text({"instruction": "I", "input": "", "output": "O"}) == "I\nO"
     seq = Seq2Seq(Seq2SeqOptions(prefix="p: "))
     assert seq.row_text({"instruction": "I", "input": "X", "output": "O"}) == "I\nX\nO"
-    from runner.plugin_manager import get_plugins
+    from runner.plugins.manager import get_plugins
 
     registry = get_plugins().registry
     for task in (Instruction, Seq2Seq):

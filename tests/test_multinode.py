@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, finetune_subprocess, no_dropout_recipe
 
-from runner import distributed
-from runner.rundir import RunDir
+from runner.distributed import process_group
+from runner.pipeline.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def node(rank: int, output: Path, *more: str) -> list[str]:
 
 
 def test_a_node_whose_recipe_differs_from_node_0s_is_refused_naming_the_difference(recipe, tmp_path, capsys):
-    from runner.commands import load_and_validate
+    from runner.cli.commands import load_and_validate
 
     output = tmp_path / "run"
     output.mkdir()
@@ -125,7 +125,7 @@ def test_a_node_whose_recipe_differs_from_node_0s_is_refused_naming_the_differen
 
 
 def test_a_node_refuses_a_run_directory_whose_run_has_started(recipe, tmp_path, capsys):
-    from runner.commands import load_and_validate
+    from runner.cli.commands import load_and_validate
 
     run = RunDir(tmp_path / "run")
     run.write_recipe(load_and_validate(recipe).resolved())
@@ -165,15 +165,15 @@ def test_node_0_alone_gives_up_on_the_rendezvous_with_a_clear_message(recipe, tm
 def test_a_joining_node_takes_the_outcome_rank_0_records_and_not_the_one_before(tmp_path, capsys, monkeypatch):
     run = RunDir(tmp_path)
     run.set_status("interrupted")  # a resume: the status of the attempt before
-    before = distributed.status_text(run)
+    before = process_group.status_text(run)
     writer = threading.Timer(0.3, lambda: run.set_status("completed", exit_code=3, pid=123))
     writer.start()
-    assert distributed.recorded_outcome(run, before, node_rank=1) == 3  # a model audit failed
+    assert process_group.recorded_outcome(run, before, node_rank=1) == 3  # a model audit failed
     writer.join()
     assert f"{tmp_path}: completed (as node 0 recorded it; exit code 3)" in capsys.readouterr().out
 
-    monkeypatch.setattr(distributed, "OUTCOME_WAIT_S", 3)
+    monkeypatch.setattr(process_group, "OUTCOME_WAIT_S", 3)
     started = time.monotonic()
-    assert distributed.recorded_outcome(run, distributed.status_text(run), node_rank=1) is None
+    assert process_group.recorded_outcome(run, process_group.status_text(run), node_rank=1) is None
     assert time.monotonic() - started >= 3
     assert "node 1: waiting for node 0 to record the outcome" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 import pytest
 from conftest import run_recipe, write
 
-from runner.commands import load_and_validate
+from runner.cli.commands import load_and_validate
 from runner.errors import RecipeError
 
 MIXED = """
@@ -66,8 +66,8 @@ def test_sources_with_their_own_format_mix_by_weight_and_report_their_own_metric
 def test_mix_resamples_by_weight():
     from datasets import Dataset
 
-    from runner.data import SourceData
-    from runner.encoding import mix
+    from runner.pipeline.data import SourceData
+    from runner.pipeline.encoding import mix
 
     big = Dataset.from_dict({"x": list(range(100))})
     small = Dataset.from_dict({"x": list(range(1000, 1010))})

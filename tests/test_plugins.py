@@ -4,10 +4,10 @@ import pytest
 from conftest import cli, tiny_recipe
 
 from runner import Metric, Options, Strategy, hookimpl
-from runner.commands import load_and_validate
+from runner.cli.commands import load_and_validate
 from runner.errors import RecipeError
-from runner.plugin_manager import Plugins, get_plugins, reset_plugins
-from runner.registry import Registry
+from runner.plugins.manager import Plugins, get_plugins, reset_plugins
+from runner.plugins.registry import Registry
 
 
 class NoOptions(Options):

@@ -12,8 +12,8 @@ def local_model(tmp_path_factory):
     """A small GPT-2 causal LM and its tokenizer saved as a Hub repository would hold them."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from plugins.data_synthetic import generate
-    from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
+    from plugins.data.synthetic import generate
+    from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
 
     directory = tmp_path_factory.mktemp("hub") / "tiny-gpt2"
     texts = [r["text"] for r in generate(500, seed=5)]
@@ -86,7 +86,7 @@ def test_pickled_weights_are_refused(local_model, tmp_path, capsys):
 def test_virtual_tokens_on_a_pretrained_base_predict_a_row_alike_alone_and_batched(
     local_model, tmp_path, capsys, strategy
 ):
-    from runner.saved import load_finished
+    from runner.cli.saved import load_finished
 
     extra = f'[strategy]\ntype = "{strategy}"\nnum_virtual_tokens = 4\n'
     result = run_recipe(pretrained_recipe(tmp_path, local_model, extra), tmp_path / "run")

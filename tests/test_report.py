@@ -12,10 +12,10 @@ import pytest
 import tomli_w
 from conftest import cli
 
-from runner.model_card import to_yaml, write_model_card
-from runner.report import build_report
-from runner.report_charts import Series, fmt, line_chart, nice_ticks
-from runner.run_record import greater_is_better, read_run, scores, source_fingerprints
+from runner.report.charts import Series, fmt, line_chart, nice_ticks
+from runner.report.model_card import to_yaml, write_model_card
+from runner.report.page import build_report
+from runner.report.run_record import greater_is_better, read_run, scores, source_fingerprints
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -320,7 +320,7 @@ def test_audits_section_when_the_recipe_has_none(tmp_path):
 
 
 def test_model_card_written_before_the_model_is_in_place_names_the_final_directory(run):
-    # runner.run.publish writes the model into .model.tmp and renames it to model/ when complete
+    # runner.pipeline.run.publish writes the model into .model.tmp and renames it to model/ when complete
     temporary = run / ".model.tmp"
     temporary.mkdir()
     (temporary / "finetune.json").write_text((run / "model" / "finetune.json").read_text())

@@ -198,7 +198,7 @@ def test_validate_with_the_plugin_stays_free_of_torch_and_data_libraries(example
     """The plugin keeps its heavy imports inside methods: validating imports none of them."""
     recipe = write_recipe(tmp_path)
     script = (
-        "import sys; from runner.cli import main; rc = main(['validate', sys.argv[1]]); "
+        "import sys; from runner.cli.main import main; rc = main(['validate', sys.argv[1]]); "
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'datasets', 'numpy') if m in sys.modules)); "
         "sys.exit(rc)"
     )

@@ -6,14 +6,14 @@ import json
 import pytest
 from conftest import cli, run_recipe, write
 
-from plugins.task_token_classification import TokenClassification, TokenClassificationOptions
-from plugins.tokenizer_trained import Trained, TrainedTokenizerOptions
+from plugins.tasks.token_classification import TokenClassification, TokenClassificationOptions
+from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
 
 def entity_spans():
-    path = "plugins/metric_modules/entities/entities.py"
+    path = "plugins/metrics/modules/entities/entities.py"
     spec = importlib.util.spec_from_file_location("entities", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import RECIPES, cli, run_recipe, tiny_recipe, write
 
-from runner.commands import load_and_validate
+from runner.cli.commands import load_and_validate
 
 pytestmark = pytest.mark.slow
 
@@ -116,9 +116,9 @@ def test_lora_trains_only_adapters_and_the_head_and_reloads(tmp_path, monkeypatc
 
 
 def test_freeze_trains_only_the_named_parts():
-    from plugins.strategy_freeze import Freeze, FreezeOptions
+    from plugins.strategies.freeze import Freeze, FreezeOptions
     from runner.components import ModelSpec, RunContext
-    from runner.modeling import auto_class
+    from runner.pipeline.modeling import auto_class
 
     spec = ModelSpec(head="sequence_classification", vocab_size=50, max_length=16, pad_token_id=0, num_labels=2)
     from transformers import GPT2Config
@@ -151,7 +151,7 @@ def test_causal_lm_learns_and_reloads(tmp_path):
 
 
 def test_regression_beats_predicting_the_mean(tmp_path):
-    from plugins.data_synthetic import generate
+    from plugins.data.synthetic import generate
 
     score = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
     rows = generate(800, seed=3)

@@ -3,7 +3,7 @@
 import pytest
 from conftest import RECIPES, tiny_recipe, write
 
-from runner.commands import load_and_validate
+from runner.cli.commands import load_and_validate
 from runner.errors import RecipeError
 
 

@@ -17,10 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 from runner.errors import Issue, KeyPath, PluginError, RecipeError, clip
 from runner.options import Options
+from runner.plugins.registry import Registry
 from runner.recipe.load import RecipeSource
 from runner.recipe.paths import resolve_paths
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
-from runner.registry import Registry
 
 # section -> (component kind, default type)
 SECTIONS: dict[str, tuple[str, str | None]] = {

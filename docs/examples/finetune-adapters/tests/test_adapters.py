@@ -41,7 +41,7 @@ def test_adapters_start_as_the_identity_and_houlsby_places_twice_as_many(archite
 def test_unknown_architecture_needs_module_names():
     from transformers import AutoModelForCausalLM, GPTNeoConfig
 
-    from runner.errors import FinetuneError
+    from runner import FinetuneError
 
     strategy = TestPfeiffer().make()
     model = AutoModelForCausalLM.from_config(
@@ -110,8 +110,7 @@ def test_adapters_on_a_pretrained_base_learn_and_reload(write_recipe, run_recipe
     """Adapters need a trained base: pre-train a tiny language model, then adapt it to classify."""
     import torch
 
-    from runner.rundir import RunDir
-    from runner.saved import load_finished
+    from runner.testing import load_run
 
     run_recipe(write_recipe(LM, "lm.toml"))
     (tmp_path / "run").rename(tmp_path / "lm-run")  # the fixture runs every recipe in tmp_path/run
@@ -125,7 +124,7 @@ def test_adapters_on_a_pretrained_base_learn_and_reload(write_recipe, run_recipe
     saved = {p.name for p in result.run_dir.model.iterdir()}
     assert {"adapter_model.safetensors", "bottleneck_adapters.json", "finetune.json"} <= saved
 
-    reloaded = load_finished(RunDir(result.run_dir.path)).model
+    reloaded = load_run(result.run_dir.path).model
     enc = result.tokenizer(["the pizza was great", "the bus was not good"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(**enc).logits, result.model.eval()(**enc).logits)

@@ -1,0 +1,1 @@
+"""Audits: `[[audits]] type = ...` (leakage, forgetting, bias)."""

@@ -1,0 +1,1 @@
+"""Engines: `[distributed] engine = ...` (DDP, DeepSpeed ZeRO)."""

@@ -1,0 +1,1 @@
+"""Metrics: `[[evaluation.metrics]]`, evaluate modules shipped in `modules/`."""

@@ -1,0 +1,1 @@
+"""Models: `[model] type = ...` (pretrained weights, or a config built with random init)."""

@@ -1,0 +1,1 @@
+"""Reporters: `[[reporters]] type = ...`: progress shown while a run trains."""

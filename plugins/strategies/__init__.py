@@ -1,0 +1,1 @@
+"""Fine-tuning strategies: `[strategy] type = ...` (full, freeze, and the peft methods)."""

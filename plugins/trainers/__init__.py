@@ -1,0 +1,1 @@
+"""Trainers: `[training] type = ...`: the training loop."""

@@ -1,0 +1,460 @@
+"""Trainer `hf`: the Hugging Face `Trainer`, with the usual knobs named plainly.
+
+What it adds to the plain Trainer:
+- a NaN or infinite loss stops training before the optimizer step that would spread it;
+- every checkpoint gets a manifest written last (runner.pipeline.checkpoints), and rotation deletes only
+  complete checkpoints, after the new one is complete;
+- Ctrl-C or SIGTERM saves a checkpoint at the end of the current step and stops;
+- progress goes to the run's reporters and metrics.jsonl through the core's events.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from runner import (
+    MAX_BATCH,
+    MAX_STEPS,
+    FinetuneError,
+    Fraction,
+    NonNegativeFloat,
+    Options,
+    PositiveFloat,
+    Trainer,
+    TrainingDiverged,
+    TrainOutcome,
+    any_rank,
+    barrier,
+    hookimpl,
+    latest_checkpoint,
+    mark_checkpoint_complete,
+    rotate_checkpoints,
+    world_size,
+)
+
+Interval = Literal["epoch"] | int
+
+
+class HFTrainerOptions(Options):
+    learning_rate: PositiveFloat = Field(default=5e-5, description="Peak learning rate.")
+    batch_size: int = Field(
+        default=16, gt=0, le=MAX_BATCH, description="Rows per device per micro-batch (at most 2**20)."
+    )
+    eval_batch_size: int | None = Field(
+        default=None, gt=0, le=MAX_BATCH, description="Rows per evaluation batch (default: 2x)."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, gt=0, le=MAX_BATCH, description="Micro-batches per optimizer step (at most 2**20)."
+    )
+    epochs: PositiveFloat = Field(
+        default=3.0, le=MAX_STEPS, description="Passes over the training data (a run plans at most 10**9 steps)."
+    )
+    max_steps: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_STEPS,
+        description="Stop after this many optimizer steps (overrides epochs; at most 10**9).",
+    )
+    weight_decay: NonNegativeFloat = Field(default=0.0, description="AdamW weight decay.")
+    warmup_ratio: Fraction = Field(default=0.0, description="Share of steps spent warming the learning rate up.")
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="Warm-up steps (instead of warmup_ratio).")
+    scheduler: Literal[
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+    ] = Field(default="linear", description="Learning-rate schedule after warm-up.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd"] = Field(
+        default="adamw_torch", description="Optimizer."
+    )
+    max_grad_norm: NonNegativeFloat = Field(default=1.0, description="Clip gradients to this norm (0: no clipping).")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto", description="'auto': bf16 on GPUs that have it, else fp16 on GPU, none on CPU."
+    )
+    eval_every: Interval = Field(default="epoch", description="Evaluate every N steps, or every 'epoch'.")
+    eval_on_start: bool = Field(default=False, description="Also evaluate before the first step (step 0).")
+    save_every: Interval | None = Field(
+        default=None, description="Checkpoint every N steps or 'epoch' (default: as eval_every)."
+    )
+    log_every: int = Field(default=10, gt=0, le=MAX_STEPS, description="Log training loss every N steps.")
+    keep_checkpoints: int = Field(default=2, gt=0, description="Newest complete checkpoints to keep (plus the best).")
+    keep_best: bool = Field(default=True, description="End with the weights of the best evaluation, not the last.")
+    best_metric: str = Field(
+        default="loss", description="Validation metric that decides 'best': 'loss' or a metric key."
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="Stop after this many evaluations without improvement."
+    )
+    group_by_length: bool = Field(default=True, description="Batch rows of similar length together (less padding).")
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
+    dataloader_workers: int = Field(default=0, ge=0, le=1024, description="Worker processes loading batches.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name in ("eval_every", "save_every"):
+            every = getattr(self, name)
+            if isinstance(every, int) and not 0 < every <= MAX_STEPS:
+                raise ValueError(f"{name} must be 'epoch' or a number of steps from 1 to {MAX_STEPS:,} (got {every})")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("give warmup_ratio or warmup_steps, not both")
+        save = self.save_every if self.save_every is not None else self.eval_every
+        if self.keep_best or self.early_stopping_patience:
+            why = "keep_best" if self.keep_best else "early_stopping_patience"
+            if isinstance(save, int) != isinstance(self.eval_every, int) or (
+                isinstance(save, int) and save % self.eval_every
+            ):
+                raise ValueError(
+                    f"with {why}, checkpoints must fall on evaluations: save_every ({save}) must be "
+                    f"eval_every ({self.eval_every}) or a multiple of it"
+                )
+        return self
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss {value} at step {step}")
+        self.step, self.value = step, value
+
+
+def _make_trainer_class():
+    import torch
+    import transformers
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededLengthSampler(LengthGroupedSampler):
+        """Length grouping whose order depends only on (seed, epoch).
+
+        transformers' sampler draws from the global RNG when an epoch starts, so a run resumed
+        mid-epoch would see a different order than the run it continues. Seeding per epoch makes
+        a resumed run take exactly the batches the uninterrupted one would have."""
+
+        def __init__(self, batch_size, lengths, seed):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    token_weighted = {
+        *MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(),
+        *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(),
+    }
+
+    class _Trainer(transformers.Trainer):
+        keep_checkpoints = 2
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # transformers hands `num_items_in_batch` to any model whose forward takes **kwargs, then
+            # skips the division by gradient_accumulation_steps and multiplies the loss by the number
+            # of processes, trusting the model to divide by that global count. Language-model losses
+            # do; most other heads take a plain mean, and would train with gradient_accumulation_steps
+            # x processes times the learning rate. Only the language-model heads keep that path.
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            if type(base).__name__ not in token_weighted:
+                self.model_accepts_loss_kwargs = False
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
+                # Grouped by the global batch: the rows of one optimizer step are the same whether
+                # one process takes them all or N processes take a share each.
+                batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+                return EpochSeededLengthSampler(batch, list(dataset["length"]), self.args.data_seed or self.args.seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = inputs.pop("weight", None)
+            if weight is not None:
+                result = self._weighted_loss(model, inputs, weight, return_outputs)
+            else:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            # Checked before backward: a non-finite loss never reaches the weights or the optimizer.
+            # All ranks agree, so that none waits forever in the gradient reduction of the others.
+            if model.training and any_rank(not torch.isfinite(loss.detach()).all()):
+                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+            return result
+
+        def _weighted_loss(self, model, inputs, weight, return_outputs):
+            """A sequence classifier's cross-entropy with each row weighted (an audit's reweighting):
+            the mean of weight x row loss, so that weights of mean 1 keep the loss's scale."""
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            rows = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")
+            loss = (rows * weight.to(rows.dtype)).mean()
+            return (loss, outputs) if return_outputs else loss
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            # Under DeepSpeed every rank writes its shard: the checkpoint is complete when all have.
+            barrier()
+            if not self.args.should_save:
+                return
+            path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            mark_checkpoint_complete(path)
+            best = Path(self.state.best_model_checkpoint) if self.state.best_model_checkpoint else None
+            rotate_checkpoints(path.parent, self.keep_checkpoints, protect=best)
+
+    return _Trainer
+
+
+def _bridge(job, state_holder):
+    from transformers import TrainerCallback
+
+    class Bridge(TrainerCallback):
+        interrupted = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            job.events.train_begin(state.max_steps, state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                keep = ("loss", "learning_rate", "grad_norm", "epoch")
+                job.events.log(state.global_step, {k: logs[k] for k in keep if k in logs})
+            elif "train_runtime" in logs:
+                state_holder["train_summary"] = dict(logs)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if state_holder.get("fitting"):
+                values = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
+                job.events.evaluated("validation", state.global_step, values)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if job.stop_requested():
+                self.interrupted = True
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            job.events.train_end()
+
+    return Bridge()
+
+
+class HF(Trainer):
+    """The Hugging Face Trainer: AdamW, schedules, mixed precision, early stopping, best model."""
+
+    name = "hf"
+    Options = HFTrainerOptions
+    engines = ("ddp", "deepspeed")
+    aliases = {
+        "lr": "learning_rate",
+        "num_train_epochs": "epochs",
+        "num_epochs": "epochs",
+        "per_device_train_batch_size": "batch_size",
+        "micro_batch_size": "batch_size",
+        "per_device_eval_batch_size": "eval_batch_size",
+        "lr_scheduler_type": "scheduler",
+        "lr_scheduler": "scheduler",
+        "optim": "optimizer",
+        "fp16": "mixed_precision",
+        "bf16": "mixed_precision",
+        "eval_steps": "eval_every",
+        "save_steps": "save_every",
+        "logging_steps": "log_every",
+        "save_total_limit": "keep_checkpoints",
+        "load_best_model_at_end": "keep_best",
+        "metric_for_best_model": "best_metric",
+    }
+
+    @classmethod
+    def check(cls, options, recipe):
+        # text metrics score generated answers after training, never a validation during it
+        keys = ["loss"] + [spec.create().key() for spec in recipe.metrics if spec.cls.consumes != {"text"}]
+        if options.best_metric not in keys:
+            yield (
+                ("best_metric",),
+                f"no validation metric '{options.best_metric}'; choose one of: {', '.join(keys)}",
+            )
+
+    # -- arguments -----------------------------------------------------------------------------------
+    def _precision(self) -> dict:
+        import torch
+
+        mode = self.options.mixed_precision
+        cuda = torch.cuda.is_available()
+        if mode == "auto":
+            mode = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+        if mode == "fp16" and not cuda:
+            raise FinetuneError("training.mixed_precision = 'fp16' needs a CUDA GPU", hint="use 'bf16' or 'no' on CPU")
+        return {"bf16": mode == "bf16", "fp16": mode == "fp16", "use_cpu": not cuda}
+
+    def _arguments(self, job, has_eval: bool):
+        from transformers import TrainingArguments
+
+        o = self.options
+
+        def strategy(every):
+            return ("epoch", None) if every == "epoch" else ("steps", every)
+
+        eval_strategy, eval_steps = strategy(o.eval_every) if has_eval else ("no", None)
+        save_strategy, save_steps = strategy(o.save_every if o.save_every is not None else o.eval_every)
+        best = "eval_loss" if o.best_metric == "loss" else f"eval_{o.best_metric}"
+        greater = False if o.best_metric == "loss" else job.greater_is_better.get(o.best_metric, True)
+        return TrainingArguments(
+            output_dir=str(job.checkpoint_dir),
+            per_device_train_batch_size=o.batch_size,
+            per_device_eval_batch_size=o.eval_batch_size or 2 * o.batch_size,
+            gradient_accumulation_steps=o.gradient_accumulation_steps,
+            learning_rate=o.learning_rate,
+            weight_decay=o.weight_decay,
+            num_train_epochs=o.epochs,
+            max_steps=o.max_steps or -1,
+            lr_scheduler_type=o.scheduler,
+            warmup_steps=o.warmup_ratio if o.warmup_ratio else o.warmup_steps,
+            optim=o.optimizer,
+            max_grad_norm=o.max_grad_norm,
+            eval_strategy=eval_strategy,
+            eval_on_start=has_eval and o.eval_on_start,
+            eval_steps=eval_steps,
+            save_strategy=save_strategy,
+            save_steps=save_steps,
+            save_total_limit=None,  # rotation happens after a checkpoint is marked complete
+            logging_strategy="steps",
+            logging_steps=o.log_every,
+            logging_first_step=True,
+            logging_nan_inf_filter=False,
+            load_best_model_at_end=has_eval and o.keep_best,
+            metric_for_best_model=best if has_eval else None,
+            greater_is_better=greater,
+            train_sampling_strategy="group_by_length" if o.group_by_length else "random",
+            length_column_name="length",
+            remove_unused_columns=False,  # the collator keeps only model inputs
+            label_names=["labels"],
+            report_to="none",
+            disable_tqdm=True,
+            seed=job.seed,
+            data_seed=job.seed,
+            full_determinism=job.deterministic,
+            activation_checkpointing=o.gradient_checkpointing,
+            dataloader_num_workers=o.dataloader_workers,
+            deepspeed=job.deepspeed,
+            **self._precision(),
+        )
+
+    def _trainer(self, job, has_eval: bool, callbacks=()):
+        trainer = _make_trainer_class()(
+            model=job.model,
+            args=self._arguments(job, has_eval),
+            train_dataset=job.train,
+            eval_dataset=job.evaluation,
+            data_collator=job.collator,
+            processing_class=job.tokenizer,
+            compute_metrics=job.compute_metrics,
+            preprocess_logits_for_metrics=job.task.preprocess_logits,
+            callbacks=list(callbacks),
+        )
+        trainer.keep_checkpoints = self.options.keep_checkpoints
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the run's reporters show progress instead
+        return trainer
+
+    # -- the component's work -----------------------------------------------------------------------
+    def fit(self, job) -> TrainOutcome:
+        from transformers import EarlyStoppingCallback
+
+        has_eval = job.evaluation is not None and len(job.evaluation) > 0
+
+        if job.train is not None:  # refuses a run of more than MAX_STEPS before it starts
+            self.planned_steps(len(job.train), world_size())
+        if self.options.early_stopping_patience and not has_eval:
+            raise FinetuneError("training.early_stopping_patience needs a validation split, and there is none")
+        holder: dict = {"fitting": True}
+        bridge = _bridge(job, holder)
+        callbacks = [bridge]
+        if self.options.early_stopping_patience and has_eval:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.options.early_stopping_patience))
+        trainer = self._trainer(job, has_eval, callbacks)
+        self._last = trainer
+        try:
+            output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+        except NonFiniteLoss as exc:
+            last = latest_checkpoint(job.checkpoint_dir)
+            kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written before it"
+            raise TrainingDiverged(
+                f"training stopped: the loss became {exc.value} at step {exc.step}, before the optimizer step{kept}",
+                hint=divergence_hint(self.options),
+            ) from None
+        finally:
+            holder["fitting"] = False
+        best = trainer.state.best_model_checkpoint
+        return TrainOutcome(
+            global_step=trainer.state.global_step,
+            train_loss=output.training_loss,
+            interrupted=bridge.interrupted,
+            best_checkpoint=Path(best) if best else None,
+            metrics={k: v for k, v in holder.get("train_summary", {}).items() if isinstance(v, int | float)},
+        )
+
+    def evaluate(self, job, dataset) -> dict[str, float]:
+        trainer = getattr(self, "_last", None)
+        if trainer is None or trainer.model is not job.model:
+            trainer = self._trainer(job, has_eval=False)
+            self._last = trainer
+        marked = hasattr(job.model, "_is_accelerate_prepared")
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
+        if not marked and hasattr(job.model, "_is_accelerate_prepared"):
+            # Evaluating marks the bare model "prepared"; a later `fit` would then skip the DDP wrapper,
+            # and each process would train on its own gradients (the base model is evaluated first).
+            del job.model._is_accelerate_prepared
+        return {k.removeprefix("eval_"): v for k, v in metrics.items()}
+
+    def whole_model(self, job):
+        import contextlib
+
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if job.deepspeed is None or not is_deepspeed_zero3_enabled():
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(job.model.parameters()), modifier_rank=None)
+
+    def planned_steps(self, train_rows: int, world_size: int = 1) -> int | None:
+        """The run's optimizer steps; a FinetuneError when they are more than MAX_STEPS."""
+        o = self.options
+        if o.max_steps:
+            return o.max_steps
+        per_epoch = math.ceil(math.ceil(train_rows / (o.batch_size * world_size)) / o.gradient_accumulation_steps)
+        steps = math.ceil(per_epoch * o.epochs)
+        if steps > MAX_STEPS:
+            raise FinetuneError(
+                f"training.epochs = {o.epochs:g} plans {steps:,} optimizer steps ({per_epoch:,} per epoch), "
+                f"more than the {MAX_STEPS:,} a run may take",
+                hint="lower training.epochs, raise training.batch_size, or set training.max_steps",
+            )
+        return steps
+
+
+def divergence_hint(options: HFTrainerOptions) -> str:
+    """What to try after a NaN/inf loss: gradient clipping only where it is off."""
+    if options.max_grad_norm == 0:
+        return "lower training.learning_rate, or clip gradients with training.max_grad_norm (e.g. 1.0)"
+    return (
+        f"lower training.learning_rate (gradients are already clipped to norm {options.max_grad_norm:g}); "
+        "check the data for extreme or empty rows"
+    )
+
+
+@hookimpl
+def register_trainers(register):
+    register(HF)

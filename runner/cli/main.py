@@ -1,0 +1,178 @@
+"""The `finetune` command.
+
+`--help`, `validate`, `plugins` and `recipes` import neither torch nor transformers: they answer
+in a fraction of a second. User errors print one message and exit with code 2 (`--debug` adds the
+traceback); a diverged run exits 1, an interrupted one 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+import traceback
+from pathlib import Path
+
+from runner import __version__
+from runner.errors import FinetuneError, clip
+
+EPILOG = """\
+exit codes: 0 done, 1 training diverged (NaN/inf loss), 2 error in a recipe, data or arguments,
+3 an audit failed (the run is complete; see audits.json), 130 interrupted (a checkpoint was saved:
+finetune resume RUN continues it)
+
+examples:
+  finetune run recipes/quickstart.toml
+  finetune run my.toml --set training.learning_rate=3e-4 --set strategy.type=lora
+  finetune validate recipes/*.toml
+  finetune plan my.toml --offline
+  finetune resume runs/quickstart/20261122-101500
+"""
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a recipe value, in TOML syntax (repeatable), e.g. training.epochs=1",
+    )
+
+
+def _add_launch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several processes (torchrun; DeepSpeed's launcher with --hostfile)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N", help="processes on this machine, one per device")
+    g.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines, each running this same command")
+    g.add_argument("--node-rank", type=int, default=0, metavar="I", help="this machine's index (0: the master)")
+    g.add_argument("--master-addr", metavar="HOST", help="address of the machine with --node-rank 0")
+    g.add_argument("--master-port", type=int, default=29500, metavar="PORT", help="its port (default 29500)")
+    g.add_argument("--hostfile", type=Path, help="DeepSpeed hostfile ('HOST slots=N' a line): start every machine")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune",
+        description="Fine-tune language models from a declarative TOML recipe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"finetune-runner {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train, evaluate and save a recipe's model")
+    p.add_argument("recipe", type=Path)
+    _add_recipe_args(p)
+    p.add_argument("--output", type=Path, help="run directory to create (default: <output_dir>/<name>/<time>)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model/tokenizer/metric code from the Hub to run (a recipe alone can never allow it)",
+    )
+    _add_launch_args(p)
+
+    p = sub.add_parser("validate", help="check recipes and report every error with file:line")
+    p.add_argument("recipes", type=Path, nargs="+")
+    _add_recipe_args(p)
+
+    p = sub.add_parser("plan", help="show what a run would do, without training")
+    p.add_argument("recipe", type=Path)
+    _add_recipe_args(p)
+    p.add_argument("--offline", action="store_true", help="do not contact the Hub; show what is known locally")
+    p.add_argument("--samples", type=int, default=3, help="formatted training samples to show (default 3)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes per machine, for memory estimates")
+    p.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines, for memory estimates")
+
+    p = sub.add_parser("eval", help="evaluate a finished run's model again")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", choices=["validation", "test"], default="test")
+
+    p = sub.add_parser("report", help="rebuild a run's report.html and model card")
+    p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser("compare", help="runs side by side: differing recipe keys, final metrics")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p = sub.add_parser("audit", help="run a finished run's audits again, or other audits, on its model")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--audits", type=Path, metavar="FILE", help="a TOML file of [[audits]] tables to run instead")
+
+    p = sub.add_parser("predict", help="predictions from a finished run's model")
+    p.add_argument("run_dir", type=Path)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--text", action="append", help="a text to predict (repeatable)")
+    group.add_argument("--input", type=Path, help="a .jsonl file with a 'text' field per line, or a .txt file")
+    p.add_argument("--output", type=Path, help="write predictions as JSON lines here (default: stdout)")
+
+    p = sub.add_parser("generate", help="text from a finished language-model or instruction run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: the recipe's)")
+
+    p = sub.add_parser("export", help="write a finished run's model as a standalone directory")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--merge", action="store_true", help="fold adapters (LoRA, IA3, ...) into the base weights")
+    p.add_argument("--output", type=Path, help="where to write it (default: RUN_DIR/merged, or RUN_DIR/export)")
+
+    p = sub.add_parser("resume", help="continue an interrupted run from its last complete checkpoint")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--checkpoint", help="resume from this checkpoint (e.g. checkpoint-40) instead of the newest")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even though the data, the recipe or the number of processes changed",
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="as for `run`")
+    _add_launch_args(p)
+
+    # One process of a launched run; started by the launcher, not by hand (so not listed).
+    p = sub.add_parser("worker")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--resume-from", type=Path)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+    p = sub.add_parser("new", help="scaffold a plugin package")
+    p.add_argument("what", choices=["plugin"])
+    p.add_argument("name", help="package name, e.g. finetune-bitfit")
+    p.add_argument("--dir", type=Path, default=Path("."), help="where to create it (default: here)")
+
+    sub.add_parser("plugins", help="installed plugins, versions and the components they register")
+    sub.add_parser("recipes", help="shipped recipes with a one-line description each")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from runner.cli import commands
+
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except FinetuneError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # A path the user typed (--output, a run directory) that no file system accepts: their error.
+        if args.debug:
+            traceback.print_exc()
+        name = clip(str(exc.filename or ""))
+        print(f"error: {name}: the name is too long for the file system (at most 255 bytes a name)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""`finetune plan`: what a run would do, and where every value of the recipe came from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.components import RunContext
+from runner.errors import FinetuneError, format_key
+from runner.recipe.resolved import Recipe
+
+
+def _leaves(value: Any, prefix: tuple = ()):
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _leaves(sub, (*prefix, key))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for i, sub in enumerate(value):
+            yield from _leaves(sub, (*prefix, i))
+    else:
+        yield prefix, value
+
+
+def _show(value: Any) -> str:
+    import tomli_w
+
+    text = tomli_w.dumps({"v": value}).strip()[4:] if value is not None else ""
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def provenance_table(recipe: Recipe):
+    from rich.table import Table
+
+    table = Table(title="resolved recipe", show_lines=False)
+    table.add_column("key", overflow="fold")
+    table.add_column("value", overflow="fold")
+    table.add_column("from", style="dim", overflow="fold")
+    prov = recipe.source.provenance
+    for key, value in _leaves(recipe.resolved()):
+        origin = prov.get(key)
+        table.add_row(format_key(key), _show(value), str(origin) if origin else "default")
+    return table
+
+
+def _weight_bytes(model) -> int:
+    """Bytes per element of the model's weights as built (4 unless the model sets a 16-bit dtype)."""
+    first = next(iter(model.parameters()), None)
+    return first.element_size() if first is not None else 4
+
+
+def _suggestions(recipe: Recipe, sharding, world_size: int) -> str:
+    """What would lower the memory per device, leaving out what the recipe already does."""
+    options = recipe.training.options
+    tips = []
+    if sharding.zero_stage < 3:
+        more = "" if world_size > 1 else " with more processes (--nproc)"
+        tips.append(f"a higher ZeRO stage{more} ([distributed] engine = 'deepspeed', zero_stage = 3)")
+    if sharding.offload_optimizer == "none":
+        tips.append("offload_optimizer = 'cpu'")
+    if getattr(options, "batch_size", 1) > 1:
+        tips.append("a smaller training.batch_size (with gradient_accumulation_steps)")
+    if not getattr(options, "gradient_checkpointing", True):
+        tips.append("training.gradient_checkpointing = true")
+    return "; try " + ", ".join(tips) if tips else ""
+
+
+def _activations(recipe: Recipe, model, spec, max_length: int, precision: str) -> tuple[int, str]:
+    """Activation bytes per device and how they were reckoned; (0, why) when the config lacks sizes."""
+    from runner.distributed import memory
+
+    shape = memory.transformer_shape(getattr(model, "config", None))
+    if shape is None:
+        return 0, "activations unknown: the model config has no layer sizes"
+    options = recipe.training.options
+    batch = getattr(options, "batch_size", 1)
+    checkpointing = bool(getattr(options, "gradient_checkpointing", False))
+    # Classifier heads output labels, not the vocabulary.
+    width = shape.vocab if spec.head in ("causal_lm", "seq2seq_lm") else spec.num_labels or 1
+    seq = max_length + recipe.strategy.create().extra_positions()
+    size = 4 if precision == "fp32" else 2
+    found = memory.activation_bytes(batch, seq, shape.hidden, shape.layers, shape.heads, width, size, checkpointing)
+    how = f"batch {batch} x {seq} tokens, {precision}" + (", gradient checkpointing" if checkpointing else "")
+    return found, f"activations {memory.format_bytes(found)} ({how})"
+
+
+def _processes(world_size: int) -> str:
+    return f"{world_size} process" + ("es" if world_size != 1 else "")
+
+
+def _fit_warnings(device: int, host: int, world_size: int, accelerator, tips: str) -> list[str]:
+    """Warnings when `device` bytes per process, plus `host` offloaded bytes per process, will not fit."""
+    from runner.distributed.memory import format_bytes as fmt
+
+    processes = _processes(world_size)
+    if not accelerator.cuda:
+        # Every process trains in the same RAM, offloaded states included.
+        need = (device + host) * world_size
+        if accelerator.memory and need > accelerator.memory:
+            return [f"the estimate of {fmt(need)} for {processes} exceeds the {fmt(accelerator.memory)} of RAM{tips}"]
+        return []
+    warnings = []
+    if accelerator.memory and device > accelerator.memory:
+        have = f"{fmt(accelerator.memory)} of {accelerator.name}"
+        warnings.append(f"the estimate of {fmt(device)} per device exceeds the {have}{tips}")
+    if accelerator.host_memory and host * world_size > accelerator.host_memory:
+        warnings.append(
+            f"offloaded states need {fmt(host * world_size)} of CPU memory for {processes}, more than the "
+            f"host's {fmt(accelerator.host_memory)} of RAM; try offloading to 'nvme'"
+        )
+    return warnings
+
+
+def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, world_size: int = 1):
+    """Rows for the plan table estimating memory per device, and warnings when it will not fit.
+
+    See runner.distributed.memory for what the estimate counts. Returns (facts, warnings).
+    """
+    from runner.distributed import memory
+
+    fmt = memory.format_bytes
+    accelerator = memory.detect_accelerator()
+    engine = recipe.distributed.create()
+    sharding = engine.sharding()
+    precision = memory.resolve_precision(getattr(recipe.training.options, "mixed_precision", "auto"), accelerator)
+    # DeepSpeed casts the model to 16-bit and keeps fp32 master weights in its optimizer (the ZeRO
+    # paper's accounting); without it the trainer autocasts and the model's own (fp32) weights are
+    # the master copy, which costs what fp32 training costs.
+    deepspeed = engine.deepspeed_config() is not None
+    states_precision = precision if deepspeed else ("fp32" if _weight_bytes(model) >= 4 else "bf16")
+    states = memory.model_state_bytes(
+        counts["total"],
+        counts["trainable"],
+        world_size,
+        sharding.zero_stage,
+        sharding.offload_optimizer,
+        sharding.offload_params,
+        states_precision,
+    )
+    activations, how = _activations(recipe, model, spec, max_length, precision)
+    device = states.device + activations
+    # The libraries and data a run holds besides the model: on the CPU the plan holds them too (its
+    # model is on the meta device), so its own resident memory measures them.
+    footprint = 0 if accelerator.cuda else memory.resident_bytes()
+    device += footprint
+    parts = f"model states {fmt(states.device)} + {how}"
+    if footprint:
+        parts += f" + libraries and data {fmt(footprint)}"
+    elif accelerator.cuda:
+        parts += "; not counted: the CUDA context and allocator, some hundreds of MiB more"
+    facts = {"memory per device": f"~{fmt(device)}: {parts}"}
+    facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {_processes(world_size)}"
+    offloads = {"optimizer": sharding.offload_optimizer, "weights": sharding.offload_params}
+    if any(where != "none" for where in offloads.values()):
+        facts["sharding"] += ", offload " + ", ".join(f"{k} to {v}" for k, v in offloads.items() if v != "none")
+    if states.host:
+        facts["host memory (offload)"] = f"{fmt(states.host)} per process, {fmt(states.host * world_size)} in all"
+    if states.nvme:
+        facts["NVMe (offload)"] = f"{fmt(states.nvme)} per process"
+    facts["accelerator"] = f"{accelerator.name}, {fmt(accelerator.memory)}" if accelerator.memory else accelerator.name
+    tips = _suggestions(recipe, sharding, world_size)
+    return facts, _fit_warnings(device, states.host, world_size, accelerator, tips)
+
+
+def _evaluation(recipe: Recipe) -> str:
+    """What the fine-tuned model will be compared with, and how sure the test figures will be."""
+    e, task = recipe.evaluation, recipe.task.cls
+    against = ["the untouched base model"] if e.baseline else []
+    if e.baseline and task.produces == "classes":
+        against.append("the majority class")
+    if e.baseline and task.generates and e.few_shot:
+        against.append(f"{e.few_shot}-shot prompting")
+    compared = f"against {', '.join(against)}" if against else "no baseline"
+    sure = f"; test intervals from {e.bootstrap} resamples ({e.confidence:.0%})" if e.bootstrap else ""
+    audits = f"; audits: {', '.join(spec.create().key() for spec in recipe.audits)}" if recipe.audits else ""
+    return compared + sure + audits
+
+
+def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: int = 1) -> None:
+    """Show what `finetune run` would do with `recipe` on `world_size` processes, without training."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from runner.pipeline.encoding import default_cache_dir
+
+    src = recipe.source
+    console.print(f"[bold]{recipe.name}[/]: {src.path}")
+    if len(src.chain) > 1:
+        console.print("extends: " + " -> ".join(str(p) for p in src.chain))
+    for override in src.overrides:
+        console.print(f"override: --set {override}")
+    console.print(provenance_table(recipe))
+
+    components = Table(title="components")
+    for column in ("section", "type", "what it does"):
+        components.add_column(column)
+    for spec in recipe.components():
+        components.add_row(format_key(spec.key), spec.name, spec.cls.summary())
+    console.print(components)
+
+    notes: list[str] = []
+    ctx = RunContext(
+        seed=recipe.run.seed,
+        cache_dir=default_cache_dir(),
+        info=notes.append,
+        warn=notes.append,
+    )
+    task = recipe.task.create()
+    facts: dict[str, str] = {}
+    warnings: list[str] = []
+    data = tokenizer = None
+    try:
+        from runner.pipeline.data import prepare_data
+        from runner.pipeline.run import quiet_libraries
+
+        quiet_libraries(False)
+        data = prepare_data(recipe, task, ctx)
+        notes += data.notes
+        facts["rows"] = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
+        if hasattr(task, "labels") and task.labels:
+            facts["labels"] = ", ".join(task.labels)
+    except FinetuneError as exc:
+        if not offline:
+            raise
+        facts["data"] = f"not loaded: {exc.message}"
+
+    model_component = recipe.model.create()
+    if data is not None:
+        try:
+            from runner.pipeline.modeling import ensure_pad_token
+            from runner.pipeline.run import resolve_max_length
+
+            parts = data.parts("train")
+            tokenizer = recipe.tokenizer.create().build(
+                ctx, lambda: (t for p in parts for t in p.task.training_texts(p.splits["train"]))
+            )
+            ensure_pad_token(tokenizer)
+            for variant in {id(p.task): p.task for p in parts if p.task is not task}.values():
+                variant.prepare_tokenizer(tokenizer)
+            task.prepare_tokenizer(tokenizer)
+            max_length = resolve_max_length(recipe, tokenizer, model_component)
+            facts["max length"] = f"{max_length} tokens, {recipe.tokenizer.options.padding} padding"
+            spec = task.model_spec(tokenizer, max_length)
+            model = model_component.build_empty(ctx, spec)
+            model = recipe.strategy.create().apply(model, ctx, spec)
+            from runner.pipeline.modeling import count_parameters, describe_parameters
+
+            counts = count_parameters(model)
+            facts["parameters"] = describe_parameters(counts)
+            estimate, warnings = memory_facts(recipe, model, counts, spec, max_length, world_size)
+            facts.update(estimate)
+        except FinetuneError as exc:
+            if not offline:
+                raise
+            facts["model"] = f"not built: {exc.message}"
+        trainer = recipe.training.create()
+        steps = trainer.planned_steps(data.sizes()["train"], world_size)
+        if steps:
+            facts["optimizer steps"] = str(steps)
+    facts["evaluation"] = _evaluation(recipe)
+    facts["run directory"] = f"{recipe.run.output_dir}/{recipe.name}/<timestamp>/"
+
+    if data is not None and tokenizer is not None:
+        first = data.parts("train")[0]
+        rows = [dict(r) for r in first.splits["train"].select(range(min(samples, len(first.splits["train"]))))]
+        previews = first.task.preview(rows, tokenizer, max_length)
+        for n, pieces in enumerate(previews or [], 1):
+            from rich.text import Text
+
+            text = Text()
+            for piece, trained in pieces:
+                text.append(piece, style="bold" if trained else "dim")
+            console.print(f"[bold]sample {n}[/] (dim: not trained on; bold: trained on)")
+            console.print(text)
+
+    table = Table(title="plan", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key, value in facts.items():
+        table.add_row(key, value)
+    console.print(table)
+    for warning in warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/]")  # escape: "[distributed]" is no markup
+    for note in notes:
+        console.print(f"[dim]- {note}[/]")

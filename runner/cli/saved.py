@@ -1,0 +1,138 @@
+"""Using a finished run: load its model, evaluate it again, predict with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.components import RunContext, TrainJob
+from runner.errors import FinetuneError
+from runner.evaluation.evaluator import MetricsComputer
+from runner.pipeline.run import BASE_MODEL, MODEL_META, publish, quiet_libraries
+from runner.pipeline.rundir import RunDir, read_json, write_json
+from runner.plugins.manager import get_plugins
+from runner.recipe.load import load_recipe
+from runner.recipe.resolved import Recipe
+from runner.recipe.validate import validate
+
+
+@dataclass
+class Finished:
+    recipe: Recipe
+    task: Any
+    tokenizer: Any
+    model: Any
+    meta: dict[str, Any]
+    ctx: RunContext
+    base: Any  # () -> the untouched base model, as the run built it
+
+
+def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = None) -> Finished:
+    """The recipe, task, tokenizer and model of a completed run, loaded from its model/ directory.
+    `recipe`: the run's recipe as changed by the caller (other audits), instead of the saved one."""
+    from transformers import AutoTokenizer
+
+    from runner.pipeline.encoding import default_cache_dir
+    from runner.pipeline.modeling import auto_class, read_last_real_token
+
+    meta_path = run_dir.model / MODEL_META
+    if not meta_path.is_file():
+        state = run_dir.status().get("state", "unknown")
+        raise FinetuneError(
+            f"{run_dir.path} has no final model (run state: {state})",
+            hint=f"finish it with: finetune resume {run_dir.path}" if state != "completed" else None,
+        )
+    quiet_libraries(debug)
+    meta = read_json(meta_path)
+    recipe = recipe or validate(load_recipe(run_dir.recipe), get_plugins().registry)
+    ctx = RunContext(seed=recipe.run.seed, cache_dir=default_cache_dir(), run_dir=run_dir.path)
+    task = recipe.task.create()
+    task.restore(meta["task_state"])
+    tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
+    spec = task.model_spec(tokenizer, meta["max_length"])
+    strategy = recipe.strategy.create()
+
+    def base():
+        base_dir = run_dir.path / BASE_MODEL
+        if base_dir.is_dir():
+            return auto_class(spec.head).from_pretrained(base_dir)
+        from transformers import set_seed
+
+        set_seed(recipe.run.seed)  # a model built from a config gets the weights the run started from
+        return recipe.model.create().build(ctx, spec)
+
+    model = read_last_real_token(strategy.load(run_dir.model, spec, base))
+    return Finished(recipe, task, tokenizer, model, meta, ctx, base)
+
+
+def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> dict[str, float]:
+    from runner.pipeline.data import prepare_data
+    from runner.pipeline.encoding import encode_sources
+
+    done = load_finished(run_dir, debug)
+    recipe, task = done.recipe, done.task
+    data = prepare_data(recipe, recipe.task.create(), done.ctx)  # the same rows, splits and labels as the run
+    if not data.parts(split):
+        raise FinetuneError(f"the run has no {split} split", hint=f"splits: {', '.join(data.sizes())}")
+    encoded = encode_sources(
+        data, done.tokenizer, done.meta["max_length"], done.ctx.cache_dir, recipe.run.seed, splits=[split]
+    ).splits
+    metrics = [spec.create() for spec in recipe.metrics]
+    for metric in metrics:
+        metric.prepare(done.ctx)
+    trainer = recipe.training.create()
+    job = TrainJob(
+        model=done.model,
+        tokenizer=done.tokenizer,
+        task=task,
+        train=None,
+        evaluation=encoded[split],
+        collator=task.collator(done.tokenizer, None),
+        compute_metrics=MetricsComputer(task, metrics),
+        checkpoint_dir=run_dir.path / ".eval",
+        seed=recipe.run.seed,
+        events=None,
+    )
+    result = trainer.evaluate(job, encoded[split])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    write_json(run_dir.path / "evaluations" / f"{split}-{stamp}.json", result)
+    from rich.table import Table
+
+    table = Table(title=f"{recipe.name}: {split} ({len(encoded[split])} rows)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key.endswith(("runtime", "per_second", "preparation_time")) or key == "epoch":
+            continue  # timings are in the saved file; the table is for the scores
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    return result
+
+
+def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False, **generation) -> list[dict]:
+    if not texts:
+        raise FinetuneError("no texts to predict")
+    done = load_finished(run_dir, debug)
+    if generation and done.task.produces != "tokens":
+        raise FinetuneError(f"task '{done.recipe.task.name}' does not generate text; use finetune predict")
+    return done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"], **generation)
+
+
+def export_run(run_dir: RunDir, merge: bool, output: Path | None, debug: bool = False) -> Path:
+    """Write the run's model as a standalone directory; with `merge`, adapters folded into the base."""
+    done = load_finished(run_dir, debug)
+    strategy = done.recipe.strategy.create()
+    model = strategy.merge(done.model) if merge else done.model
+    final = output or run_dir.path / ("merged" if merge else "export")
+    meta = {**done.meta, "exported_from": str(run_dir.path)}
+    if merge and done.meta.get("adapter"):
+        meta.update(adapter=False, merged_from=done.meta["strategy"])
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory)
+        done.tokenizer.save_pretrained(directory)
+        write_json(directory / MODEL_META, meta)
+
+    return publish(final, write)

@@ -1,0 +1,310 @@
+"""Evaluation a user can trust: the fine-tuned model next to baselines, with intervals.
+
+Before training, the untouched base model is evaluated on the same validation and test rows, with
+the same tokenization, template and metrics as the fine-tuned model will be. A classifier's base has
+a freshly initialised head (an untrained classifier), so the majority class is shown too; a
+generating task's base is also prompted few-shot, with solved training rows before each prompt:
+the alternative to fine-tuning. After training, every split is evaluated again; test metrics get
+bootstrap confidence intervals, classifiers a confusion matrix, generating tasks text metrics on
+their greedy answers. A classifier no better than always answering its commonest label is said to
+be so (`against_majority`), never shown as a result. Everything lands in evaluation.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.components import TrainJob
+
+FINAL_SPLITS = ("validation", "test")
+
+
+class MetricsComputer:
+    """`compute_metrics` for a trainer: task outputs -> metric components -> one dict. Keeps the
+    last predictions and references, for intervals and the confusion matrix."""
+
+    def __init__(self, task, metrics):
+        self.task = task
+        self.metrics = [m for m in metrics if not _text_only(m)]  # text metrics need generated answers
+        self.last: tuple[Any, Any] | None = None
+
+    def __call__(self, eval_prediction) -> dict[str, float]:
+        predictions, references = self.task.metric_inputs(eval_prediction.predictions, eval_prediction.label_ids)
+        self.last = (predictions, references)
+        out: dict[str, float] = {}
+        for metric in self.metrics:
+            out.update(metric.compute(predictions, references))
+        return out
+
+
+def scores_only(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's scores without its timings and epoch counter."""
+    timing = ("runtime", "per_second", "preparation_time")
+    return {k: v for k, v in result.items() if not k.endswith(timing) and k != "epoch"}
+
+
+def _text_only(metric) -> bool:
+    return metric.consumes == {"text"}
+
+
+@dataclass
+class SplitRows:
+    """One split's raw rows, per source with the source's task (for prompts), and its encoding."""
+
+    parts: list[tuple[Any, Any]]  # [(task, datasets.Dataset)]
+    encoded: Any
+
+
+@dataclass
+class Evaluator:
+    """Evaluates models for a run; collects what evaluation.json says."""
+
+    options: Any  # the recipe's [evaluation] (runner.recipe.resolved.EvaluationOptions)
+    trainer: Any  # runner.Trainer
+    task: Any
+    tokenizer: Any
+    max_length: int
+    metrics: list  # runner.Metric, prepared
+    collator: Any
+    splits: dict[str, SplitRows]
+    train_rows: Any  # the training split's raw rows (few-shot examples), or None
+    seed: int
+    events: Any
+    checkpoint_dir: Any  # where the trainer may write (it writes nothing when only evaluating)
+    train_labels: Any = None  # encoded training labels, for the majority-class baseline
+    record: dict[str, Any] = field(default_factory=dict)  # intervals and details, for evaluation.json
+
+    def job(self, model) -> TrainJob:
+        """A job that evaluates `model` (no DeepSpeed: a base model is evaluated unsharded)."""
+        return TrainJob(
+            model=model,
+            tokenizer=self.tokenizer,
+            task=self.task,
+            train=None,
+            evaluation=None,
+            collator=self.collator,
+            compute_metrics=MetricsComputer(self.task, self.metrics),
+            checkpoint_dir=self.checkpoint_dir,
+            seed=self.seed,
+            events=None,
+        )
+
+    # -- one model on one split ----------------------------------------------------------------
+    def scores(self, job: TrainJob, split: str) -> tuple[dict[str, float], tuple | None]:
+        """Loss and metrics of `job.model` on `split` (timings left out), and the predictions they
+        came from (`job.compute_metrics` is a MetricsComputer)."""
+        result = self.trainer.evaluate(job, self.splits[split].encoded)
+        return scores_only(result), job.compute_metrics.last
+
+    def answers(self, model, split: str, shots: list[dict] | None = None) -> tuple[list[str], list[str]]:
+        """Greedy answers of `model` to the first `generation_rows` prompts of `split`, and the references."""
+        limit = self.options.generation_rows
+        predictions, references = [], []
+        for task, rows in self.splits[split].parts:
+            take = rows.select(range(min(len(rows), limit - len(references))))
+            if not len(take):
+                break
+            pairs = task.prompts(take, shots, tokenizer=self.tokenizer)
+            predictions += task.generate(model, self.tokenizer, [p for p, _ in pairs], self.max_length)
+            references += [r for _, r in pairs]
+        return predictions, references
+
+    def text_scores(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in self.metrics:
+            if _text_only(metric) and self._meaningful(metric, references):
+                out.update(metric.compute(predictions, references))
+        return out
+
+    def _meaningful(self, metric, references) -> bool:
+        """False for a metric that says nothing on these references; evaluation.json's
+        `left_out` says why, and the run says it once."""
+        reason = metric.meaningless(references)
+        if reason:
+            left_out = self.record.setdefault("left_out", {})
+            if metric.key() not in left_out and self.events is not None:
+                self.events.info(f"{metric.key()} left out: {reason}")
+            left_out[metric.key()] = reason
+        return reason is None
+
+    @property
+    def text_metrics(self) -> bool:
+        return self.task.generates and any(_text_only(m) for m in self.metrics)
+
+    # -- baselines -----------------------------------------------------------------------------
+    def baselines(self, base_model, random_init: bool) -> list[dict[str, Any]]:
+        """Evaluate the untouched base model, and the references that need no model."""
+        head_note = {
+            "sequence_classification": "its classification head freshly initialised: an untrained classifier",
+            "token_classification": "its tagging head freshly initialised: an untrained tagger",
+        }.get(self.task.head)
+        if random_init:
+            note = "the base model is randomly initialised (built from a config): it has learnt nothing yet"
+        elif head_note:
+            note = f"the pretrained base model, with {head_note}"
+        else:
+            note = (
+                "the pretrained base model, prompted zero-shot" if self.task.generates else "the pretrained base model"
+            )
+        base = {"name": "base model", "note": note}
+        job = self.job(base_model)
+        for split in self._final_splits():
+            base[split], _ = self.scores(job, split)
+            if self.text_metrics:
+                base[split].update(self.text_scores(*self.answers(base_model, split)))
+        rows = [base]
+        shots = self._shots()
+        if shots and self.text_metrics:
+            few = {
+                "name": f"base model, {len(shots)}-shot",
+                "note": f"{len(shots)} solved training rows before each prompt",
+            }
+            for split in self._final_splits():
+                few[split] = self.text_scores(*self.answers(base_model, split, shots))
+            rows.append(few)
+        majority = self._majority()
+        if majority:
+            rows.append(majority)
+        return rows
+
+    def _final_splits(self) -> list[str]:
+        return [s for s in FINAL_SPLITS if s in self.splits]
+
+    def _shots(self) -> list[dict]:
+        k = self.options.few_shot
+        if not k or self.train_rows is None or not self.task.generates:
+            return []
+        import numpy as np
+
+        order = np.random.default_rng(self.seed).permutation(len(self.train_rows))[:k]
+        return [{c: v for c, v in self.train_rows[int(i)].items() if not c.startswith("_")} for i in order]
+
+    def _majority(self) -> dict[str, Any] | None:
+        """Always the most frequent training label: the score a classifier must beat to have learnt anything."""
+        if self.task.produces != "classes" or self.train_labels is None:
+            return None
+        import numpy as np
+
+        counts = np.bincount(np.asarray(self.train_labels), minlength=len(getattr(self.task, "labels", [])))
+        top = int(counts.argmax())
+        names = getattr(self.task, "labels", None)
+        shown = names[top] if names else top
+        row: dict[str, Any] = {
+            "name": "majority class",
+            "note": f"always predicts '{shown}', the most frequent training label",
+        }
+        for split in self._final_splits():
+            references = np.asarray(self.splits[split].encoded["labels"])
+            predictions = np.full_like(references, top)
+            row[split] = {}
+            for metric in self.metrics:
+                if not _text_only(metric):
+                    row[split].update(metric.compute(predictions, references))
+        return row
+
+    # -- the fine-tuned model ------------------------------------------------------------------
+    def final(self, job: TrainJob, parts: dict[str, list[tuple[str, Any]]]) -> dict[str, Any]:
+        """Evaluate the trained `job.model` on every split (and each source of a mixed split)."""
+        from runner.evaluation.intervals import bootstrap
+
+        final: dict[str, Any] = {}
+        intervals: dict[str, Any] = {}
+        details: dict[str, Any] = {}
+        for split in self._final_splits():
+            final[split], last = self.scores(job, split)
+            answers = None
+            if self.text_metrics:
+                answers = self.answers(job.model, split)
+                final[split].update(self.text_scores(*answers))
+            self.events.evaluated(split, None, final[split], final=True)
+            if last is not None:
+                details[split] = self._details(*last)
+            if split == "test" and self.options.bootstrap:
+                intervals[split] = {}
+                for metric in self.metrics:
+                    data = answers if _text_only(metric) else last
+                    if data is not None and metric.key() not in self.record.get("left_out", {}):
+                        o = self.options
+                        found = bootstrap(metric, *data, resamples=o.bootstrap, confidence=o.confidence, seed=self.seed)
+                        intervals[split].update(found)
+            for name, dataset in parts.get(split, []) if len(parts.get(split, [])) > 1 else ():
+                final[f"{split}/{name}"] = scores_only(self.trainer.evaluate(job, dataset))
+                self.events.evaluated(f"{split}/{name}", None, final[f"{split}/{name}"], final=True)
+        self.record.update(intervals=intervals, details={k: v for k, v in details.items() if v})
+        return final
+
+    def compare_with_majority(self, baselines: list[dict[str, Any]], final: dict[str, Any], best_metric: str) -> None:
+        """Record whether the fine-tuned classifier beats the majority class (`against_majority`),
+        and warn when it does not."""
+        greater = {m.key(): m.greater_is_better for m in self.metrics}
+        check = against_majority(baselines, final, self.record.get("intervals", {}), best_metric, greater)
+        if check:
+            self.record["against_majority"] = check
+            warning = majority_warning(check)
+            if warning and self.events is not None:
+                self.events.warn(warning)
+
+    def _details(self, predictions, references) -> dict[str, Any]:
+        """Tables the metrics give beside their numbers (a confusion matrix), with label names."""
+        out: dict[str, Any] = {}
+        labels = getattr(self.task, "labels", None)
+        for metric in self.metrics:
+            out.update(metric.details(predictions, references, num_labels=len(labels) if labels else None))
+        if labels and "confusion_matrix" in out:
+            out["confusion_matrix"] = {**out["confusion_matrix"], "labels": list(labels)}
+        return out
+
+
+def against_majority(
+    baselines: list[dict[str, Any]],
+    final: dict[str, Any],
+    intervals: dict[str, Any],
+    best_metric: str,
+    greater_is_better: dict[str, bool],
+) -> dict[str, Any] | None:
+    """Whether the fine-tuned classifier does clearly better than the majority-class baseline, on
+    the test split (else validation), by `best_metric` (else the first metric both have).
+
+    "no better" when its score is not above the baseline's, or, with a bootstrap interval, when
+    the interval reaches the baseline's score: a model that guesses the commonest label, or barely
+    differs from it, has learnt nothing measurable. None when there is nothing to compare."""
+    majority = next((row for row in baselines if row.get("name") == "majority class"), None)
+    if majority is None:
+        return None
+    split = next((s for s in ("test", "validation") if majority.get(s) and final.get(s)), None)
+    if split is None:
+        return None
+    shared = [k for k in majority[split] if k in final[split] and k != "loss"]
+    if not shared:
+        return None
+    metric = best_metric if best_metric in shared else shared[0]
+    higher = greater_is_better.get(metric, True)
+    ours, theirs = float(final[split][metric]), float(majority[split][metric])
+    interval = (intervals.get(split) or {}).get(metric)
+    if interval:
+        reached = interval["low"] <= theirs if higher else interval["high"] >= theirs
+    else:
+        reached = ours <= theirs if higher else ours >= theirs
+    return {
+        "split": split,
+        "metric": metric,
+        "finetuned": ours,
+        "majority": theirs,
+        "interval": interval,
+        "note": majority.get("note"),
+        "verdict": "no better" if reached else "better",
+    }
+
+
+def majority_warning(check: dict[str, Any]) -> str | None:
+    """One sentence for the terminal and the report when the fine-tuned model is no better."""
+    if not check or check.get("verdict") != "no better":
+        return None
+    interval = check.get("interval")
+    spread = f", {interval['confidence']:.0%} interval {interval['low']:.4g}-{interval['high']:.4g}" if interval else ""
+    return (
+        f"the fine-tuned model is no better than the majority-class baseline ({check.get('note')}): "
+        f"{check['split']} {check['metric']} {check['finetuned']:.4g}{spread}, against {check['majority']:.4g}. "
+        "It has learnt nothing measurable: check the learning rate, the steps and the strategy."
+    )
