@@ -287,7 +287,8 @@ class Probe:
     def install(self) -> None:
         import atexit
 
-        from runner.pipeline import collate, events
+        from runner.pipeline import events
+        from runner.toolkit import collate
 
         for cls in (collate.PadCollator, collate.PackedCollator):
             cls.__call__ = self._counting(cls.__call__)

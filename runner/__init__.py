@@ -49,12 +49,12 @@ from runner.options import (
     Options,
     PositiveFloat,
 )
-from runner.pipeline.checkpoints import latest_complete as latest_checkpoint
-from runner.pipeline.checkpoints import mark_complete as mark_checkpoint_complete
-from runner.pipeline.checkpoints import rotate as rotate_checkpoints
-from runner.pipeline.collate import PackedCollator, PadCollator
-from runner.pipeline.hub import hub_load_error, is_offline
-from runner.pipeline.modeling import auto_class, token_losses
+from runner.storage.checkpoints import latest_complete as latest_checkpoint
+from runner.storage.checkpoints import mark_complete as mark_checkpoint_complete
+from runner.storage.checkpoints import rotate as rotate_checkpoints
+from runner.toolkit.collate import PackedCollator, PadCollator
+from runner.toolkit.hub import hub_load_error, is_offline
+from runner.toolkit.modeling import auto_class, token_losses
 
 __all__ = [
     "Audit",

@@ -63,7 +63,7 @@ _CONFIGS: dict[str, dict[str, Any]] = {
 def load_run(path: Path | str):
     """The recipe, task, tokenizer and model of the finished run in `path` (`.model`, `.tokenizer`, ...)."""
     from runner.cli.saved import load_finished
-    from runner.pipeline.rundir import RunDir
+    from runner.storage.rundir import RunDir
 
     return load_finished(RunDir(Path(path)))
 
@@ -91,7 +91,7 @@ def tiny_model(architecture: str = "gpt2", head: str = "sequence_classification"
     import torch
     from transformers import AutoConfig
 
-    from runner.pipeline.modeling import auto_class
+    from runner.toolkit.modeling import auto_class
 
     spec = tiny_spec(head)
     values = {**_CONFIGS[architecture], "vocab_size": VOCAB, **spec.config_overrides()}
@@ -112,7 +112,7 @@ def tiny_batch(head: str = "sequence_classification", rows: int = 4, length: int
 
 
 def read_last_real_token(model):
-    from runner.pipeline.modeling import read_last_real_token
+    from runner.toolkit.modeling import read_last_real_token
 
     return read_last_real_token(model)
 
@@ -208,7 +208,7 @@ class StrategyContract:
         """A row's prediction is the same alone and in a padded batch (the runner pads on the right)."""
         import torch
 
-        from runner.pipeline.collate import PadCollator
+        from runner.toolkit.collate import PadCollator
 
         if head != "sequence_classification":
             pytest.skip("about classifiers: which position a sequence classifier reads")
@@ -280,8 +280,8 @@ def run_recipe(tmp_path):
     def run(path: Path, overrides: list[str] | None = None):
         from runner.cli.commands import load_and_validate
         from runner.pipeline.run import execute
-        from runner.pipeline.rundir import RunDir
         from runner.plugins.manager import get_plugins
+        from runner.storage.rundir import RunDir
 
         recipe = load_and_validate(path, overrides)
         output = tmp_path / "run"

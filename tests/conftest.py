@@ -88,8 +88,8 @@ def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
     """Run a recipe in this process, as `finetune run` does; returns runner.pipeline.run.RunResult."""
     from runner.cli.commands import load_and_validate
     from runner.pipeline.run import execute
-    from runner.pipeline.rundir import RunDir
     from runner.plugins.manager import get_plugins
+    from runner.storage.rundir import RunDir
 
     recipe = load_and_validate(path, overrides)
     output.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from conftest import RECIPES, cli, tiny_recipe, write
 
 from runner.cli.commands import load_and_validate
 from runner.errors import FinetuneError, RecipeError
-from runner.pipeline import checkpoints
+from runner.storage import checkpoints
 
 LONG = "a" * 300  # one path component longer than any file system allows (255)
 

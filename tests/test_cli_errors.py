@@ -130,7 +130,7 @@ def test_validate_reports_every_recipe(tmp_path, capsys):
 
 
 def test_an_unreachable_hub_switches_to_offline_at_once(monkeypatch):
-    from runner.pipeline.hub import go_offline_if_unreachable
+    from runner.toolkit.hub import go_offline_if_unreachable
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")

@@ -7,9 +7,9 @@ from conftest import tiny_recipe, write
 
 from runner.cli.commands import load_and_validate
 from runner.components import RunContext
-from runner.pipeline.collate import PadCollator
 from runner.pipeline.data import prepare_data
 from runner.pipeline.encoding import encode_splits
+from runner.toolkit.collate import PadCollator
 
 
 def prepared(recipe_path, overrides=None, seed=7):
@@ -94,7 +94,7 @@ def test_left_padding_puts_ids_mask_and_labels_before_the_row():
 
 def test_tokenization_is_cached_by_content_tokenizer_and_length(tmp_path):
     from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
-    from runner.pipeline.modeling import ensure_pad_token
+    from runner.toolkit.modeling import ensure_pad_token
 
     recipe = tiny_recipe(tmp_path / "r.toml", rows=200)
     data, task = prepared(recipe)

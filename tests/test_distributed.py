@@ -9,7 +9,7 @@ import torch
 from conftest import cli, no_dropout_recipe, run_recipe, write
 from safetensors.torch import load_file
 
-from runner.pipeline.rundir import RunDir
+from runner.storage.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 

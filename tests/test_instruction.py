@@ -170,9 +170,9 @@ def test_instruction_run_lowers_validation_loss_saves_the_template_and_generates
 def test_packed_loss_equals_padded_loss(architecture):
     from datasets import Dataset
 
-    from runner.pipeline.collate import PackedCollator, PadCollator
     from runner.pipeline.packing import pack
     from runner.testing import tiny_model
+    from runner.toolkit.collate import PackedCollator, PadCollator
 
     model = tiny_model(architecture, "causal_lm").eval()
     generator = torch.Generator().manual_seed(0)

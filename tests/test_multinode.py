@@ -15,7 +15,7 @@ import pytest
 from conftest import cli, finetune_subprocess, no_dropout_recipe
 
 from runner.distributed import process_group
-from runner.pipeline.rundir import RunDir
+from runner.storage.rundir import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -320,7 +320,7 @@ def test_audits_section_when_the_recipe_has_none(tmp_path):
 
 
 def test_model_card_written_before_the_model_is_in_place_names_the_final_directory(run):
-    # runner.pipeline.run.publish writes the model into .model.tmp and renames it to model/ when complete
+    # runner.storage.rundir.publish writes the model into .model.tmp and renames it to model/ when complete
     temporary = run / ".model.tmp"
     temporary.mkdir()
     (temporary / "finetune.json").write_text((run / "model" / "finetune.json").read_text())

@@ -11,8 +11,8 @@ import torch
 from conftest import ROOT, cli, run_recipe, tiny_recipe
 from safetensors.torch import load_file
 
-from runner.pipeline import checkpoints
-from runner.pipeline.rundir import RunDir
+from runner.storage import checkpoints
+from runner.storage.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 

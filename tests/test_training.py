@@ -118,7 +118,7 @@ def test_lora_trains_only_adapters_and_the_head_and_reloads(tmp_path, monkeypatc
 def test_freeze_trains_only_the_named_parts():
     from plugins.strategies.freeze import Freeze, FreezeOptions
     from runner.components import ModelSpec, RunContext
-    from runner.pipeline.modeling import auto_class
+    from runner.toolkit.modeling import auto_class
 
     spec = ModelSpec(head="sequence_classification", vocab_size=50, max_length=16, pad_token_id=0, num_labels=2)
     from transformers import GPT2Config

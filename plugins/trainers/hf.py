@@ -2,7 +2,7 @@
 
 What it adds to the plain Trainer:
 - a NaN or infinite loss stops training before the optimizer step that would spread it;
-- every checkpoint gets a manifest written last (runner.pipeline.checkpoints), and rotation deletes only
+- every checkpoint gets a manifest written last (runner.storage.checkpoints), and rotation deletes only
   complete checkpoints, after the new one is complete;
 - Ctrl-C or SIGTERM saves a checkpoint at the end of the current step and stops;
 - progress goes to the run's reporters and metrics.jsonl through the core's events.

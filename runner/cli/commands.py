@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from runner.errors import FinetuneError, RecipeError, RunInterrupted, TrainingDiverged
-from runner.pipeline.rundir import RunDir
 from runner.plugins.manager import get_plugins
 from runner.recipe.build_check import check_build
 from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
+from runner.storage.rundir import RunDir
 
 
 def load_and_validate(path: Path, overrides: list[str] | None = None) -> Recipe:
@@ -50,7 +50,7 @@ def cmd_validate(args) -> int:
 
 def _offline(requested: bool = False) -> None:
     """Offline when asked, or when the Hub is unreachable (decided before any Hub library loads)."""
-    from runner.pipeline.hub import go_offline_if_unreachable
+    from runner.toolkit.hub import go_offline_if_unreachable
 
     if requested:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -154,7 +154,7 @@ def _still_running(run_dir: RunDir) -> int | None:
 
 def cmd_resume(args) -> int:
     from runner.distributed.launch import Launch
-    from runner.pipeline import checkpoints
+    from runner.storage import checkpoints
 
     run_dir = RunDir.open(args.run_dir)
     status = run_dir.status()

@@ -225,8 +225,8 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
     model_component = recipe.model.create()
     if data is not None:
         try:
-            from runner.pipeline.modeling import ensure_pad_token
-            from runner.pipeline.run import resolve_max_length
+            from runner.pipeline.preparing import resolve_max_length
+            from runner.toolkit.modeling import ensure_pad_token
 
             parts = data.parts("train")
             tokenizer = recipe.tokenizer.create().build(
@@ -241,7 +241,7 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
             spec = task.model_spec(tokenizer, max_length)
             model = model_component.build_empty(ctx, spec)
             model = recipe.strategy.create().apply(model, ctx, spec)
-            from runner.pipeline.modeling import count_parameters, describe_parameters
+            from runner.toolkit.modeling import count_parameters, describe_parameters
 
             counts = count_parameters(model)
             facts["parameters"] = describe_parameters(counts)

@@ -11,11 +11,11 @@ from pathlib import Path
 from runner.errors import FinetuneError, Issue, Location, RecipeError
 from runner.evaluation.audits import Audits, audit_data
 from runner.pipeline.events import Events
-from runner.pipeline.rundir import RunDir, read_json, write_json
 from runner.plugins.manager import get_plugins
 from runner.recipe.load import display_path, drop_under, load_recipe, read_toml
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
+from runner.storage.rundir import RunDir, read_json, write_json
 
 
 def recipe_with_audits(run_dir: RunDir, audits_file: Path) -> Recipe:

@@ -10,12 +10,13 @@ from typing import Any
 from runner.components import RunContext, TrainJob
 from runner.errors import FinetuneError
 from runner.evaluation.evaluator import MetricsComputer
-from runner.pipeline.run import BASE_MODEL, MODEL_META, publish, quiet_libraries
-from runner.pipeline.rundir import RunDir, read_json, write_json
+from runner.pipeline.run import quiet_libraries
+from runner.pipeline.steps import BASE_MODEL, MODEL_META
 from runner.plugins.manager import get_plugins
 from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
+from runner.storage.rundir import RunDir, publish, read_json, write_json
 
 
 @dataclass
@@ -35,7 +36,7 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
     from transformers import AutoTokenizer
 
     from runner.pipeline.encoding import default_cache_dir
-    from runner.pipeline.modeling import auto_class, read_last_real_token
+    from runner.toolkit.modeling import auto_class, read_last_real_token
 
     meta_path = run_dir.model / MODEL_META
     if not meta_path.is_file():

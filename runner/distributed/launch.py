@@ -23,9 +23,9 @@ from pathlib import Path
 
 from runner.distributed.process_group import exit_code_of, join_timeout, recorded_outcome, status_text
 from runner.errors import FinetuneError
-from runner.pipeline import checkpoints
-from runner.pipeline.rundir import RunDir, read_json
 from runner.recipe.resolved import Recipe
+from runner.storage import checkpoints
+from runner.storage.rundir import RunDir, read_json
 
 # How long the workers may take to save a checkpoint after being asked to stop.
 SAVE_TIMEOUT_S = 30 * 60

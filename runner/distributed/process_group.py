@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import tomli_w
 
 from runner.errors import FinetuneError, format_key
-from runner.pipeline.rundir import RunDir
+from runner.storage.rundir import RunDir
 
 T = TypeVar("T")
 

@@ -9,7 +9,10 @@ from typing import Any
 
 from runner.components import SPLITS, Audit, AuditData, AuditResult, AuditSubject, RunContext
 from runner.errors import AuditFailed, FinetuneError
-from runner.pipeline.encoding import WEIGHT
+
+# The column an audit's reweighting adds to the raw training rows; encoding turns it into the
+# `weight` the trainer scales each row's loss by.
+WEIGHT = "_weight"
 
 
 def audit_data(data) -> AuditData:

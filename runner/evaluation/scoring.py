@@ -12,8 +12,8 @@ def log_likelihoods(model, tokenizer, texts: list[str], max_length: int, batch: 
     `max_length`; its first token is not predicted. Padding is masked by the attention mask."""
     import torch
 
-    from runner.pipeline.collate import PadCollator
-    from runner.pipeline.modeling import token_losses
+    from runner.toolkit.collate import PadCollator
+    from runner.toolkit.modeling import token_losses
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if base.get_output_embeddings() is None or base.config.is_encoder_decoder:

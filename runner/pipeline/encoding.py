@@ -17,9 +17,8 @@ from typing import Any
 
 from runner.components import SPLITS, Task
 from runner.errors import FinetuneError
+from runner.evaluation.audits import WEIGHT
 from runner.pipeline.data import ORIGIN_COLUMNS
-
-WEIGHT = "_weight"
 
 CACHE_VERSION = 1
 

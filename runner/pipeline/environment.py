@@ -49,7 +49,7 @@ def git_commit(directory: Path) -> dict[str, Any] | None:
 def describe(recipe_dir: Path, plugins: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from runner.pipeline.modeling import device_summary
+    from runner.toolkit.modeling import device_summary
 
     return {
         "runner": __version__,
@@ -61,4 +61,10 @@ def describe(recipe_dir: Path, plugins: dict[str, Any]) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device_summary(),
         "git": git_commit(recipe_dir),
+    }
+
+
+def plugin_versions(plugins) -> dict[str, str]:
+    return {
+        name: f"{info.version} ({info.source})" for name, info in plugins.registry.plugins.items() if not info.error
     }

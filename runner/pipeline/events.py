@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from runner.components import Reporter
-from runner.pipeline.rundir import RunDir
+from runner.storage.rundir import RunDir
 
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:

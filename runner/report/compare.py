@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import FinetuneError
-from runner.pipeline.rundir import RunDir
 from runner.report.charts import finite
 from runner.report.run_record import (
     arrow,
@@ -27,6 +26,7 @@ from runner.report.run_record import (
     scores,
     split_order,
 )
+from runner.storage.rundir import RunDir
 
 MISSING = object()
 

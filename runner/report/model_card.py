@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.pipeline.modeling import HEADS
-from runner.pipeline.rundir import atomic_write
+from runner.components.models import HEADS
 from runner.report.card_text import md, md_code, md_fenced, md_table, to_yaml
 from runner.report.charts import finite
 from runner.report.run_record import (
@@ -38,6 +37,7 @@ from runner.report.run_record import (
     split_sizes,
     task_labels,
 )
+from runner.storage.rundir import atomic_write
 
 CARD = "README.md"
 
@@ -280,7 +280,7 @@ def _limitations(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
 
 def _final_dir(model_dir: Path) -> Path:
     """Where the model will be read from: a card written into the temporary directory that is renamed
-    into place when complete (`.model.tmp`, see runner.pipeline.run.publish) names the final directory."""
+    into place when complete (`.model.tmp`, see runner.storage.rundir.publish) names the final directory."""
     name = model_dir.name
     if name.startswith(".") and name.endswith(".tmp") and len(name) > 5:
         return model_dir.with_name(name[1:-4])

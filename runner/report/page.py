@@ -22,7 +22,6 @@ from typing import Any
 
 from runner import __version__
 from runner.evaluation.evaluator import majority_warning
-from runner.pipeline.rundir import atomic_write
 from runner.report.charts import (
     Marker,
     Series,
@@ -59,6 +58,7 @@ from runner.report.run_record import (
     split_sizes,
     task_labels,
 )
+from runner.storage.rundir import atomic_write
 
 REPORT = "report.html"
 MAX_EXAMPLES = 10

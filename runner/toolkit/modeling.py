@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-HEADS = {
-    "sequence_classification": "AutoModelForSequenceClassification",
-    "causal_lm": "AutoModelForCausalLM",
-    "token_classification": "AutoModelForTokenClassification",
-    "seq2seq_lm": "AutoModelForSeq2SeqLM",
-}
+from runner.components.models import HEADS
 
 
 def auto_class(head: str):

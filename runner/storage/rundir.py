@@ -192,3 +192,13 @@ class ReadOnlyRunDir(RunDir):
 
     def rewind_metrics(self, step: int) -> None:
         pass
+
+
+def publish(final: Path, write) -> Path:
+    """Have `write(directory)` fill a temporary directory beside `final`, then rename it to `final`."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    publish_dir(tmp, final)
+    return final

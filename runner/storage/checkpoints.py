@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from runner.errors import FinetuneError, clip
-from runner.pipeline.rundir import fsync_dir, read_json, write_json
+from runner.storage.rundir import fsync_dir, read_json, write_json
 
 MANIFEST = "finetune-checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")

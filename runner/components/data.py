@@ -1,0 +1,65 @@
+"""Data sources: where a recipe's rows come from (`[[data.sources]]`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from runner.components.base import Component, RunContext
+from runner.options import Options
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from datasets import Dataset
+
+
+class DataSourceOptions(Options):
+    """Options every data source has."""
+
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map the task's column names to this source's, e.g. {text = 'tweet', label = 'sentiment'}.",
+    )
+    name: str | None = Field(default=None, description="Label of this source's own metrics (default: type + index).")
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        description="Share of the training mix, relative to the other sources' weights (default: its size).",
+    )
+    task: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Task options for this source's rows only, e.g. { format = 'chat', template = 'chatml' }.",
+    )
+
+
+@dataclass
+class RawSplit:
+    """One split as a data source delivers it, before any processing."""
+
+    dataset: Dataset
+    origin: str  # a file path or a description such as "inline rows in recipe.toml"
+    row_word: str = "row"  # how to name a row of this origin: "row", "line"
+    first_row: int = 1  # the number the first row has in `origin` (a CSV header makes it 2)
+
+    def where(self, index: int) -> str:
+        """Name row `index` of `dataset` the way the user finds it in the origin."""
+        row = self.dataset[index]["_row"] if "_row" in self.dataset.column_names else index
+        return f"{self.origin}, {self.row_word} {row + self.first_row}"
+
+
+class DataSource(Component):
+    """Reads rows from somewhere. Options subclass `DataSourceOptions`."""
+
+    kind = "data_source"
+    Options = DataSourceOptions
+
+    def load(self, ctx: RunContext) -> dict[str, RawSplit]:
+        """Return the splits this source provides: keys among "train", "validation", "test", or
+        the single key "all" for data that is not split yet (the core splits it)."""
+        raise NotImplementedError
+
+    def fingerprint(self, ctx: RunContext) -> dict[str, Any]:
+        """Identify the data exactly (file hashes, a content hash); recorded in environment.json and
+        compared on resume."""
+        raise NotImplementedError

@@ -1,0 +1,101 @@
+"""Tokenizers and models: what a recipe's `[tokenizer]` and `[model]` build."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from runner.components.base import Component, RunContext
+from runner.options import Options
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class TokenizerOptions(Options):
+    """Options every tokenizer has."""
+
+    max_length: int | None = Field(
+        default=None, gt=0, description="Truncate inputs to this many tokens (default: the model's limit)."
+    )
+    padding: Literal["dynamic", "max_length"] = Field(
+        default="dynamic",
+        description="'dynamic' pads each batch to its longest row; 'max_length' pads every row to max_length.",
+    )
+
+
+class Tokenizer(Component):
+    """Provides a tokenizer. Options subclass `TokenizerOptions`."""
+
+    kind = "tokenizer"
+    Options = TokenizerOptions
+
+    def build(self, ctx: RunContext, texts: Callable[[], Iterator[str]]) -> PreTrainedTokenizerBase:
+        """Return a ready tokenizer. `texts()` iterates the training texts, for tokenizers that are
+        trained on the data."""
+        raise NotImplementedError
+
+    def model_max_length(self) -> int | None:
+        """The longest input the tokenizer knows of, if any (used when max_length is not set)."""
+        return None
+
+
+# The heads a task may ask for (`ModelSpec.head`), with the transformers Auto class that builds each.
+HEADS = {
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "token_classification": "AutoModelForTokenClassification",
+    "seq2seq_lm": "AutoModelForSeq2SeqLM",
+}
+
+
+@dataclass
+class ModelSpec:
+    """What a task needs from a model: the head and the sizes that depend on data and tokenizer."""
+
+    head: Literal["sequence_classification", "causal_lm", "token_classification", "seq2seq_lm"]
+    vocab_size: int
+    max_length: int
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    decoder_start_token_id: int | None = None  # encoder-decoder models start decoding with it
+
+    def config_overrides(self) -> dict[str, Any]:
+        """Values to set on the model config (what a pretrained config must be told)."""
+        keys = ("pad_token_id", "num_labels", "id2label", "label2id", "problem_type", "decoder_start_token_id")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class Model(Component):
+    """Builds the model to fine-tune."""
+
+    kind = "model"
+
+    def build(self, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
+        """Return the model with the head `spec` asks for."""
+        raise NotImplementedError
+
+    def build_empty(self, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
+        """The model without weights (on PyTorch's meta device): for `finetune plan` to count
+        parameters without allocating or downloading them."""
+        import torch
+
+        with torch.device("meta"):
+            return self.build(ctx, spec)
+
+    def base_reference(self) -> str | None:
+        """A hub id or path that loads the untouched base model; None when it exists only in this run
+        (random init), in which case the core saves it next to an adapter."""
+        return None
+
+    def max_positions(self) -> int | None:
+        """The longest sequence the model accepts, if known without loading it."""
+        return None

@@ -1,0 +1,6 @@
+"""Helpers the core and plugins share: collators (`collate`), model heads and losses (`modeling`),
+Hub access (`hub`).
+
+What plugins may use of them is exported by `runner` (the public API); import it from there.
+May import the public API modules only (components, errors, options).
+"""
