@@ -236,7 +236,7 @@ def padding_stats(lengths: list[int], variant: str, run: dict) -> dict:
         padded = n_batches = 0
         group = batch * run["gradient_accumulation_steps"]
         for epoch in range(passes):
-            # As plugins/trainers/hf.py's EpochSeededLengthSampler orders rows for this epoch.
+            # As plugins/trainers/_hf_trainer.py's EpochSeededLengthSampler orders rows for this epoch.
             generator = torch.Generator().manual_seed(run["seed"] * 1_000_003 + epoch)
             order = get_length_grouped_indices(lengths, group, generator=generator)
             for i in range(0, len(order), batch):

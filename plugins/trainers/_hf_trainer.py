@@ -1,0 +1,148 @@
+"""The pieces trainer `hf` (plugins/trainers/hf.py) builds on transformers' `Trainer`, made on first
+use so that importing the plugin imports neither torch nor transformers:
+
+- `make_trainer_class`: the `Trainer` subclass, with a length-grouped sampler seeded per epoch (a
+  resumed run takes the batches the uninterrupted one would have), a loss checked for NaN or
+  infinity before backward (`NonFiniteLoss`), per-row weights, and checkpoints marked complete
+  before rotation;
+- `bridge_events`: the callback that passes progress to the run's events and stops at the end of the
+  step when the job is asked to stop (Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner import any_rank, barrier, mark_checkpoint_complete, rotate_checkpoints
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss {value} at step {step}")
+        self.step, self.value = step, value
+
+
+def make_trainer_class():
+    import torch
+    import transformers
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededLengthSampler(LengthGroupedSampler):
+        """Length grouping whose order depends only on (seed, epoch).
+
+        transformers' sampler draws from the global RNG when an epoch starts, so a run resumed
+        mid-epoch would see a different order than the run it continues. Seeding per epoch makes
+        a resumed run take exactly the batches the uninterrupted one would have."""
+
+        def __init__(self, batch_size, lengths, seed):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    token_weighted = {
+        *MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(),
+        *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(),
+    }
+
+    class _Trainer(transformers.Trainer):
+        keep_checkpoints = 2
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # transformers hands `num_items_in_batch` to any model whose forward takes **kwargs, then
+            # skips the division by gradient_accumulation_steps and multiplies the loss by the number
+            # of processes, trusting the model to divide by that global count. Language-model losses
+            # do; most other heads take a plain mean, and would train with gradient_accumulation_steps
+            # x processes times the learning rate. Only the language-model heads keep that path.
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            if type(base).__name__ not in token_weighted:
+                self.model_accepts_loss_kwargs = False
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy == "group_by_length" and "length" in dataset.column_names:
+                # Grouped by the global batch: the rows of one optimizer step are the same whether
+                # one process takes them all or N processes take a share each.
+                batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+                return EpochSeededLengthSampler(batch, list(dataset["length"]), self.args.data_seed or self.args.seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = inputs.pop("weight", None)
+            if weight is not None:
+                result = self._weighted_loss(model, inputs, weight, return_outputs)
+            else:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            # Checked before backward: a non-finite loss never reaches the weights or the optimizer.
+            # All ranks agree, so that none waits forever in the gradient reduction of the others.
+            if model.training and any_rank(not torch.isfinite(loss.detach()).all()):
+                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+            return result
+
+        def _weighted_loss(self, model, inputs, weight, return_outputs):
+            """A sequence classifier's cross-entropy with each row weighted (an audit's reweighting):
+            the mean of weight x row loss, so that weights of mean 1 keep the loss's scale."""
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            rows = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")
+            loss = (rows * weight.to(rows.dtype)).mean()
+            return (loss, outputs) if return_outputs else loss
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            # Under DeepSpeed every rank writes its shard: the checkpoint is complete when all have.
+            barrier()
+            if not self.args.should_save:
+                return
+            path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            mark_checkpoint_complete(path)
+            best = Path(self.state.best_model_checkpoint) if self.state.best_model_checkpoint else None
+            rotate_checkpoints(path.parent, self.keep_checkpoints, protect=best)
+
+    return _Trainer
+
+
+def bridge_events(job, state_holder):
+    from transformers import TrainerCallback
+
+    class Bridge(TrainerCallback):
+        interrupted = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            job.events.train_begin(state.max_steps, state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                keep = ("loss", "learning_rate", "grad_norm", "epoch")
+                job.events.log(state.global_step, {k: logs[k] for k in keep if k in logs})
+            elif "train_runtime" in logs:
+                state_holder["train_summary"] = dict(logs)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if state_holder.get("fitting"):
+                values = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
+                job.events.evaluated("validation", state.global_step, values)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if job.stop_requested():
+                self.interrupted = True
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            job.events.train_end()
+
+    return Bridge()
