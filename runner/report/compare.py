@@ -15,7 +15,6 @@ from typing import Any
 
 from runner.errors import FinetuneError
 from runner.pipeline.rundir import RunDir
-from runner.report.charts import finite
 from runner.report.run_record import (
     arrow,
     as_number,
@@ -27,6 +26,7 @@ from runner.report.run_record import (
     scores,
     split_order,
 )
+from runner.report.values import finite
 
 MISSING = object()
 

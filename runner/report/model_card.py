@@ -16,7 +16,6 @@ from typing import Any
 from runner.pipeline.modeling import HEADS
 from runner.pipeline.rundir import atomic_write
 from runner.report.card_text import md, md_code, md_fenced, md_table, to_yaml
-from runner.report.charts import finite
 from runner.report.run_record import (
     RunRecord,
     arrow,
@@ -38,6 +37,7 @@ from runner.report.run_record import (
     split_sizes,
     task_labels,
 )
+from runner.report.values import finite
 
 CARD = "README.md"
 

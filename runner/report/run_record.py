@@ -25,7 +25,7 @@ from typing import Any
 
 from runner.errors import format_key
 from runner.pipeline.rundir import RunDir, read_json
-from runner.report.charts import finite, fmt
+from runner.report.values import finite, fmt
 
 FINAL_SPLITS = ("validation", "test")
 # Keys of evaluation records that are bookkeeping, not scores.
