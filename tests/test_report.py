@@ -12,10 +12,12 @@ import pytest
 import tomli_w
 from conftest import cli
 
-from runner.report.charts import Series, fmt, line_chart, nice_ticks
+from runner.report.chart_frame import nice_ticks
+from runner.report.charts import Series, line_chart
 from runner.report.model_card import to_yaml, write_model_card
 from runner.report.page import build_report
 from runner.report.run_record import greater_is_better, read_run, scores, source_fingerprints
+from runner.report.values import fmt
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -3,5 +3,5 @@
 Owns the evaluator (`evaluator`: metrics on each split, beside the base model and the majority
 class), scoring helpers (`scoring`), bootstrap intervals (`intervals`), the training-curve
 diagnosis (`diagnosis`), running audits (`audits`) and data statistics (`data_stats`).
-May import the public API and `pipeline`'s data and batching helpers; it writes no files.
+May import the public API, `toolkit` (collators, losses) and `storage`; it writes no files.
 """

@@ -39,7 +39,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.report.charts import finite
+from runner.storage.rundir import finite
 
 RISE_TOLERANCE = 0.05  # share of the minimum validation loss that a rise must exceed to count
 FLAT_DROP = 0.10  # a loss that fell by less than this share of its start is flat

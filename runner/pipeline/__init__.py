@@ -1,8 +1,8 @@
 """The run pipeline: a validated recipe in, a complete run directory out.
 
-Owns the steps of a run (`run`): data preparation (`data`), tokenization and its cache
-(`encoding`), batching (`collate`, `packing`), the run directory and its atomic writes (`rundir`),
-checkpoints, signals, events for reporters, the environment record, model helpers (`modeling`)
-and Hub access (`hub`). May import the public API, `recipe`, `plugins`, `evaluation`, `report`
-and `distributed`'s process-group helpers.
+Owns running a recipe (`run`: status, reporters, lifecycle hooks) and its steps in order
+(`steps`, with the data side in `preparing`): data loading and splitting (`data`), tokenization
+and its cache (`encoding`), packing, graceful stops (`signals`), events for reporters (`events`)
+and the environment record (`environment`). May import every wing but `cli`: the public API,
+`recipe`, `plugins`, `toolkit`, `storage`, `distributed`, `evaluation` and `report`.
 """

@@ -7,92 +7,12 @@ finite numbers (NaN, inf, the strings "nan"/"inf" of the run files, None) are sk
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from html import escape
+from dataclasses import dataclass
 
-PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#65a30d")
-FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
-AXIS = "#6b7280"
-GRID = "#e5e7eb"
-
-
-def esc(value: object) -> str:
-    """Text for HTML and SVG: every value is user content until proven otherwise."""
-    return escape(str(value), quote=True)
-
-
-def finite(value: object) -> float | None:
-    """A finite float, or None (for NaN, inf, their string forms, and anything not a number)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def fmt(value: object, digits: int = 4) -> str:
-    """A number as a person reads it: integers whole, others with `digits` significant digits."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        if value == 0:
-            return "0"
-        if value.is_integer() and abs(value) < 1e15:
-            return fmt(int(value))
-        if abs(value) < 1e-3 or abs(value) >= 1e6:
-            return f"{value:.{max(digits - 1, 1)}e}"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering [low, high] (about `count` of them)."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return []
-    if high < low:
-        low, high = high, low
-    if high == low:
-        return [low]
-    raw = (high - low) / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    return ticks
-
-
-def tick_label(value: float, ticks: Sequence[float]) -> str:
-    """A tick's label with as many decimals as the tick spacing needs."""
-    if value == 0:
-        return "0"
-    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(value)
-    if abs(value) >= 1e6 or (step and step < 1e-3):
-        return f"{value:.2g}"
-    decimals = max(0, -math.floor(math.log10(step))) if step else 0
-    if step and round(step * 10**decimals) % 10 != 0 and step * 10**decimals != round(step * 10**decimals):
-        decimals += 1  # steps like 2.5 or 0.25 need one more digit
-    return f"{value:,.{decimals}f}" if abs(value) >= 10_000 else f"{value:.{decimals}f}"
+from runner.report.chart_frame import PALETTE, Frame, axes, heading, nice_ticks, padded, svg_open, tick_label
+from runner.report.values import esc, fmt
+from runner.storage.rundir import finite
 
 
 @dataclass
@@ -133,109 +53,6 @@ class VLine:
     colour: str = "#dc2626"
 
 
-@dataclass
-class _Frame:
-    """Plot area and the mapping from data to pixels."""
-
-    width: int
-    height: int
-    x_range: tuple[float, float]
-    y_range: tuple[float, float]
-    left: int = 64
-    right: int = 18
-    top: int = 34
-    bottom: int = 46
-    parts: list[str] = field(default_factory=list)
-
-    @property
-    def plot_w(self) -> float:
-        return self.width - self.left - self.right
-
-    @property
-    def plot_h(self) -> float:
-        return self.height - self.top - self.bottom
-
-    def px(self, x: float) -> float:
-        lo, hi = self.x_range
-        return self.left + (x - lo) / (hi - lo) * self.plot_w
-
-    def py(self, y: float) -> float:
-        lo, hi = self.y_range
-        return self.top + self.plot_h - (y - lo) / (hi - lo) * self.plot_h
-
-
-def _padded(low: float, high: float, pad: float = 0.05) -> tuple[float, float]:
-    if high == low:
-        span = abs(low) * 0.1 or 1.0
-        return low - span, high + span
-    span = high - low
-    return low - span * pad, high + span * pad
-
-
-def _svg_open(width: int, height: int, title: str) -> str:
-    return (
-        f'<svg class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{esc(title)}" '
-        f'font-family="{esc(FONT)}" font-size="11">'
-        f"<title>{esc(title)}</title>"
-    )
-
-
-def _axes(frame: _Frame, x_ticks, y_ticks, x_label: str, y_label: str, y_text: Callable[[float], str] | None = None):
-    p = frame.parts
-    x0, x1 = frame.left, frame.left + frame.plot_w
-    y0, y1 = frame.top, frame.top + frame.plot_h
-    for t in y_ticks:
-        y = frame.py(t)
-        p.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
-        label = y_text(t) if y_text else tick_label(t, y_ticks)
-        p.append(f'<text x="{x0 - 6}" y="{y + 3.5:.1f}" text-anchor="end" fill="{AXIS}">{esc(label)}</text>')
-    for t in x_ticks:
-        x = frame.px(t)
-        p.append(f'<line x1="{x:.1f}" y1="{y1:.1f}" x2="{x:.1f}" y2="{y1 + 4:.1f}" stroke="{AXIS}"/>')
-        label = tick_label(t, x_ticks)
-        p.append(f'<text x="{x:.1f}" y="{y1 + 16:.1f}" text-anchor="middle" fill="{AXIS}">{esc(label)}</text>')
-    p.append(f'<line x1="{x0}" y1="{y1:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="{AXIS}"/>')
-    p.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1:.1f}" stroke="{AXIS}"/>')
-    if x_label:
-        p.append(
-            f'<text x="{x0 + frame.plot_w / 2:.1f}" y="{frame.height - 8}" text-anchor="middle" '
-            f'fill="{AXIS}">{esc(x_label)}</text>'
-        )
-    if y_label:
-        cy = y0 + frame.plot_h / 2
-        p.append(
-            f'<text x="14" y="{cy:.1f}" text-anchor="middle" fill="{AXIS}" '
-            f'transform="rotate(-90 14 {cy:.1f})">{esc(y_label)}</text>'
-        )
-
-
-def _heading(frame: _Frame, title: str, legend: Sequence[tuple[str, str, bool]] = ()) -> None:
-    """Title on the left; legend entries (name, colour, dashed) on its right, or on lines of their own
-    below it when they do not fit beside it (the plot moves down to make room)."""
-    p = frame.parts
-    p.append(f'<text x="{frame.left}" y="18" font-size="13" font-weight="600" fill="#111827">{esc(title)}</text>')
-    if not legend:
-        return
-    widths = [6.3 * len(name) + 30 for name, _, _ in legend]  # about 6.3 px a character at 11 px
-    room = frame.width - frame.right - frame.left
-    beside = 7.6 * len(title) + 24 + sum(widths) <= room
-    x, y = (frame.width - frame.right - sum(widths), 18.0) if beside else (float(frame.left), 36.0)
-    if not beside:
-        frame.top += 16
-    for (name, colour, dashed), width in zip(legend, widths, strict=True):
-        if not beside and x + width > frame.width - frame.right:
-            x, y = float(frame.left), y + 16
-            frame.top += 16
-        dash = ' stroke-dasharray="5 3"' if dashed else ""
-        mid = y - 4
-        p.append(
-            f'<line x1="{x:.1f}" y1="{mid}" x2="{x + 16:.1f}" y2="{mid}" stroke="{colour}" stroke-width="2.5"{dash}/>'
-        )
-        p.append(f'<text x="{x + 20:.1f}" y="{y}" fill="#374151">{esc(name)}</text>')
-        x += width
-
-
 def line_chart(
     series: Sequence[Series],
     *,
@@ -257,16 +74,16 @@ def line_chart(
     x_lo, x_hi = min(xs), max(xs)
     if x_lo == x_hi:
         x_lo, x_hi = x_lo - 1, x_hi + 1
-    y_lo, y_hi = _padded(min(ys), max(ys))
+    y_lo, y_hi = padded(min(ys), max(ys))
     y_ticks = nice_ticks(y_lo, y_hi)
     y_lo, y_hi = min(y_lo, y_ticks[0]), max(y_hi, y_ticks[-1])
-    frame = _Frame(width, height, (x_lo, x_hi), (y_lo, y_hi))
+    frame = Frame(width, height, (x_lo, x_hi), (y_lo, y_hi))
     colours = {id(s): s.colour or PALETTE[i % len(PALETTE)] for i, (s, _) in enumerate(drawn)}
     # One series whose name the title already says needs no legend.
     alone = len(drawn) == 1 and drawn[0][0].name.lower() == title.lower()
     legend = [] if alone else [(s.name, colours[id(s)], s.dashed) for s, _ in drawn]
-    _heading(frame, title, legend)
-    _axes(frame, [t for t in nice_ticks(x_lo, x_hi, 7) if x_lo <= t <= x_hi], y_ticks, x_label, y_label)
+    heading(frame, title, legend)
+    axes(frame, [t for t in nice_ticks(x_lo, x_hi, 7) if x_lo <= t <= x_hi], y_ticks, x_label, y_label)
     p = frame.parts
     for v in vlines:
         x = frame.px(v.x)
@@ -311,7 +128,7 @@ def line_chart(
             f'<text x="{cx + dx:.1f}" y="{cy - 8:.1f}" text-anchor="{anchor}" font-weight="600" '
             f'fill="{m.colour}">{esc(m.label)}</text>'
         )
-    return _svg_open(width, height, title) + "".join(p) + "</svg>"
+    return svg_open(width, height, title) + "".join(p) + "</svg>"
 
 
 def bar_chart(
@@ -331,15 +148,15 @@ def bar_chart(
     if not groups or not values:
         return ""
     rotate = len(groups) > 10 or max(len(g) for g in groups) * len(groups) * 6.5 > width - 90
-    frame = _Frame(width, height + (40 if rotate else 0), (0.0, 1.0), (0.0, 1.0))
+    frame = Frame(width, height + (40 if rotate else 0), (0.0, 1.0), (0.0, 1.0))
     frame.bottom += 40 if rotate else 0
     top = max(max(values), 0.0)
     y_ticks = nice_ticks(0.0, top * 1.08 if top else 1.0)
     frame.y_range = (0.0, max(y_ticks[-1], top) or 1.0)
     legend = [(name, PALETTE[i % len(PALETTE)], False) for i, (name, _) in enumerate(series)] if len(series) > 1 else []
-    _heading(frame, title, legend)
+    heading(frame, title, legend)
     percent = (lambda t: tick_label(t * 100, [v * 100 for v in y_ticks]) + "%") if as_percent else None
-    _axes(frame, [], y_ticks, "", y_label, percent)
+    axes(frame, [], y_ticks, "", y_label, percent)
     p = frame.parts
     slot = frame.plot_w / len(groups)
     bar = min(36.0, slot * 0.8 / max(len(series), 1))
@@ -367,7 +184,7 @@ def bar_chart(
             )
         else:
             p.append(f'<text x="{cx:.1f}" y="{base:.1f}" text-anchor="middle" fill="#374151">{esc(label)}</text>')
-    return _svg_open(width, frame.height, title) + "".join(p) + "</svg>"
+    return svg_open(width, frame.height, title) + "".join(p) + "</svg>"
 
 
 def histogram(
@@ -399,9 +216,9 @@ def histogram(
         x_hi = x_lo + 1
     top = max(c for _, _, c in bins) or 1.0
     y_ticks = nice_ticks(0.0, top * 1.08, 4)
-    frame = _Frame(width, height, (x_lo, x_hi), (0.0, max(y_ticks[-1], top)), left=52, top=30)
-    _heading(frame, title)
-    _axes(frame, [t for t in nice_ticks(x_lo, x_hi, 6) if x_lo <= t <= x_hi], y_ticks, x_label, "rows")
+    frame = Frame(width, height, (x_lo, x_hi), (0.0, max(y_ticks[-1], top)), left=52, top=30)
+    heading(frame, title)
+    axes(frame, [t for t in nice_ticks(x_lo, x_hi, 6) if x_lo <= t <= x_hi], y_ticks, x_label, "rows")
     p = frame.parts
     for lo, hi, c in bins:
         x0, x1 = frame.px(lo), frame.px(hi)
@@ -420,7 +237,7 @@ def histogram(
         p.append(
             f'<text x="{x - 4:.1f}" y="{frame.top + 10}" text-anchor="end" fill="#dc2626">{esc(marker_label)}</text>'
         )
-    return _svg_open(width, height, title) + "".join(p) + "</svg>"
+    return svg_open(width, height, title) + "".join(p) + "</svg>"
 
 
 def heat_table(labels: Sequence[str], matrix: Sequence[Sequence[object]], *, caption: str = "") -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import FinetuneError
-from runner.report.charts import finite
 from runner.report.run_record import (
     arrow,
     as_number,
@@ -26,7 +25,7 @@ from runner.report.run_record import (
     scores,
     split_order,
 )
-from runner.storage.rundir import RunDir
+from runner.storage.rundir import RunDir, finite
 
 MISSING = object()
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from runner.components.models import HEADS
 from runner.report.card_text import md, md_code, md_fenced, md_table, to_yaml
-from runner.report.charts import finite
 from runner.report.run_record import (
     RunRecord,
     arrow,
@@ -37,7 +36,7 @@ from runner.report.run_record import (
     split_sizes,
     task_labels,
 )
-from runner.storage.rundir import atomic_write
+from runner.storage.rundir import atomic_write, finite
 
 CARD = "README.md"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import format_key
-from runner.report.charts import finite, fmt
-from runner.storage.rundir import RunDir, read_json
+from runner.report.values import fmt
+from runner.storage.rundir import RunDir, finite, read_json
 
 FINAL_SPLITS = ("validation", "test")
 # Keys of evaluation records that are bookkeeping, not scores.

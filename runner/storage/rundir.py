@@ -16,6 +16,7 @@ disk and renamed: a crash leaves the old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -60,6 +61,22 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 def write_json(path: Path, value: Any) -> None:
     atomic_write(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def finite(value: object) -> float | None:
+    """A finite float, or None (for NaN, inf, their string forms, and anything not a number)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def read_json(path: Path) -> Any:

@@ -1,0 +1,27 @@
+"""The generated-samples section: prompts and responses from samples.jsonl."""
+
+from __future__ import annotations
+
+from runner.report.run_record import RunRecord
+from runner.report.sections.pieces import clip, missing_note
+from runner.report.values import esc
+
+MAX_SAMPLES = 50
+
+
+def section_samples(rec: RunRecord) -> str:
+    """Generated samples: samples.jsonl."""
+    if rec.samples is None:
+        return missing_note("not recorded: no samples.jsonl (only generating tasks with sample prompts write one).")
+    if not rec.samples:
+        return missing_note("samples.jsonl is empty.")
+    body = []
+    for row in rec.samples[:MAX_SAMPLES]:
+        answer = row.get("response", row.get("completion", ""))
+        prompt = esc(clip(row.get("prompt", ""), 2000))
+        body.append(f"<tr><td><pre>{prompt}</pre></td><td><pre>{esc(clip(answer, 4000))}</pre></td></tr>")
+    more = (
+        f'<p class="note">the first {MAX_SAMPLES} of {len(rec.samples)}</p>' if len(rec.samples) > MAX_SAMPLES else ""
+    )
+    head = "<thead><tr><th>prompt</th><th>response</th></tr></thead>"
+    return f'<table class="samples">{head}<tbody>{"".join(body)}</tbody></table>{more}'
