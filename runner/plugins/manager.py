@@ -1,7 +1,7 @@
 """Loading plugins: built-ins first, then installed entry points of group `finetune`.
 
 Environment variables, as in pytest and llm:
-- FINETUNE_DISABLE_PLUGINS=a,b  skip these plugins (entry-point names or built-in module names);
+- FINETUNE_DISABLE_PLUGINS=a,b  skip these plugins (entry-point or built-in plugin names: plugins.BUILTIN);
 - FINETUNE_LOAD_PLUGINS=a,b     load only these third-party plugins (empty: none of them).
 
 A plugin that fails to import, or whose registration hook raises, is recorded with its error and
