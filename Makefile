@@ -51,7 +51,7 @@ format: $(STAMP)
 # The lock of every dependency but torch, resolved by uv for the Python and platform CI runs on.
 lock: $(STAMP)
 	echo "$(TORCH)" > $(LOCK).torch
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra quantization --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --generate-hashes --constraint $(LOCK).torch \
 		--custom-compile-command "make lock" --quiet \
 		| awk '/^[^ #]/ { skip = 0; n = split("$(NOT_LOCKED)", out, " "); \
@@ -65,7 +65,7 @@ lock: $(STAMP)
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH)"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev,quantization]" "$(TORCH)"
 	$(LATEST)/bin/pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
 	$(LATEST)/bin/python .ci/releases.py --lock $(LOCK)
 	$(LATEST)/bin/python -m pytest -q

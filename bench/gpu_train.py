@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/gpu_train.py                  # needs a CUDA GPU
     HF_HUB_OFFLINE=1 .venv/bin/python bench/gpu_train.py --zero3-offload  # also ZeRO-3 without / with CPU offload
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/gpu_train.py --qlora          # also QLoRA: 1B and an 8B-class model
     HF_HUB_OFFLINE=1 .venv/bin/python bench/gpu_train.py --tiny           # CPU smoke test of the same code path
 
 What it does. It writes a corpus of synthetic documents of varied length (pseudo-words, 64 to 2048
@@ -25,6 +26,11 @@ N the exact parameter count the run recorded in environment.json, and the peak t
 bf16 matmul rate of the card (8192 x 8192, timed after warm-up); peak memory; the share of real
 tokens in the batches. See docs/benchmarks.md for the accounting and what it leaves out.
 
+`--qlora` adds QLoRA runs, packed: the 1B model and a Llama-3-8B-shaped one (hidden 4096, 32
+layers, MLP 14336) loaded in 4-bit NF4 with double quantization and bf16 compute, LoRA r = 16 on all
+linear layers, gradient checkpointing on (its default there; the recomputation is not counted in
+MFU). Every run's table row also shows `finetune plan`'s memory estimate beside the measured peak.
+
 `--zero3-offload` adds a model sized so that its 16 bytes/param of model states exceed the card's
 memory, trained with `[distributed] engine = "deepspeed", zero_stage = 3` without offload (expected
 to run out of memory) and with optimizer states and weights offloaded to the CPU. DeepSpeed runs go
@@ -38,6 +44,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -58,6 +65,9 @@ MODEL_1B = dict(
 )
 # Llama-2-7B's layer shape with grouped-query attention; the layer count is sized from the card.
 ZERO3_LAYER = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=11008)
+MODEL_8B = dict(
+    hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336
+)
 MODEL_TINY = dict(
     hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176
 )
@@ -87,7 +97,7 @@ class Setup:
 @dataclass
 class Variant:
     name: str
-    strategy: str  # "full" or "lora"
+    strategy: str  # "full", "lora" or "qlora"
     packing: bool
     distributed: dict | None = None
     setup: Setup | None = None  # when it differs from the shared one (the ZeRO-3 model)
@@ -208,6 +218,12 @@ def recipe(variant: Variant, setup: Setup, corpus: Path) -> dict:
     if variant.strategy == "lora":
         table["strategy"] = {"type": "lora", "r": 16, "alpha": 32, "target_modules": LORA_TARGETS}
         table["training"]["learning_rate"] = 2e-4
+    if variant.strategy == "qlora":
+        table["strategy"] = {"type": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}
+        compute = "bfloat16" if setup.precision == "bf16" else "float32"
+        table["model"]["quantization"] = {"bits": 4, "type": "nf4", "double_quant": True, "compute_dtype": compute}
+        table["training"]["learning_rate"] = 2e-4
+        del table["training"]["gradient_checkpointing"]  # its default on a quantized base: on
     if setup.threads:
         table["run"]["threads"] = setup.threads
     if variant.distributed:
@@ -224,6 +240,14 @@ def validate(path: Path, env: dict) -> str | None:
     """None when `finetune validate` accepts the recipe, else what it said."""
     proc = subprocess.run([*finetune_command(), "validate", str(path)], env=env, capture_output=True, text=True)
     return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
+
+
+def plan_estimate(path: Path, env: dict, nproc: int | None) -> str | None:
+    """`finetune plan`'s memory per device for the recipe, as it prints it ("10.3 GiB"), or None."""
+    cmd = [*finetune_command(), "plan", str(path), *(["--nproc", str(nproc)] if nproc else [])]
+    proc = subprocess.run(cmd, env={**env, "COLUMNS": "300"}, capture_output=True, text=True)
+    found = re.search(r"memory per device\s*│\s*~([0-9.]+ [KMGT]?i?B)", proc.stdout)
+    return found.group(1) if found else None
 
 
 # -- the peak -----------------------------------------------------------------------------------
@@ -380,6 +404,7 @@ def run_variant(variant: Variant, setup: Setup, work: Path, env: dict, args) -> 
     problem = validate(path, env)
     if problem:
         return {"outcome": "invalid recipe", "detail": problem}
+    estimate = plan_estimate(path, env, args.nproc)
     run_dir, probe_dir = out / "run", out / "probe"
     probe_dir.mkdir()
     stop_at = setup.warmup + setup.steps
@@ -395,7 +420,7 @@ def run_variant(variant: Variant, setup: Setup, work: Path, env: dict, args) -> 
         except subprocess.TimeoutExpired:
             return {"outcome": f"timed out after {args.timeout} s", "log": str(log)}
     result = collect(probe_dir, run_dir, setup, variant)
-    result.update(wall_s=time.perf_counter() - start, log=str(log))
+    result.update(wall_s=time.perf_counter() - start, log=str(log), plan_estimate=estimate)
     if result["outcome"] != "ok":
         result["detail"] = failure_detail(run_dir, log)
         if "out of memory" in result["detail"].lower() or "OutOfMemoryError" in result["detail"]:
@@ -472,6 +497,11 @@ def make_variants(args, setup: Setup, peak: dict) -> list[Variant]:
     ]
     if args.only:
         variants = [v for v in variants if v.name in args.only]
+    if args.qlora:
+        variants.append(Variant("qlora-packed", "qlora", True))
+        eight = setup if args.tiny else replace(setup, model=MODEL_8B, batch_size=min(setup.batch_size, 4))
+        note = "tiny model (smoke test)" if args.tiny else describe_model(MODEL_8B, setup.vocab, setup.seq_len)
+        variants.append(Variant("qlora-8b-packed", "qlora", True, setup=eight, note=note))
     if not args.zero3_offload:
         return variants
     if args.tiny:  # nothing is too big for the host here: the same tiny model, to exercise the code path
@@ -517,7 +547,7 @@ def describe_model(config: dict, vocab: int, seq_len: int) -> str:
 
 
 COLUMNS = ("variant", "params N", "trainable", "FLOPs/token", "real tokens/s", "real-token share", "MFU",
-           "peak memory", "outcome")  # fmt: skip
+           "peak memory", "plan estimate", "outcome")  # fmt: skip
 
 
 def table_row(v: Variant, peak: dict, world: int) -> list[str]:
@@ -533,6 +563,7 @@ def table_row(v: Variant, peak: dict, world: int) -> list[str]:
         f"{r['real_share']:.3f}" if "real_share" in r else "-",
         f"{100 * tps * fpt / (peak['flops'] * world):.1f}%" if tps and fpt else "-",
         f"{fmt_bytes(r['peak_memory'])} ({r['memory_kind']})" if r.get("peak_memory") else "-",
+        r.get("plan_estimate") or "-",
         r["outcome"],
     ]
 
@@ -553,6 +584,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (not counted in MFU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (run.threads; --tiny: all cores)")
+    p.add_argument("--qlora", action="store_true", help="add QLoRA (4-bit NF4 base) on the 1B and an 8B-class model")
     p.add_argument("--zero3-offload", action="store_true", help="add ZeRO-3 without and with CPU offload")
     p.add_argument("--zero3-margin", type=float, default=1.05, help="model states / GPU memory of that model")
     p.add_argument("--zero3-batch", type=int, default=4, help="rows per micro-batch for the ZeRO-3 model")

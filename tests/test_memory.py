@@ -170,3 +170,19 @@ def test_plan_on_the_cpu_counts_every_process_in_the_same_ram(tmp_path, monkeypa
     small = Accelerator("CPU", 1024**2, 1024**2)
     out = plan_text(recipe, small, monkeypatch, world_size=2)
     assert "warning: the estimate of" in out and "for 2 processes exceeds the 1.0 MiB of RAM" in out
+
+
+def test_quantized_weights_count_at_their_width_with_their_constants():
+    from runner.distributed.memory import quantized_bytes_per_param
+
+    assert quantized_bytes_per_param(8) == 1.0
+    assert quantized_bytes_per_param(4) == 0.5 + 4 / 64  # an fp32 absmax per block of 64
+    assert 0.5 < quantized_bytes_per_param(4, double_quant=True) < quantized_bytes_per_param(4)
+    lora = N // 100
+    plain = model_state_bytes(N, lora, precision="bf16")
+    qlora = model_state_bytes(N, lora, precision="bf16", quantized=N - lora, quantized_bytes=0.5)
+    assert plain.weights == 2 * N
+    assert qlora.weights == 2 * lora + (N - lora) // 2
+    assert (qlora.gradients, qlora.optimizer) == (plain.gradients, plain.optimizer)  # only the adapter trains
+    with pytest.raises(ValueError):
+        model_state_bytes(N, lora, quantized=N)  # trainable weights are never the quantized ones

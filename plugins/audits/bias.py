@@ -51,8 +51,10 @@ TERMS_DIR = Path(__file__).parent / "bias_terms"
 SHIPPED = sorted(p.stem for p in TERMS_DIR.glob("*.toml"))
 EVAL_SPLITS = ("test", "validation")
 # The columns of a row that are text a term can appear in (classification, language modelling,
-# instruction tuning); `messages` holds chat turns.
+# instruction tuning). A column that holds a conversation (a list of turns: openai `messages`,
+# sharegpt `conversations`, or a column of another name) has its turns' TURN_TEXT keys rewritten.
 TEXT_COLUMNS = ("text", "text_pair", "system", "instruction", "input", "output")
+TURN_TEXT = ("content", "value")
 
 
 class BiasOptions(AuditOptions):
@@ -304,21 +306,24 @@ class Bias(Audit):
         for column in TEXT_COLUMNS:
             if isinstance(row.get(column), str):
                 out[column] = self.terms.rewrite(row[column], target)
-        if isinstance(row.get("messages"), list):
-            out["messages"] = [
-                {**m, "content": self.terms.rewrite(m["content"], target)}
-                if isinstance(m, dict) and isinstance(m.get("content"), str)
-                else m
-                for m in row["messages"]
-            ]
+        for column, turns in row.items():
+            if isinstance(turns, list) and any(isinstance(turn, dict) for turn in turns):
+                out[column] = [self._rewrite_turn(turn, target) for turn in turns]
         # A group column that names the term groups follows the rewriting; any other grouping stays.
         if row.get(GROUP_COLUMN) in self.terms.groups:
             out[GROUP_COLUMN] = target
         return out
 
+    def _rewrite_turn(self, turn: Any, target: str) -> Any:
+        if not isinstance(turn, dict):
+            return turn
+        return {
+            k: self.terms.rewrite(v, target) if k in TURN_TEXT and isinstance(v, str) else v for k, v in turn.items()
+        }
+
     @staticmethod
     def _text_key(row: dict) -> str:
-        return json.dumps([row.get(c) for c in (*TEXT_COLUMNS, "messages")], default=str)
+        return json.dumps({c: v for c, v in sorted(row.items()) if c != GROUP_COLUMN}, default=str)
 
     def augment(self, train, task):
         """Counterfactual data augmentation: for each row that mentions a term, a copy rewritten into

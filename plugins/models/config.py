@@ -8,10 +8,20 @@ does not: a misspelt key is an error with a suggestion.
 from __future__ import annotations
 
 import difflib
+import tempfile
 
 from pydantic import Field
 
 from plugins.models._config_checks import built_problems, static_problems
+from plugins.models._loading import (
+    KERNELS,
+    AttentionField,
+    Quantization,
+    QuantizationField,
+    check_loading,
+    loading_kwargs,
+    quantization_bits,
+)
 from plugins.models._transformers_static import architectures, config_fields
 from runner import FinetuneError, Model, ModelSpec, Options, RunContext, auto_class, clip, hookimpl
 
@@ -27,6 +37,8 @@ class ConfigModelOptions(Options):
     config: dict[str, int | float | str | bool | list[int] | list[str]] = Field(
         default_factory=dict, description="Config values, e.g. { n_layer = 2, n_embd = 64, n_head = 2 }."
     )
+    quantization: Quantization | None = QuantizationField
+    attn_implementation: KERNELS | None = AttentionField
 
 
 class FromConfig(Model):
@@ -37,6 +49,7 @@ class FromConfig(Model):
 
     @classmethod
     def check(cls, options, recipe):
+        yield from check_loading(options)
         known = architectures()
         if known is not None and options.architecture not in known:
             close = difflib.get_close_matches(options.architecture, list(known), n=1)
@@ -72,6 +85,12 @@ class FromConfig(Model):
         weights). Needs torch, so `finetune run` and `plan` call it, not `validate`."""
         yield from built_problems(options.architecture, options.config)
 
+    def quantization_bits(self) -> int | None:
+        return quantization_bits(self.options)
+
+    def attention_kernel(self) -> str | None:
+        return self.options.attn_implementation
+
     def max_positions(self) -> int | None:
         for key in POSITION_KEYS:
             if key in self.options.config:
@@ -102,10 +121,32 @@ class FromConfig(Model):
 
     def build(self, ctx: RunContext, spec: ModelSpec):
         config = self.build_config(spec)
+        cls = auto_class(spec.head)
         try:
-            return auto_class(spec.head).from_config(config)
+            model = cls.from_config(config, attn_implementation=self.options.attn_implementation)
         except REFUSALS as exc:  # `check_build` normally said so before any data was read
             raise self._refused(exc) from exc
+        if self.options.quantization is None:
+            return model
+        # bitsandbytes quantizes weights as transformers loads them: the seeded random weights go
+        # through a checkpoint, exactly as a pretrained base would.
+        # (Written with safetensors directly: under torch.distributed, `save_pretrained` writes on
+        # rank 0 only, and every process quantizes its own copy.)
+        from safetensors.torch import save_model
+
+        with tempfile.TemporaryDirectory(prefix="finetune-base-") as directory:
+            model.config.save_pretrained(directory)
+            save_model(model, f"{directory}/model.safetensors", metadata={"format": "pt"})
+            del model
+            return cls.from_pretrained(directory, **loading_kwargs(self.options))
+
+    def build_empty(self, ctx: RunContext, spec: ModelSpec):
+        import torch
+
+        with torch.device("meta"):  # unquantized: `finetune plan` counts the weights at their width
+            return auto_class(spec.head).from_config(
+                self.build_config(spec), attn_implementation=self.options.attn_implementation
+            )
 
     def _refused(self, exc: Exception) -> FinetuneError:
         return FinetuneError(

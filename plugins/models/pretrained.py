@@ -7,6 +7,15 @@ from typing import Literal
 
 from pydantic import Field
 
+from plugins.models._loading import (
+    KERNELS,
+    AttentionField,
+    Quantization,
+    QuantizationField,
+    check_loading,
+    loading_kwargs,
+    quantization_bits,
+)
 from runner import FinetuneError, HubOrPath, Model, ModelSpec, Options, RunContext, auto_class, hookimpl, hub_load_error
 
 DTYPES = Literal["float32", "bfloat16", "float16", "auto"]
@@ -18,6 +27,8 @@ class PretrainedModelOptions(Options):
     dtype: DTYPES = Field(
         default="float32", description="Weights dtype; mixed precision training keeps float32 master weights."
     )
+    quantization: Quantization | None = QuantizationField
+    attn_implementation: KERNELS | None = AttentionField
 
 
 class Pretrained(Model):
@@ -25,6 +36,16 @@ class Pretrained(Model):
 
     name = "pretrained"
     Options = PretrainedModelOptions
+
+    @classmethod
+    def check(cls, options, recipe):
+        yield from check_loading(options)
+
+    def quantization_bits(self) -> int | None:
+        return quantization_bits(self.options)
+
+    def attention_kernel(self) -> str | None:
+        return self.options.attn_implementation
 
     def build(self, ctx: RunContext, spec: ModelSpec):
         o = self.options
@@ -40,6 +61,7 @@ class Pretrained(Model):
                 use_safetensors=True,
                 trust_remote_code=ctx.trust_remote_code,
                 dtype=o.dtype,
+                **loading_kwargs(o),
                 **spec.config_overrides(),
             )
         except OSError as exc:
@@ -72,7 +94,7 @@ class Pretrained(Model):
         for key, value in spec.config_overrides().items():
             setattr(config, key, value)
         with torch.device("meta"):
-            return auto_class(spec.head).from_config(config)
+            return auto_class(spec.head).from_config(config, attn_implementation=o.attn_implementation)
 
     def base_reference(self) -> str | None:
         return self.options.path

@@ -28,7 +28,9 @@ TASK_TYPES = {
 EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "gpt_neox": ["query_key_value"]}
 
 TargetModules = Field(
-    default=None, description="Module names to adapt (default: peft's choice for the architecture, attention)."
+    default=None,
+    description="Module names to adapt, or 'all-linear' for every linear layer but the output "
+    "(the usual choice for LLMs and QLoRA); default: peft's choice for the architecture, attention.",
 )
 ModulesToSave = Field(
     default=None, description="Modules trained in full and saved with the adapter (the task head is automatic)."
@@ -40,6 +42,7 @@ class PeftStrategy(Strategy):
     """Common ground of the peft methods: wrapping, saving, loading, merging."""
 
     can_merge = True
+    quantized_bases = (4, 8)
 
     def peft_config(self, model, ctx, spec, task_type: str):
         raise NotImplementedError
@@ -48,9 +51,13 @@ class PeftStrategy(Strategy):
         return EXTRA_TARGETS.get(getattr(model.config, "model_type", None))
 
     def apply(self, model, ctx, spec):
-        from peft import get_peft_model
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
         model_type = getattr(model.config, "model_type", "?")
+        if getattr(model, "is_quantized", False):
+            # Norms, embeddings and head in fp32 for stable adapter training; gradient checkpointing
+            # is the trainer's (transformers 5 checkpoints without reentrancy, so inputs need no grad).
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         try:
             return get_peft_model(model, self.peft_config(model, ctx, spec, TASK_TYPES[spec.head]))
         except (ValueError, TypeError, KeyError) as exc:
@@ -76,7 +83,7 @@ class LoraOptions(Options):
     r: int = Field(default=8, gt=0, description="Rank of the update matrices.")
     alpha: PositiveFloat = Field(default=16, description="Scaling numerator: updates are scaled by alpha / r.")
     dropout: Fraction = Field(default=0.05, description="Dropout on the adapter input.")
-    target_modules: list[str] | None = TargetModules
+    target_modules: list[str] | Literal["all-linear"] | None = TargetModules
     modules_to_save: list[str] | None = ModulesToSave
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases train.")
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha / sqrt(r).")
@@ -89,6 +96,13 @@ class Lora(PeftStrategy):
     name = "lora"
     Options = LoraOptions
     aliases = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r"}
+
+    @classmethod
+    def check(cls, options, recipe):
+        # Seen with peft 0.21 and bitsandbytes 0.50 on the CPU: DoRA on an 8-bit layer fails in the
+        # first forward (AttributeError: a missing quantization state); not tried on a GPU. 4-bit works.
+        if options.use_dora and recipe.model.create().quantization_bits() == 8:
+            yield ("use_dora",), "DoRA on an 8-bit base fails in peft 0.21; use bits = 4 or plain LoRA"
 
     def peft_config(self, model, ctx, spec, task_type):
         from peft import LoraConfig
@@ -108,7 +122,7 @@ class Lora(PeftStrategy):
 
 
 class IA3Options(Options):
-    target_modules: list[str] | None = TargetModules
+    target_modules: list[str] | Literal["all-linear"] | None = TargetModules
     feedforward_modules: list[str] | None = Field(
         default=None, description="Which target modules are feed-forward layers (scaled at their input)."
     )
@@ -138,7 +152,7 @@ class LycorisOptions(Options):
     alpha: PositiveFloat = Field(default=8, description="Scaling numerator.")
     rank_dropout: Fraction = Field(default=0.0, description="Dropout on the rank dimension.")
     module_dropout: Fraction = Field(default=0.0, description="Chance of skipping the adapter for a batch.")
-    target_modules: list[str] | None = TargetModules
+    target_modules: list[str] | Literal["all-linear"] | None = TargetModules
     modules_to_save: list[str] | None = ModulesToSave
 
 
@@ -147,6 +161,9 @@ class LoHa(PeftStrategy):
 
     name = "loha"
     Options = LycorisOptions
+    # peft 0.21 wraps 4-bit layers with LoHa/LoKr without unpacking their weights (the first forward
+    # fails on a shape mismatch); 8-bit layers work.
+    quantized_bases = (8,)
 
     def peft_config(self, model, ctx, spec, task_type):
         from peft import LoHaConfig
@@ -168,6 +185,7 @@ class LoKr(PeftStrategy):
 
     name = "lokr"
     Options = LycorisOptions
+    quantized_bases = (8,)  # as LoHa
 
     def peft_config(self, model, ctx, spec, task_type):
         from peft import LoKrConfig

@@ -8,7 +8,8 @@ Which characters are the response is found by rendering: the text of assistant t
 rendering the first k+1 messages adds to rendering the first k with a generation prompt. That
 holds for every assistant turn of a multi-turn conversation, not only the last, and for any
 template that renders a conversation as the concatenation of its turns, which all common ones do;
-a template that does not is an error, never a silently wrong mask.
+a template that does not is an error, never a silently wrong mask. Any other turn (a user turn
+trained by its own `train` flag) is all that rendering it adds.
 """
 
 from __future__ import annotations
@@ -93,22 +94,32 @@ def render(tokenizer, template: str, messages: list[dict], generation_prompt: bo
         ) from None
 
 
-def response_spans(tokenizer, template: str, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
-    text = render(tokenizer, template, messages)
+def turn_spans(tokenizer, template: str, messages: list[dict], turns) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of the turns numbered in `turns`. An
+    assistant turn's span is its response: what it adds to the conversation before it rendered with
+    a generation prompt, up to its end marker. Any other turn's is all that rendering it adds."""
+    rendered: dict[tuple[int, bool], str] = {}
+
+    def upto(k: int, generation_prompt: bool = False) -> str:  # the first k messages, rendered once
+        if k == 0 and not generation_prompt:
+            return ""
+        if (k, generation_prompt) not in rendered:
+            rendered[k, generation_prompt] = render(tokenizer, template, messages[:k], generation_prompt)
+        return rendered[k, generation_prompt]
+
+    text = upto(len(messages))
     spans = []
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = render(tokenizer, template, messages[:k], generation_prompt=True) if k else ""
-        upto = render(tokenizer, template, messages[: k + 1])
-        if not upto.startswith(before) or not text.startswith(upto):
+    for k in sorted(turns):
+        assistant = messages[k]["role"] == "assistant"
+        before, after = upto(k, generation_prompt=assistant and k > 0), upto(k + 1)
+        if not after.startswith(before) or not text.startswith(after):
             raise FinetuneError(
                 "the chat template does not render a conversation turn by turn, so the response "
                 "tokens cannot be told from the prompt",
                 hint="use a built-in template (alpaca, chatml, plain) or one that renders turns in order",
             )
-        spans.append((len(before), _end_at_marker(text, len(before), len(upto), tokenizer.all_special_tokens)))
+        end = _end_at_marker(text, len(before), len(after), tokenizer.all_special_tokens) if assistant else len(after)
+        spans.append((len(before), end))
     return text, spans
 
 

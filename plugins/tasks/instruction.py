@@ -1,11 +1,17 @@
 """Task `instruction`: instruction tuning of a causal language model.
 
 Rows are instructions with responses (`format = "alpaca"`: columns instruction, input, output) or
-conversations (`format = "chat"`: a `messages` list of {role, content}). A chat template renders
-them (a built-in one, the tokenizer's own, or a Jinja template written in the recipe); the loss
-covers only the responses by default (`train_on_inputs = false`), every assistant turn of a
-conversation and its end-of-turn token included, so the model learns to stop. The template is
-saved with the tokenizer, so that the model is prompted at inference exactly as it was trained.
+conversations: `format = "openai"` (older name "chat"), a `messages` list of {role, content}, or
+`format = "sharegpt"`, a `conversations` list of {from, value}; `column` and `roles` read other
+column and role names (plugins/tasks/_conversations.py reads and checks the rows). A chat template
+renders them (a built-in one, the tokenizer's own, or a Jinja template written in the recipe).
+
+The loss covers only the responses by default (`train_on_inputs = false`), every assistant turn
+of a conversation and its end-of-turn token included, so the model learns to stop; with
+`train_on_inputs = true` it covers the whole text. A turn's own `train` (true/false) or `weight`
+(1/0) overrides that for the turn: an assistant turn marked 0 is left out, a user or system turn
+marked 1 is trained. The template is saved with the tokenizer, so that the model is prompted at
+inference exactly as it was trained.
 """
 
 from __future__ import annotations
@@ -15,22 +21,37 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from plugins.tasks import _chat_templates as chat_templates
+from plugins.tasks import _conversations as conversations
 from runner import DataError, FinetuneError, ModelSpec, Options, PackedCollator, PadCollator, Task, clip, hookimpl
-
-ROLES = ("system", "user", "assistant")
 
 
 class InstructionOptions(Options):
-    format: Literal["alpaca", "chat"] = Field(
+    format: Literal["alpaca", "openai", "sharegpt", "chat"] = Field(
         default="alpaca",
-        description="'alpaca': columns instruction, input (optional), output; 'chat': a messages column.",
+        description="'alpaca': columns instruction, input (optional), output; 'openai': a messages column of "
+        "{role, content}; 'sharegpt': a conversations column of {from, value}; 'chat': the older name of 'openai'.",
+    )
+    column: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The column that holds each conversation (openai, sharegpt). Default: messages (openai), "
+        "conversations (sharegpt).",
+    )
+    roles: dict[str, conversations.Role] = Field(
+        default_factory=dict,
+        description="The data's role names as system, user or assistant, added to the format's own: system, user, "
+        "assistant (openai); system, human and user, gpt and assistant (sharegpt).",
     )
     template: str = Field(
         default="alpaca",
         description="'alpaca', 'chatml', 'plain', 'tokenizer' (its own chat template), or a Jinja chat template.",
     )
     system: str | None = Field(default=None, description="A system message put before every conversation.")
-    train_on_inputs: bool = Field(default=False, description="Also train on the prompt tokens, not only responses.")
+    train_on_inputs: bool = Field(
+        default=False,
+        description="Also train on the prompt tokens, not only responses. A turn's own train (or weight) flag "
+        "overrides this for the turn.",
+    )
     packing: bool = Field(
         default=False,
         description="Pack several samples into each row of max_length tokens, kept apart: little padding.",
@@ -39,6 +60,11 @@ class InstructionOptions(Options):
         default_factory=list, description="Prompts answered after training; written to samples.jsonl."
     )
     max_new_tokens: int = Field(default=64, gt=0, description="Longest generated answer (samples, predict).")
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        return conversations.ALIASES.get(value, value)
 
     @field_validator("template")
     @classmethod
@@ -55,7 +81,7 @@ class InstructionOptions(Options):
 
 
 class Instruction(Task):
-    """Instruction tuning (alpaca rows or chat messages): loss on the responses only, by default."""
+    """Instruction tuning (alpaca rows, or openai or sharegpt conversations): loss on the responses, by default."""
 
     name = "instruction"
     Options = InstructionOptions
@@ -69,55 +95,42 @@ class Instruction(Task):
         self.template_source: str | None = None
 
     @property
+    def reader(self) -> conversations.Reader:
+        o = self.options
+        return conversations.Reader(o.format, o.column, o.roles)
+
+    @property
     def columns(self):
-        return ("messages",) if self.options.format == "chat" else ("instruction", "output")
+        return self.reader.columns
 
     @property
     def optional_columns(self):
-        return () if self.options.format == "chat" else ("input", "system")
+        return self.reader.optional_columns
 
     # -- rows -> conversations ------------------------------------------------------------------
+    def turns(self, row: dict) -> list[dict]:
+        """The row as turns {role, content}, with `train` where the row flags a turn. The row's
+        columns say its format: rows of a run hold only their source's columns, and few-shot rows
+        may come from a source of another format."""
+        turns = conversations.reader_for(row, self.reader).turns(row)
+        if self.options.system and turns[0]["role"] != "system":
+            turns.insert(0, {"role": "system", "content": self.options.system})
+        return turns
+
     def conversation(self, row: dict) -> list[dict]:
-        """The row as messages. The row's columns say its format: rows of a run hold only their
-        source's columns, and few-shot rows may come from a source of the other format."""
-        if isinstance(row.get("messages"), list):
-            messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        else:
-            user = {"role": "user", "content": row["instruction"]}
-            if row.get("input"):
-                user["input"] = row["input"]
-            messages = [user, {"role": "assistant", "content": row["output"]}]
-            if row.get("system"):
-                messages.insert(0, {"role": "system", "content": row["system"]})
-        if self.options.system and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": self.options.system})
-        return messages
+        """The row as messages, as the chat template renders them."""
+        return conversations.plain(self.turns(row))
 
     def fit(self, splits) -> None:
+        reader = self.reader
         for raws in splits.values():
             for raw in raws:
                 for i, row in enumerate(raw.dataset):
-                    problem = self._problem(row)
+                    problem = reader.problem(row)
+                    if not problem and not any(conversations.trained(self.turns(row), self.options.train_on_inputs)):
+                        problem = "no turn is trained (every assistant turn is marked train = false or weight = 0)"
                     if problem:
                         raise DataError(f"{raw.where(i)}: {problem}")
-
-    def _problem(self, row: dict) -> str | None:
-        if self.options.format == "alpaca":
-            for column in ("instruction", "output"):
-                if not isinstance(row.get(column), str) or not row[column].strip():
-                    return f"'{column}' is empty"
-            return None
-        messages = row.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return "'messages' must be a non-empty list of {role, content}"
-        for n, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ROLES:
-                return f"message {n + 1}: role must be one of {', '.join(ROLES)}"
-            if not isinstance(message.get("content"), str):
-                return f"message {n + 1}: content must be text"
-        if not any(m["role"] == "assistant" for m in messages):
-            return "no assistant message: nothing to learn from"
-        return None
 
     # -- tokenizer and model ----------------------------------------------------------------------
     def training_texts(self, dataset):
@@ -160,9 +173,22 @@ class Instruction(Task):
         return self.template_source
 
     def render(self, row: dict, tokenizer) -> tuple[str, list[tuple[int, int]]]:
-        """The formatted text and the character spans that are trained on."""
-        text, spans = chat_templates.response_spans(tokenizer, self._template(tokenizer), self.conversation(row))
-        return text, ([(0, len(text))] if self.options.train_on_inputs else spans)
+        """The formatted text and the character spans that are trained on: the turns trained
+        (conversations.trained), or with train_on_inputs all the text but the turns that are not."""
+        turns = self.turns(row)
+        trained = conversations.trained(turns, self.options.train_on_inputs)
+        inputs = self.options.train_on_inputs
+        chosen = [k for k, on in enumerate(trained) if on != inputs]  # the exceptions, with train_on_inputs
+        text, spans = chat_templates.turn_spans(
+            tokenizer, self._template(tokenizer), conversations.plain(turns), chosen
+        )
+        if not inputs:
+            return text, spans
+        kept, start = [], 0
+        for lo, hi in spans:
+            kept.append((start, lo))
+            start = hi
+        return text, [(lo, hi) for lo, hi in [*kept, (start, len(text))] if hi > lo]
 
     def tokens(self, row: dict, tokenizer, max_length: int) -> tuple[list[int], list[int], list[tuple[int, int]]]:
         text, spans = self.render(row, tokenizer)
@@ -246,11 +272,7 @@ class Instruction(Task):
     def row_text(self, row: dict) -> str:
         """The row's user and assistant texts (and alpaca input), one per line. System messages are
         left out: usually the same for every row, they would make unrelated rows look alike."""
-        if isinstance(row.get("messages"), list):
-            parts = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") != "system"]
-        else:
-            parts = [row.get("instruction"), row.get("input"), row.get("output")]
-        return "\n".join(p for p in parts if isinstance(p, str) and p)
+        return "\n".join(conversations.reader_for(row, self.reader).texts(row))
 
     def _solved_turns(self, row: dict) -> list[dict]:
         """A training row as solved turns for a few-shot prompt: its user and assistant messages up

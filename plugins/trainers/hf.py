@@ -10,6 +10,8 @@ What it adds to the plain Trainer:
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
 from pathlib import Path
 from typing import Literal
@@ -34,6 +36,9 @@ from runner import (
 )
 
 Interval = Literal["epoch"] | int
+
+# Our names of the bitsandbytes optimizers -> transformers' names.
+BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
 
 
 class HFTrainerOptions(Options):
@@ -68,8 +73,12 @@ class HFTrainerOptions(Options):
         "constant_with_warmup",
         "inverse_sqrt",
     ] = Field(default="linear", description="Learning-rate schedule after warm-up.")
-    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd"] = Field(
-        default="adamw_torch", description="Optimizer."
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit"] = (
+        Field(
+            default="adamw_torch",
+            description="Optimizer. 'adamw_8bit' and 'paged_adamw_8bit' (bitsandbytes, the `quantization` extra) keep "
+            "Adam's states in 8 bits; 'paged' lets them spill to CPU memory on a CUDA GPU.",
+        )
     )
     max_grad_norm: NonNegativeFloat = Field(default=1.0, description="Clip gradients to this norm (0: no clipping).")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
@@ -90,7 +99,10 @@ class HFTrainerOptions(Options):
         default=None, gt=0, description="Stop after this many evaluations without improvement."
     )
     group_by_length: bool = Field(default=True, description="Batch rows of similar length together (less padding).")
-    gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="Recompute activations to save memory (default: on for a quantized base, off otherwise).",
+    )
     dataloader_workers: int = Field(default=0, ge=0, le=1024, description="Worker processes loading batches.")
 
     @model_validator(mode="after")
@@ -142,6 +154,12 @@ class HF(Trainer):
 
     @classmethod
     def check(cls, options, recipe):
+        if options.optimizer in BNB_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
+            yield (
+                ("optimizer",),
+                f"'{options.optimizer}' needs bitsandbytes, which is not installed; "
+                "install the extra: pip install 'finetune-runner[quantization]'",
+            )
         # text metrics score generated answers after training, never a validation during it
         keys = ["loss"] + [spec.create().key() for spec in recipe.metrics if spec.cls.consumes != {"text"}]
         if options.best_metric not in keys:
@@ -151,6 +169,11 @@ class HF(Trainer):
             )
 
     # -- arguments -----------------------------------------------------------------------------------
+    def _checkpointing(self, model) -> bool:
+        """As set; by default on for a quantized base, where activations dominate memory (QLoRA)."""
+        value = self.options.gradient_checkpointing
+        return bool(getattr(model, "is_quantized", False)) if value is None else value
+
     def _precision(self) -> dict:
         import torch
 
@@ -185,7 +208,7 @@ class HF(Trainer):
             max_steps=o.max_steps or -1,
             lr_scheduler_type=o.scheduler,
             warmup_steps=o.warmup_ratio if o.warmup_ratio else o.warmup_steps,
-            optim=o.optimizer,
+            optim=BNB_OPTIMIZERS.get(o.optimizer, o.optimizer),
             max_grad_norm=o.max_grad_norm,
             eval_strategy=eval_strategy,
             eval_on_start=has_eval and o.eval_on_start,
@@ -209,7 +232,7 @@ class HF(Trainer):
             seed=job.seed,
             data_seed=job.seed,
             full_determinism=job.deterministic,
-            activation_checkpointing=o.gradient_checkpointing,
+            activation_checkpointing=self._checkpointing(job.model),
             dataloader_num_workers=o.dataloader_workers,
             deepspeed=job.deepspeed,
             **self._precision(),
@@ -273,7 +296,8 @@ class HF(Trainer):
     def evaluate(self, job, dataset) -> dict[str, float]:
         trainer = getattr(self, "_last", None)
         if trainer is None or trainer.model is not job.model:
-            trainer = self._trainer(job, has_eval=False)
+            with _evaluation_only(job.model):
+                trainer = self._trainer(job, has_eval=False)
             self._last = trainer
         marked = hasattr(job.model, "_is_accelerate_prepared")
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
@@ -284,8 +308,6 @@ class HF(Trainer):
         return {k.removeprefix("eval_"): v for k, v in metrics.items()}
 
     def whole_model(self, job):
-        import contextlib
-
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         if job.deepspeed is None or not is_deepspeed_zero3_enabled():
@@ -318,6 +340,21 @@ def divergence_hint(options: HFTrainerOptions) -> str:
         f"lower training.learning_rate (gradients are already clipped to norm {options.max_grad_norm:g}); "
         "check the data for extreme or empty rows"
     )
+
+
+@contextlib.contextmanager
+def _evaluation_only(model):
+    """transformers' Trainer refuses a quantized model without adapters, even one it only evaluates
+    (the base before adapters are attached, measured as the baseline). Its check reads this flag;
+    evaluating changes no weight, so the flag is raised only while the Trainer is built."""
+    if not getattr(model, "is_quantized", False) or getattr(model, "_hf_peft_config_loaded", False):
+        yield
+        return
+    model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        del model._hf_peft_config_loaded
 
 
 @hookimpl

@@ -47,6 +47,36 @@ def _weight_bytes(model) -> int:
     return first.element_size() if first is not None else 4
 
 
+def _quantized(recipe: Recipe, model) -> tuple[int, float, str]:
+    """Frozen linear weights a quantized base keeps in 4 or 8 bits: (count, bytes each, how).
+
+    bitsandbytes quantizes the linear layers but the output layer; embeddings, norms and what
+    trains keep their dtype."""
+    bits = recipe.model.create().quantization_bits()
+    if bits is None:
+        return 0, 0.0, ""
+    import torch
+
+    from runner.distributed import memory
+
+    double = bool(getattr(getattr(recipe.model.options, "quantization", None), "double_quant", False))
+    each = memory.quantized_bytes_per_param(bits, double and bits == 4)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    count = sum(
+        module.weight.numel()
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear) and module is not output and not module.weight.requires_grad
+    )
+    how = f"{count:,} frozen linear weights in {bits} bits, {each:.3g} bytes each with their quantization constants"
+    return count, each, how
+
+
+def _checkpointing(recipe: Recipe) -> bool:
+    """Whether the trainer recomputes activations: as set, or by default on a quantized base only."""
+    value = getattr(recipe.training.options, "gradient_checkpointing", False)
+    return recipe.model.create().quantization_bits() is not None if value is None else bool(value)
+
+
 def _suggestions(recipe: Recipe, sharding, world_size: int) -> str:
     """What would lower the memory per device, leaving out what the recipe already does."""
     options = recipe.training.options
@@ -58,7 +88,7 @@ def _suggestions(recipe: Recipe, sharding, world_size: int) -> str:
         tips.append("offload_optimizer = 'cpu'")
     if getattr(options, "batch_size", 1) > 1:
         tips.append("a smaller training.batch_size (with gradient_accumulation_steps)")
-    if not getattr(options, "gradient_checkpointing", True):
+    if not _checkpointing(recipe):
         tips.append("training.gradient_checkpointing = true")
     return "; try " + ", ".join(tips) if tips else ""
 
@@ -72,7 +102,7 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str) -
         return 0, "activations unknown: the model config has no layer sizes"
     options = recipe.training.options
     batch = getattr(options, "batch_size", 1)
-    checkpointing = bool(getattr(options, "gradient_checkpointing", False))
+    checkpointing = _checkpointing(recipe)
     # Classifier heads output labels, not the vocabulary.
     width = shape.vocab if spec.head in ("causal_lm", "seq2seq_lm") else spec.num_labels or 1
     seq = max_length + recipe.strategy.create().extra_positions()
@@ -80,6 +110,16 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str) -
     found = memory.activation_bytes(batch, seq, shape.hidden, shape.layers, shape.heads, width, size, checkpointing)
     how = f"batch {batch} x {seq} tokens, {precision}" + (", gradient checkpointing" if checkpointing else "")
     return found, f"activations {memory.format_bytes(found)} ({how})"
+
+
+def _adapted_modules(model) -> str:
+    """Which modules an adapter strategy wraps (peft's `targeted_module_names`), by their last name:
+    what `target_modules = "all-linear"` or the architecture's default resolved to."""
+    names = getattr(model, "targeted_module_names", None)
+    if not names:
+        return ""
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
+    return f"{', '.join(kinds)} ({len(names)} modules)"
 
 
 def _processes(world_size: int) -> str:
@@ -126,6 +166,11 @@ def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, wor
     # the master copy, which costs what fp32 training costs.
     deepspeed = engine.deepspeed_config() is not None
     states_precision = precision if deepspeed else ("fp32" if _weight_bytes(model) >= 4 else "bf16")
+    quantized, quantized_bytes, quantized_how = _quantized(recipe, model)
+    if quantized:
+        # Preparing a quantized base for training keeps its other weights (embeddings, norms, head)
+        # and the adapters in fp32; an fp32 trainable weight costs what a mixed-precision one does.
+        states_precision = "fp32"
     states = memory.model_state_bytes(
         counts["total"],
         counts["trainable"],
@@ -134,6 +179,8 @@ def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, wor
         sharding.offload_optimizer,
         sharding.offload_params,
         states_precision,
+        quantized=quantized,
+        quantized_bytes=quantized_bytes,
     )
     activations, how = _activations(recipe, model, spec, max_length, precision)
     device = states.device + activations
@@ -147,6 +194,8 @@ def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, wor
     elif accelerator.cuda:
         parts += "; not counted: the CUDA context and allocator, some hundreds of MiB more"
     facts = {"memory per device": f"~{fmt(device)}: {parts}"}
+    if quantized_how:
+        facts["quantized base"] = quantized_how
     facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {_processes(world_size)}"
     offloads = {"optimizer": sharding.offload_optimizer, "weights": sharding.offload_params}
     if any(where != "none" for where in offloads.values()):
@@ -245,6 +294,9 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
 
             counts = count_parameters(model)
             facts["parameters"] = describe_parameters(counts)
+            adapted = _adapted_modules(model)
+            if adapted:
+                facts["adapted modules"] = adapted
             estimate, warnings = memory_facts(recipe, model, counts, spec, max_length, world_size)
             facts.update(estimate)
         except FinetuneError as exc:

@@ -28,6 +28,7 @@ class Finished:
     meta: dict[str, Any]
     ctx: RunContext
     base: Any  # () -> the untouched base model, as the run built it
+    spec: Any  # the ModelSpec the run built its model for
 
 
 def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = None) -> Finished:
@@ -65,7 +66,7 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
         return recipe.model.create().build(ctx, spec)
 
     model = read_last_real_token(strategy.load(run_dir.model, spec, base))
-    return Finished(recipe, task, tokenizer, model, meta, ctx, base)
+    return Finished(recipe, task, tokenizer, model, meta, ctx, base, spec)
 
 
 def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> dict[str, float]:
@@ -125,7 +126,18 @@ def export_run(run_dir: RunDir, merge: bool, output: Path | None, debug: bool = 
     """Write the run's model as a standalone directory; with `merge`, adapters folded into the base."""
     done = load_finished(run_dir, debug)
     strategy = done.recipe.strategy.create()
-    model = strategy.merge(done.model) if merge else done.model
+    model = done.model
+    if merge and getattr(model, "is_quantized", False):
+        # Merged into 4- or 8-bit weights, an update would be rounded away. The adapter goes instead into
+        # the base's weights dequantized to the compute dtype: exactly the weights it trained
+        # against, so the merged model computes what the adapted one does (up to rounding).
+        def dequantized():
+            base = done.base()
+            base.dequantize()
+            return base
+
+        model = strategy.load(run_dir.model, done.spec, dequantized)
+    model = strategy.merge(model) if merge else model
     final = output or run_dir.path / ("merged" if merge else "export")
     meta = {**done.meta, "exported_from": str(run_dir.path)}
     if merge and done.meta.get("adapter"):

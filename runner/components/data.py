@@ -29,7 +29,7 @@ class DataSourceOptions(Options):
     )
     task: dict[str, Any] = Field(
         default_factory=dict,
-        description="Task options for this source's rows only, e.g. { format = 'chat', template = 'chatml' }.",
+        description="Task options for this source's rows only, e.g. { format = 'openai', template = 'chatml' }.",
     )
 
 

@@ -99,3 +99,14 @@ class Model(Component):
     def max_positions(self) -> int | None:
         """The longest sequence the model accepts, if known without loading it."""
         return None
+
+    def quantization_bits(self) -> int | None:
+        """4 or 8 when `build` loads the base's weights quantized (QLoRA and the like), else None.
+        The core then refuses strategies that would train those weights, and `finetune plan`
+        counts them at this width."""
+        return None
+
+    def attention_kernel(self) -> str | None:
+        """The attention implementation `build` asks transformers for ('eager', 'sdpa',
+        'flash_attention_2', 'flex_attention'); None leaves transformers' default."""
+        return None

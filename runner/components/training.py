@@ -24,6 +24,9 @@ class Strategy(Component):
     can_merge: ClassVar[bool] = False
     # The highest DeepSpeed ZeRO stage the method works under (3 partitions the weights themselves).
     max_zero_stage: ClassVar[int] = 3
+    # The bit widths of a quantized base (`[model] quantization`) the method trains on: only methods
+    # whose own weights (adapters) train can leave the base's weights quantized.
+    quantized_bases: ClassVar[tuple[int, ...]] = ()
 
     def apply(self, model: PreTrainedModel, ctx: RunContext, spec: ModelSpec) -> PreTrainedModel:
         """Prepare the model for training (freeze, wrap with adapters); return the model to train.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 from runner.distributed import process_group
@@ -40,6 +41,10 @@ def quiet_libraries(debug: bool) -> None:
     datasets.logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes' 8-bit matmul says on every call that it casts its inputs to fp16 (its design).
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    # peft reads transformers' old property name while preparing a quantized base; nothing to act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 
 def execute(

@@ -41,6 +41,20 @@ class RunResult:
     baselines: list[dict[str, Any]] = field(default_factory=list)  # evaluation.json's baselines
 
 
+def check_attention_kernel(kernel: str | None) -> None:
+    """Refuse to train with a kernel this machine cannot train with (before the model is built)."""
+    if kernel != "flex_attention":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise FinetuneError(
+            "model.attn_implementation = 'flex_attention' cannot train on this machine: PyTorch implements "
+            "FlexAttention's backward pass only on CUDA GPUs, and none is available",
+            hint="use attn_implementation = 'sdpa' (or 'eager'), or run on a CUDA GPU",
+        )
+
+
 def check_positions(model, max_length: int, extra: int = 0) -> None:
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) if config is not None else None
@@ -145,7 +159,12 @@ class Pipeline(DataSteps):
         )
 
     def build_model(self) -> None:
+        from runner.pipeline.packing import check_packing
+
         self.events.stage("building the model")
+        kernel = self.model_component.attention_kernel()
+        check_attention_kernel(kernel)  # before a base is loaded for nothing
+        packing = getattr(self.task.options, "packing", False)
         self.spec = self.task.model_spec(self.tokenizer, self.max_length)
         # Absolute: an adapter names its base by this path, and must load from any folder.
         base_dir = (self.run_dir.path / BASE_MODEL).resolve()
@@ -154,6 +173,8 @@ class Pipeline(DataSteps):
         else:
             model = self.model_component.build(self.ctx, self.spec)
         check_positions(model, self.max_length, self.strategy.extra_positions())
+        if packing:  # the samples of a packed row must not mix: the base's own attention, before measuring it
+            check_packing(model, kernel)
         self.measure_base(model)
         from transformers import set_seed
 
@@ -164,6 +185,8 @@ class Pipeline(DataSteps):
                 publish(base_dir, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d)))
             model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
         self.model = read_last_real_token(self.strategy.apply(model, self.ctx, self.spec))
+        if packing:  # and what the strategy wraps around it
+            check_packing(self.model, kernel)
         self.parameters = count_parameters(self.model)
         self.events.info(f"{self.recipe.strategy.name}: {describe_parameters(self.parameters)}")
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from runner.errors import Issue, KeyPath, PluginError, RecipeError, clip
 from runner.options import Options
 from runner.plugins.registry import Registry
+from runner.recipe.combinations import engine_problems, packing_problems, quantization_problems
 from runner.recipe.load import RecipeSource
 from runner.recipe.paths import resolve_paths
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
@@ -313,23 +314,6 @@ class Validator:
             missing = next(spec for spec in recipe.sources if spec.options.weight is None)
             self.issue(missing.key, "no weight: give every source a weight, or none (to mix them by size)")
 
-    def _engine(self, recipe: Recipe) -> None:
-        """The trainer must train under the engine, and the strategy under its ZeRO stage."""
-        engine, trainer, strategy = recipe.distributed, recipe.training, recipe.strategy
-        if engine.name not in trainer.cls.engines:
-            self.issue(
-                (*engine.key, "engine"),
-                f"trainer '{trainer.name}' cannot train under engine '{engine.name}'",
-                hint=f"it knows: {', '.join(trainer.cls.engines)}",
-            )
-        stage = engine.create().sharding().zero_stage
-        if stage > strategy.cls.max_zero_stage:
-            self.issue(
-                (*engine.key, "zero_stage"),
-                f"strategy '{strategy.name}' does not work under ZeRO stage {stage}",
-                hint=f"use zero_stage <= {strategy.cls.max_zero_stage}",
-            )
-
     def _unique(self, recipe: Recipe, specs: list[ComponentSpec], noun: str, hint: str | None = None) -> None:
         """Components of a list whose results share a key would overwrite each other's."""
         seen: dict[str, KeyPath] = {}
@@ -342,7 +326,9 @@ class Validator:
 
     def _cross_checks(self, recipe: Recipe) -> None:
         self._sources(recipe)
-        self._engine(recipe)
+        for check in (engine_problems, quantization_problems, packing_problems):
+            for key, message, hint in check(recipe):
+                self.issue(key, message, hint=hint)
         task = recipe.task.cls
         feeds = {task.produces, "text"} if task.generates else {task.produces}
         for spec in recipe.metrics:

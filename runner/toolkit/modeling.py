@@ -88,7 +88,9 @@ def count_parameters(model) -> dict[str, int]:
         if id(param) in seen:  # tied weights count once
             continue
         seen.add(id(param))
-        n = param.numel()
+        # A 4-bit weight packs two values per element; its quantization state knows the real shape.
+        state = getattr(param, "quant_state", None)
+        n = state.shape.numel() if state is not None else param.numel()
         total += n
         if param.requires_grad:
             trainable += n
