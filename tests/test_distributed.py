@@ -2,6 +2,7 @@
 save models plain transformers/peft load, resume where they stopped; launch errors come first."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -174,3 +175,39 @@ def test_nproc_with_a_hostfile_replaces_every_machines_slots(tmp_path):
     command = launch.command(["worker", "run"])
     assert command[command.index("--num_gpus") + 1] == "5"  # DeepSpeed starts 5 on every machine
     assert launch.world_size() == 5 * 2
+
+
+# Loaded by every worker through PYTHONPATH: rank R sleeps before step S (FINETUNE_TEST_STALL="R:S").
+STALL = """
+import os
+rank, step = os.environ.get("FINETUNE_TEST_STALL", ":").split(":")
+if rank and os.environ.get("RANK") == rank:
+    import time
+    import transformers.trainer as trainer
+
+    original = trainer.Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step + 1 == int(step):
+            time.sleep(600)
+        return original(self, *args, **kwargs)
+
+    trainer.Trainer.training_step = training_step
+"""
+
+
+def test_a_stalled_process_fails_the_run_within_the_timeout_naming_rank_and_step(recipe, tmp_path, capfd, monkeypatch):
+    import time
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STALL)
+    monkeypatch.setenv("PYTHONPATH", f"{hook}:{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("FINETUNE_TEST_STALL", "1:3")
+    start = time.monotonic()
+    code = cli("run", recipe, "--output", tmp_path / "run", *TWO, "--set", "distributed.timeout=15")
+    took = time.monotonic() - start
+    out = capfd.readouterr()
+    assert code != 0 and took < 300  # rank 1 sleeps 600 s: nobody waited for it
+    assert "rank 0: a collective waited more than 15 s for the other processes in step 3" in out.out + out.err
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"

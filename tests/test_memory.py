@@ -125,7 +125,7 @@ def test_host_memory_is_known_and_bytes_format():
 # -- finetune plan -----------------------------------------------------------------------------
 
 
-def plan_text(path, accelerator, monkeypatch, world_size=1, overrides=()):
+def plan_text(path, accelerator, monkeypatch, world_size=1, overrides=(), nnodes=1):
     from rich.console import Console
 
     from runner.cli.commands import load_and_validate
@@ -133,7 +133,8 @@ def plan_text(path, accelerator, monkeypatch, world_size=1, overrides=()):
 
     monkeypatch.setattr(memory, "detect_accelerator", lambda: accelerator)
     out = io.StringIO()
-    plan(load_and_validate(path, list(overrides)), Console(file=out, width=400), False, 0, world_size=world_size)
+    recipe = load_and_validate(path, list(overrides))
+    plan(recipe, Console(file=out, width=400), False, 0, world_size=world_size, nnodes=nnodes)
     return " ".join(out.getvalue().split())
 
 
@@ -170,6 +171,22 @@ def test_plan_on_the_cpu_counts_every_process_in_the_same_ram(tmp_path, monkeypa
     small = Accelerator("CPU", 1024**2, 1024**2)
     out = plan_text(recipe, small, monkeypatch, world_size=2)
     assert "warning: the estimate of" in out and "for 2 processes exceeds the 1.0 MiB of RAM" in out
+
+
+def test_host_memory_is_a_machines_share_not_the_whole_worlds(tmp_path, monkeypatch):
+    recipe = tiny_recipe(tmp_path / "r.toml")
+    # The libraries' footprint, fixed at 300 MiB a process (measured, it grows with the test session):
+    # 2 processes on a machine fit its 2 GiB of RAM, 8 over 4 machines (2 each) too, 8 on one do not.
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 300 * 1024**2)
+    ram = Accelerator("CPU", 2 * 1024**3, 2 * 1024**3)
+    spread = plan_text(recipe, ram, monkeypatch, world_size=8, nnodes=4)
+    assert "ZeRO stage 0 over 8 processes (2 per machine)" in spread and "warning" not in spread
+    together = plan_text(recipe, ram, monkeypatch, world_size=8)
+    assert "warning: the estimate of" in together and "for 8 processes exceeds" in together
+    gpu = Accelerator("Big GPU", 80 * 1024**3, 64 * 1024**3, cuda=True, bf16=True)
+    overrides = ["distributed.engine=deepspeed", "distributed.zero_stage=3", "distributed.offload_optimizer=cpu"]
+    offload = plan_text(recipe, gpu, monkeypatch, world_size=8, overrides=overrides, nnodes=4)
+    assert "per process" in offload and "per machine" in offload
 
 
 def test_quantized_weights_count_at_their_width_with_their_constants():

@@ -6,13 +6,14 @@ process holds the whole model and gradients are averaged across them each step.
 
 from __future__ import annotations
 
-from runner import Engine, hookimpl
+from runner import Engine, EngineOptions, hookimpl
 
 
 class DDP(Engine):
     """Plain data parallel: the whole model on every process, gradients averaged each step."""
 
     name = "ddp"
+    Options = EngineOptions
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from runner import Engine, FinetuneError, Options, Sharding, hookimpl
+from runner import Engine, EngineOptions, FinetuneError, Sharding, hookimpl
 
 Offload = Literal["none", "cpu", "nvme"]
 
@@ -27,7 +27,7 @@ FROM_TRAINING = {
 }
 
 
-class DeepSpeedOptions(Options):
+class DeepSpeedOptions(EngineOptions):
     zero_stage: Literal[0, 1, 2, 3] = Field(
         default=2,
         description="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also the weights (0: none).",

@@ -67,16 +67,31 @@ class Quantization(Options):
         )
 
 
-QuantizationField = Field(
-    default=None,
-    description="Load the base quantized (bitsandbytes, the `quantization` extra): "
-    "{ bits = 4 } for QLoRA, { bits = 8 }. Only adapter strategies train on it.",
-)
-AttentionField = Field(
-    default=None,
-    description="Attention kernel: 'eager', 'sdpa', 'flash_attention_2' (CUDA, the flash-attn package) "
-    "or 'flex_attention' (default: transformers' choice for the architecture).",
-)
+class LoadingOptions(Options):
+    """The options of a model that loads through transformers: quantization and attention kernel."""
+
+    quantization: Quantization | None = Field(
+        default=None,
+        description="Load the base quantized (bitsandbytes, the `quantization` extra): "
+        "{ bits = 4 } for QLoRA, { bits = 8 }. Only adapter strategies train on it.",
+    )
+    attn_implementation: KERNELS | None = Field(
+        default=None,
+        description="Attention kernel: 'eager', 'sdpa', 'flash_attention_2' (CUDA, the flash-attn package) "
+        "or 'flex_attention' (default: transformers' choice for the architecture).",
+    )
+
+
+class Loading:
+    """What a model component whose options subclass LoadingOptions says about them."""
+
+    options: LoadingOptions
+
+    def quantization_bits(self) -> int | None:
+        return self.options.quantization.bits if self.options.quantization is not None else None
+
+    def attention_kernel(self) -> str | None:
+        return self.options.attn_implementation
 
 
 def check_loading(options) -> list[tuple[tuple, str]]:
@@ -122,7 +137,3 @@ def _this_device() -> str:
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return "cpu"
-
-
-def quantization_bits(options) -> int | None:
-    return options.quantization.bits if options.quantization is not None else None

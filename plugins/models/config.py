@@ -13,17 +13,9 @@ import tempfile
 from pydantic import Field
 
 from plugins.models._config_checks import built_problems, static_problems
-from plugins.models._loading import (
-    KERNELS,
-    AttentionField,
-    Quantization,
-    QuantizationField,
-    check_loading,
-    loading_kwargs,
-    quantization_bits,
-)
+from plugins.models._loading import Loading, LoadingOptions, check_loading, loading_kwargs
 from plugins.models._transformers_static import architectures, config_fields
-from runner import FinetuneError, Model, ModelSpec, Options, RunContext, auto_class, clip, hookimpl
+from runner import FinetuneError, Model, ModelSpec, RunContext, auto_class, clip, hookimpl
 
 # Set from the tokenizer and the task; a recipe that sets them would contradict the data.
 DERIVED = {"vocab_size", "num_labels", "id2label", "label2id", "pad_token_id", "problem_type"}
@@ -32,16 +24,14 @@ POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
 REFUSALS = (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, AssertionError, IndexError)
 
 
-class ConfigModelOptions(Options):
+class ConfigModelOptions(LoadingOptions):
     architecture: str = Field(description="A transformers model type: 'gpt2', 'bert', 'llama', 'distilbert', ...")
     config: dict[str, int | float | str | bool | list[int] | list[str]] = Field(
         default_factory=dict, description="Config values, e.g. { n_layer = 2, n_embd = 64, n_head = 2 }."
     )
-    quantization: Quantization | None = QuantizationField
-    attn_implementation: KERNELS | None = AttentionField
 
 
-class FromConfig(Model):
+class FromConfig(Loading, Model):
     """An architecture from a config, randomly initialised (seeded): offline and tiny if you like."""
 
     name = "config"
@@ -84,12 +74,6 @@ class FromConfig(Model):
         """The architecture's own verdict on the config: the model built on the meta device (no
         weights). Needs torch, so `finetune run` and `plan` call it, not `validate`."""
         yield from built_problems(options.architecture, options.config)
-
-    def quantization_bits(self) -> int | None:
-        return quantization_bits(self.options)
-
-    def attention_kernel(self) -> str | None:
-        return self.options.attn_implementation
 
     def max_positions(self) -> int | None:
         for key in POSITION_KEYS:

@@ -7,31 +7,21 @@ from typing import Literal
 
 from pydantic import Field
 
-from plugins.models._loading import (
-    KERNELS,
-    AttentionField,
-    Quantization,
-    QuantizationField,
-    check_loading,
-    loading_kwargs,
-    quantization_bits,
-)
-from runner import FinetuneError, HubOrPath, Model, ModelSpec, Options, RunContext, auto_class, hookimpl, hub_load_error
+from plugins.models._loading import Loading, LoadingOptions, check_loading, loading_kwargs
+from runner import FinetuneError, HubOrPath, Model, ModelSpec, RunContext, auto_class, hookimpl, hub_load_error
 
 DTYPES = Literal["float32", "bfloat16", "float16", "auto"]
 
 
-class PretrainedModelOptions(Options):
+class PretrainedModelOptions(LoadingOptions):
     path: HubOrPath = Field(description="Hub id ('gpt2', 'distilbert-base-uncased') or a local directory.")
     revision: str | None = Field(default=None, description="Branch, tag or commit on the Hub.")
     dtype: DTYPES = Field(
         default="float32", description="Weights dtype; mixed precision training keeps float32 master weights."
     )
-    quantization: Quantization | None = QuantizationField
-    attn_implementation: KERNELS | None = AttentionField
 
 
-class Pretrained(Model):
+class Pretrained(Loading, Model):
     """A pretrained model from the Hub or a local directory (safetensors weights only)."""
 
     name = "pretrained"
@@ -40,12 +30,6 @@ class Pretrained(Model):
     @classmethod
     def check(cls, options, recipe):
         yield from check_loading(options)
-
-    def quantization_bits(self) -> int | None:
-        return quantization_bits(self.options)
-
-    def attention_kernel(self) -> str | None:
-        return self.options.attn_implementation
 
     def build(self, ctx: RunContext, spec: ModelSpec):
         o = self.options

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -282,6 +283,17 @@ class HF(Trainer):
                 f"training stopped: the loss became {exc.value} at step {exc.step}, before the optimizer step{kept}",
                 hint=divergence_hint(self.options),
             ) from None
+        except RuntimeError as exc:
+            if "timed out" not in str(exc).lower() or world_size() == 1:
+                raise
+            # A collective (gradient all-reduce, the per-step stop check) waited `timeout` seconds:
+            # another process stopped answering. Fail here rather than hang until it returns.
+            raise FinetuneError(
+                f"rank {os.environ.get('RANK', '0')}: a collective waited more than {job.collective_timeout} s for "
+                f"the other processes in step {trainer.state.global_step + 1}: one of them failed, hangs or is far "
+                "slower",
+                hint="the other ranks' output says which; raise [distributed] timeout if a step really takes that long",
+            ) from exc
         finally:
             holder["fitting"] = False
         best = trainer.state.best_model_checkpoint

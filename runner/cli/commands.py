@@ -191,7 +191,8 @@ def cmd_plan(args) -> int:
     recipe = load_and_validate(args.recipe, args.overrides)
     _offline(args.offline)
     check_build(recipe)
-    plan(recipe, _console(), offline=args.offline, samples=args.samples, world_size=args.nproc * args.nnodes)
+    world_size = args.nproc * args.nnodes
+    plan(recipe, _console(), offline=args.offline, samples=args.samples, world_size=world_size, nnodes=args.nnodes)
     return 0
 
 

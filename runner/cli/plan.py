@@ -126,34 +126,39 @@ def _processes(world_size: int) -> str:
     return f"{world_size} process" + ("es" if world_size != 1 else "")
 
 
-def _fit_warnings(device: int, host: int, world_size: int, accelerator, tips: str) -> list[str]:
-    """Warnings when `device` bytes per process, plus `host` offloaded bytes per process, will not fit."""
+def _fit_warnings(device: int, host: int, world_size: int, per_machine: int, accelerator, tips: str) -> list[str]:
+    """Warnings when `device` bytes per process, plus `host` offloaded bytes per process, will not fit.
+    Host memory is a machine's: its `per_machine` processes share it, not all `world_size`."""
     from runner.distributed.memory import format_bytes as fmt
 
-    processes = _processes(world_size)
+    here = _processes(per_machine) + (" on each machine" if per_machine != world_size else "")
     if not accelerator.cuda:
-        # Every process trains in the same RAM, offloaded states included.
-        need = (device + host) * world_size
+        # Every process of a machine trains in the same RAM, offloaded states included.
+        need = (device + host) * per_machine
         if accelerator.memory and need > accelerator.memory:
-            return [f"the estimate of {fmt(need)} for {processes} exceeds the {fmt(accelerator.memory)} of RAM{tips}"]
+            return [f"the estimate of {fmt(need)} for {here} exceeds the {fmt(accelerator.memory)} of RAM{tips}"]
         return []
     warnings = []
     if accelerator.memory and device > accelerator.memory:
         have = f"{fmt(accelerator.memory)} of {accelerator.name}"
         warnings.append(f"the estimate of {fmt(device)} per device exceeds the {have}{tips}")
-    if accelerator.host_memory and host * world_size > accelerator.host_memory:
+    if accelerator.host_memory and host * per_machine > accelerator.host_memory:
         warnings.append(
-            f"offloaded states need {fmt(host * world_size)} of CPU memory for {processes}, more than the "
+            f"offloaded states need {fmt(host * per_machine)} of CPU memory for {here}, more than the "
             f"host's {fmt(accelerator.host_memory)} of RAM; try offloading to 'nvme'"
         )
     return warnings
 
 
-def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, world_size: int = 1):
+def memory_facts(
+    recipe: Recipe, model, counts: dict, spec, max_length: int, world_size: int = 1, per_machine: int | None = None
+):
     """Rows for the plan table estimating memory per device, and warnings when it will not fit.
 
-    See runner.distributed.memory for what the estimate counts. Returns (facts, warnings).
+    See runner.distributed.memory for what the estimate counts. `world_size` processes in all shard
+    the states, `per_machine` of them (default: all) share a machine's RAM. Returns (facts, warnings).
     """
+    per_machine = per_machine or world_size
     from runner.distributed import memory
 
     fmt = memory.format_bytes
@@ -197,16 +202,18 @@ def memory_facts(recipe: Recipe, model, counts: dict, spec, max_length: int, wor
     if quantized_how:
         facts["quantized base"] = quantized_how
     facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {_processes(world_size)}"
+    if per_machine != world_size:
+        facts["sharding"] += f" ({per_machine} per machine)"
     offloads = {"optimizer": sharding.offload_optimizer, "weights": sharding.offload_params}
     if any(where != "none" for where in offloads.values()):
         facts["sharding"] += ", offload " + ", ".join(f"{k} to {v}" for k, v in offloads.items() if v != "none")
     if states.host:
-        facts["host memory (offload)"] = f"{fmt(states.host)} per process, {fmt(states.host * world_size)} in all"
+        facts["host memory (offload)"] = f"{fmt(states.host)} per process, {fmt(states.host * per_machine)} per machine"
     if states.nvme:
         facts["NVMe (offload)"] = f"{fmt(states.nvme)} per process"
     facts["accelerator"] = f"{accelerator.name}, {fmt(accelerator.memory)}" if accelerator.memory else accelerator.name
     tips = _suggestions(recipe, sharding, world_size)
-    return facts, _fit_warnings(device, states.host, world_size, accelerator, tips)
+    return facts, _fit_warnings(device, states.host, world_size, per_machine, accelerator, tips)
 
 
 def _evaluation(recipe: Recipe) -> str:
@@ -223,8 +230,9 @@ def _evaluation(recipe: Recipe) -> str:
     return compared + sure + audits
 
 
-def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: int = 1) -> None:
-    """Show what `finetune run` would do with `recipe` on `world_size` processes, without training."""
+def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: int = 1, nnodes: int = 1) -> None:
+    """Show what `finetune run` would do with `recipe` on `world_size` processes spread over
+    `nnodes` machines, without training."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -297,7 +305,8 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
             adapted = _adapted_modules(model)
             if adapted:
                 facts["adapted modules"] = adapted
-            estimate, warnings = memory_facts(recipe, model, counts, spec, max_length, world_size)
+            per_machine = max(1, world_size // nnodes)
+            estimate, warnings = memory_facts(recipe, model, counts, spec, max_length, world_size, per_machine)
             facts.update(estimate)
         except FinetuneError as exc:
             if not offline:

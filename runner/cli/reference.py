@@ -69,14 +69,27 @@ def _default(field) -> str:
     return str(value) if value not in ({}, []) else "empty"
 
 
-def options_table(model: type[Options]) -> list[str]:
+def options_table(model: type[Options], nested: bool = True) -> list[str]:
     if not model.model_fields:
         return ["No options."]
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    tables = []
     for name, field in model.model_fields.items():
         doc = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {doc} |")
+        tables += [(name, table) for table in _tables(field.annotation)] if nested else []
+    for name, table in tables:  # a table's own keys, e.g. [model] quantization = { bits = 4 }
+        lines += ["", f"`{name}` takes:", "", *options_table(table)]
     return lines
+
+
+def _tables(annotation) -> list[type[BaseModel]]:
+    """The options models an annotation holds (a nested table, or one of a union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(annotation) for t in _tables(a)]
+    return []
 
 
 def render(registry: Registry, plugins: set[str] | None = None) -> str:
@@ -95,7 +108,7 @@ def render(registry: Registry, plugins: set[str] | None = None) -> str:
         "",
         "`[[data.sources]]` (one or more, see below) and:",
         "",
-        *options_table(DataOptions),
+        *options_table(DataOptions, nested=False),  # [data.split] has a section of its own
         "",
         "### [data.split]",
         "",

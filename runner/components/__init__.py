@@ -23,7 +23,7 @@ from runner.components.evaluation import (
 from runner.components.models import Model, ModelSpec, Tokenizer, TokenizerOptions
 from runner.components.reporters import Reporter
 from runner.components.tasks import Task
-from runner.components.training import Engine, Sharding, Strategy, Trainer, TrainJob, TrainOutcome
+from runner.components.training import Engine, EngineOptions, Sharding, Strategy, Trainer, TrainJob, TrainOutcome
 
 KINDS: dict[str, type[Component]] = {
     cls.kind: cls for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, Engine, Metric, Reporter, Audit)
@@ -42,6 +42,7 @@ __all__ = [
     "DataSource",
     "DataSourceOptions",
     "Engine",
+    "EngineOptions",
     "Metric",
     "Model",
     "ModelSpec",

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import Field
+
 from runner.components.base import Component, RunContext
 from runner.components.models import ModelSpec
 from runner.components.tasks import Task
+from runner.options import Options
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from datasets import Dataset
@@ -86,6 +89,7 @@ class TrainJob:
     deepspeed: dict[str, Any] | None = None  # the engine's DeepSpeed config, if it uses DeepSpeed
     greater_is_better: dict[str, bool] = field(default_factory=dict)  # metric key -> direction
     stop_requested: Callable[[], bool] = lambda: False
+    collective_timeout: int | None = None  # seconds a collective may wait for the other processes
 
 
 @dataclass
@@ -137,13 +141,31 @@ class Sharding:
     offload_params: str = "none"
 
 
+class EngineOptions(Options):
+    """Options every engine has; an engine's own options subclass it."""
+
+    timeout: int = Field(
+        default=600,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Seconds a process waits in a collective (gradient all-reduce, gather) for the others "
+        "before the run fails naming its rank and step, instead of hanging (PyTorch's default is 30 minutes).",
+    )
+
+
 class Engine(Component):
     """How training spreads over processes and devices (`[distributed] engine = ...`).
 
     The core launches one process per device (`finetune run --nproc N`) with torchrun or
-    DeepSpeed's launcher; the engine says what each process's trainer is told."""
+    DeepSpeed's launcher; the engine says what each process's trainer is told. Options subclass
+    `EngineOptions` (adds `timeout`)."""
 
     kind = "engine"
+    Options = EngineOptions
+
+    def collective_timeout(self) -> int:
+        """Seconds a collective may wait for the other processes (process group and trainer)."""
+        return self.options.timeout
 
     def sharding(self) -> Sharding:
         """How model states are sharded, for memory estimates and checks."""

@@ -66,8 +66,9 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init() -> None:
-    """Join the process group (once), before any data is prepared."""
+def init(timeout: int | None = None) -> None:
+    """Join the process group (once), before any data is prepared. `timeout`: seconds a collective
+    waits for the other processes before it fails (None: PyTorch's 30 minutes)."""
     global _prepare_group
     if world_size() == 1:
         return
@@ -77,7 +78,8 @@ def init() -> None:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout) if timeout else None)
     if _prepare_group is None:
         _prepare_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
 
@@ -142,10 +144,13 @@ def any_rank(flag: bool) -> bool:
 
 
 def barrier() -> None:
+    """Wait for every rank. Ranks reach it after one of them worked alone (rank 0 writing a
+    checkpoint or the model), which may take long: it waits as long as data preparation may, not
+    the run's collective timeout, which is for the collectives of the training steps."""
     if world_size() > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        dist.barrier(group=_prepare_group)
 
 
 def finish() -> None:

@@ -85,7 +85,7 @@ def execute(
             import torch
 
             torch.set_num_threads(recipe.run.threads)
-        process_group.init()
+        process_group.init(recipe.distributed.create().collective_timeout())
         result = Pipeline(recipe, run_dir, plugins, events, trust_remote_code, resume_from, force).run()
         status, final, baselines = "completed", result.metrics, result.baselines
         return result

@@ -258,6 +258,7 @@ class Pipeline(DataSteps):
             deterministic=self.recipe.run.deterministic,
             greater_is_better={m.key(): m.greater_is_better for m in self.metrics},
             deepspeed=self.recipe.distributed.create().deepspeed_config(),
+            collective_timeout=self.recipe.distributed.create().collective_timeout(),
         )
         self.events.stage("training")
         with graceful_stop(self.events.warn) as stop:
