@@ -160,10 +160,28 @@ def test_a_host_listed_twice_is_refused_with_the_line_to_write_instead(recipe, t
 
 
 def test_a_zero_stage_the_strategy_cannot_use_is_a_recipe_error(recipe, capsys):
-    args = ["--set", 'strategy.type="prompt_tuning"', *ZERO, "distributed.zero_stage=3"]
-    assert cli("validate", recipe, *args) == 2
+    import types
+
+    from runner import Strategy, hookimpl
+    from runner.plugins import manager
+
+    class Replicated(Strategy):
+        """Every weight trains, but not when ZeRO-3 partitions them (a strategy of this test)."""
+
+        name = "replicated"
+        max_zero_stage = 2
+
+    plugin = types.ModuleType("replicated_strategy")
+    plugin.register_strategies = hookimpl(lambda register: register(Replicated))
+    previous = manager.get_plugins()
+    manager.reset_plugins(manager.Plugins(extra=[plugin]))
+    try:
+        args = ["--set", 'strategy.type="replicated"', *ZERO, "distributed.zero_stage=3"]
+        assert cli("validate", recipe, *args) == 2
+    finally:
+        manager.reset_plugins(previous)
     out = capsys.readouterr().out
-    assert "distributed.zero_stage: strategy 'prompt_tuning' does not work under ZeRO stage 3" in out
+    assert "distributed.zero_stage: strategy 'replicated' does not work under ZeRO stage 3" in out
 
 
 def test_nproc_with_a_hostfile_replaces_every_machines_slots(tmp_path):

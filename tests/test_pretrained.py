@@ -103,7 +103,7 @@ def test_virtual_tokens_on_a_pretrained_base_predict_a_row_alike_alone_and_batch
     assert "cannot be merged: its virtual tokens are extra inputs" in capsys.readouterr().err
 
 
-def test_prefix_tuning_trains_on_two_processes_under_zero2(local_model, tmp_path):
+def test_prefix_tuning_trains_on_two_processes_under_zero3_and_checkpoints(local_model, tmp_path):
     from safetensors.torch import load_file
 
     from runner.cli.saved import load_finished
@@ -111,13 +111,16 @@ def test_prefix_tuning_trains_on_two_processes_under_zero2(local_model, tmp_path
 
     extra = '[strategy]\ntype = "prefix_tuning"\nnum_virtual_tokens = 4\n'
     path = pretrained_recipe(tmp_path, local_model, extra)
-    zero2 = ["--set", 'distributed.engine="deepspeed"', "--set", "distributed.zero_stage=2"]
-    # A bounded timeout: were a collective ever left waiting, the run would fail, not hang.
-    args = ["--nproc", "2", "--set", "training.batch_size=16", *zero2, "--set", "distributed.timeout=120"]
+    zero3 = ["--set", 'distributed.engine="deepspeed"', "--set", "distributed.zero_stage=3"]
+    # A bounded timeout: were ranks ever out of step (saving a checkpoint used to hang), the run
+    # would fail within it, not hang.
+    args = ["--nproc", "2", "--set", "training.batch_size=16", *zero3, "--set", "distributed.timeout=120"]
     assert cli("run", path, "--output", tmp_path / "run", *args) == 0
-    adapter = load_file(tmp_path / "run" / "model" / "adapter_model.safetensors")
-    prefix = next(v for k, v in adapter.items() if "prompt_embeddings" in k)
-    assert prefix.abs().sum() > 0  # the prefix every rank trained, gathered and saved
+    final = load_file(tmp_path / "run" / "model" / "adapter_model.safetensors")
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("checkpoint-*/adapter_model.safetensors")
+    saved = load_file(checkpoint)  # the end-of-epoch checkpoint, saved by rank 0 with the prefix gathered
+    assert final["prompt_embeddings"].abs().sum() > 0
+    assert all(torch.equal(saved[k], final[k]) for k in final)
     done = load_finished(RunDir(tmp_path / "run"))
     (prediction,) = done.task.predict(done.model, done.tokenizer, ["so happy today"], done.meta["max_length"])
     assert sum(prediction["scores"].values()) == pytest.approx(1.0)

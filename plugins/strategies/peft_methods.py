@@ -204,9 +204,8 @@ class LoKr(PeftStrategy):
 
 class _VirtualTokenStrategy(PeftStrategy):
     can_merge = False
-    # Under ZeRO-3 the virtual-token methods hang the first step (seen with peft 0.21 and DeepSpeed
-    # 0.19 on 2 CPU processes: every rank waits on a gather until the 30-minute timeout).
-    max_zero_stage = 2
+    # ZeRO-3 works since checkpoints gather the prompt encoder on every rank before rank 0 saves it
+    # (plugins/trainers/_hf_trainer.py, `_prompt_encoder_gathered`): saving used to hang.
 
     @classmethod
     def check(cls, options, recipe):

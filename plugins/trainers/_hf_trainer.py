@@ -4,13 +4,14 @@ use so that importing the plugin imports neither torch nor transformers:
 - `make_trainer_class`: the `Trainer` subclass, with a length-grouped sampler seeded per epoch (a
   resumed run takes the batches the uninterrupted one would have), a loss checked for NaN or
   infinity before backward (`NonFiniteLoss`), per-row weights, and checkpoints marked complete
-  before rotation;
+  before rotation (and, under ZeRO-3, virtual tokens gathered on every rank before one saves them);
 - `bridge_events`: the callback that passes progress to the run's events and stops at the end of the
   step when the job is asked to stop (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from runner import any_rank, barrier, mark_checkpoint_complete, rotate_checkpoints
@@ -100,6 +101,10 @@ def make_trainer_class():
             loss = (rows * weight.to(rows.dtype)).mean()
             return (loss, outputs) if return_outputs else loss
 
+        def _save(self, output_dir=None, state_dict=None):
+            with _prompt_encoder_gathered(self.model):  # every rank comes here; rank 0 alone writes
+                super()._save(output_dir, state_dict)
+
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             # Under DeepSpeed every rank writes its shard: the checkpoint is complete when all have.
@@ -112,6 +117,37 @@ def make_trainer_class():
             rotate_checkpoints(path.parent, self.keep_checkpoints, protect=best)
 
     return _Trainer
+
+
+@contextmanager
+def _prompt_encoder_gathered(model):
+    """peft saves a virtual-token adapter by running its prompt encoder. Under ZeRO-3 that forward
+    gathers the encoder's partitioned weights, a collective, and DeepSpeed counts the call in its
+    record of the module order; transformers saves on rank 0 alone, so rank 0 waited in the gather
+    for ranks that never came (the hang that made prompt and prefix tuning refuse ZeRO-3), and its
+    record no longer matched the others'. So every rank gathers the encoder's weights before the
+    save (`_save` is entered by every rank, and returns at once on those that do not write), and
+    the saving forward runs without DeepSpeed's hooks: nothing to fetch, nothing recorded."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    encoder = getattr(model, "prompt_encoder", None)
+    if encoder is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed
+
+    modules = list(encoder.modules())
+    hooks = [(m._forward_pre_hooks.copy(), m._forward_hooks.copy()) for m in modules]
+    with deepspeed.zero.GatheredParameters(list(encoder.parameters()), modifier_rank=None):
+        for module in modules:
+            module._forward_pre_hooks.clear()
+            module._forward_hooks.clear()
+        try:
+            yield
+        finally:
+            for module, (pre, post) in zip(modules, hooks, strict=True):
+                module._forward_pre_hooks.update(pre)
+                module._forward_hooks.update(post)
 
 
 def bridge_events(job, state_holder):
