@@ -288,10 +288,11 @@ class HF(Trainer):
                 raise
             # A collective (gradient all-reduce, the per-step stop check) waited `timeout` seconds:
             # another process stopped answering. Fail here rather than hang until it returns.
+            done, last = trainer.state.global_step, trainer.state.max_steps
+            where = f"in step {done + 1}" if done < last else f"after the last step ({done}), saving or evaluating"
             raise FinetuneError(
                 f"rank {os.environ.get('RANK', '0')}: a collective waited more than {job.collective_timeout} s for "
-                f"the other processes in step {trainer.state.global_step + 1}: one of them failed, hangs or is far "
-                "slower",
+                f"the other processes {where}: one of them failed, hangs or is far slower",
                 hint="the other ranks' output says which; raise [distributed] timeout if a step really takes that long",
             ) from exc
         finally:
