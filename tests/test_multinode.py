@@ -29,12 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(recipe: Path, rank: int, port: int, output: Path, log: Path) -> subprocess.Popen:
+def start_node(recipe: Path, rank: int, port: int, output: Path, log: Path, more=()) -> subprocess.Popen:
     """One machine's command, exactly as the docs give it (with a free port instead of 29500).
 
     Node 1 has a cache of its own, as another machine would: it tokenizes again, and must train the same."""
     args = ["run", recipe, "--nproc", "1", "--nnodes", "2", "--node-rank", rank, "--master-addr", "127.0.0.1"]
-    args += ["--master-port", port, "--output", output]
+    args += ["--master-port", port, "--output", output, *more]
     env = {**os.environ, "FINETUNE_CACHE": str(log.with_suffix(".cache"))} if rank else None
     with log.open("w") as out:
         command = [*finetune_subprocess(), *map(str, args)]
@@ -56,16 +56,18 @@ def one_machine(recipe, tmp_path_factory) -> RunDir:
     return RunDir(output)
 
 
-def start_two_machines(recipe: Path, output: Path, logs: dict[int, Path], node_1_first: bool) -> dict[int, int]:
+def start_two_machines(
+    recipe: Path, output: Path, logs: dict[int, Path], node_1_first: bool, more=()
+) -> dict[int, int]:
     """Both nodes' commands, node 1's first; the exit code of each once both have ended."""
     port = free_port()
     nodes: dict[int, subprocess.Popen] = {}
     try:
-        nodes[1] = start_node(recipe, 1, port, output, logs[1])
+        nodes[1] = start_node(recipe, 1, port, output, logs[1], more)
         if node_1_first:  # it waits for node 0's run directory, and says so
             wait_for_text(logs[1], f"node 1: waiting for node 0 to create {output}")
             assert not output.exists()  # node 0 alone creates it
-        nodes[0] = start_node(recipe, 0, port, output, logs[0])
+        nodes[0] = start_node(recipe, 0, port, output, logs[0], more)
         return {rank: node.wait(timeout=300) for rank, node in nodes.items()}
     finally:
         for node in nodes.values():
@@ -103,6 +105,22 @@ def test_two_machines_started_in_any_order_both_exit_0_and_train_what_one_machin
     ours, reference = train_losses(run), train_losses(one_machine)
     assert len(reference) == 6 and ours == reference  # rank 0 alone logs, every step once
     assert scores(run) == scores(one_machine) and scores(run)["test"]["accuracy"] is not None
+
+
+@pytest.mark.slow
+def test_deepspeed_on_two_machines_starts_without_ssh_and_trains_what_one_machine_trains(recipe, one_machine, tmp_path):
+    # The same torchrun rendezvous as DDP: no hostfile, no ssh; each machine runs its own command.
+    output = tmp_path / "shared" / "run"
+    logs = {rank: tmp_path / f"node{rank}.log" for rank in (0, 1)}
+    zero2 = ["--set", 'distributed.engine="deepspeed"', "--set", "distributed.zero_stage=2"]
+    codes = start_two_machines(recipe, output, logs, node_1_first=False, more=zero2)
+    assert codes == {0: 0, 1: 0}, {rank: log.read_text(encoding="utf-8") for rank, log in logs.items()}
+    run = RunDir(output)
+    environment = json.loads(run.environment.read_text())
+    assert environment["world_size"] == 2 and environment["distributed"]["engine"] == "deepspeed"
+    ours, reference = train_losses(run), train_losses(one_machine)
+    assert ours.keys() == reference.keys()
+    assert all(ours[step] == pytest.approx(reference[step], rel=1e-3) for step in reference)
 
 
 def node(rank: int, output: Path, *more: str) -> list[str]:
