@@ -29,3 +29,22 @@ def test_the_readme_recipe_validates(tmp_path):
     (tmp_path / "readme.toml").write_text(recipe, encoding="utf-8")
     loaded = load_and_validate(tmp_path / "readme.toml")
     assert loaded.strategy.name == "lora" and loaded.sources[0].options.columns == {"text": "review", "label": "rating"}
+
+
+def test_the_readme_qlora_lines_validate_in_the_readme_recipe(tmp_path):
+    import re
+    import shutil
+
+    from runner.cli.commands import load_and_validate
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    recipe = re.search(r"## A recipe\n\n```toml\n(.*?)```", readme, re.S).group(1)
+    qlora = re.search(r"QLoRA on a 7-70B model.*?```toml\n(.*?)```", readme, re.S).group(1)
+    replaced = {line.split(" = ")[0] for line in qlora.splitlines()}
+    kept = [line for line in recipe.splitlines() if line.split(" = ")[0] not in replaced]
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "recipes" / "data" / "reviews.csv", tmp_path / "data" / "reviews.csv")
+    (tmp_path / "qlora.toml").write_text(qlora + "\n".join(kept) + "\n", encoding="utf-8")
+    loaded = load_and_validate(tmp_path / "qlora.toml")
+    assert loaded.model.create().quantization_bits() == 4
+    assert loaded.strategy.options.target_modules == "all-linear" and loaded.task.options.format == "sharegpt"
