@@ -40,15 +40,6 @@ def lora(model):
     return strategy.apply(model, RunContext(seed=0, cache_dir=None), spec)
 
 
-def frozen_linear(model) -> int:
-    output = model.get_output_embeddings()
-    return sum(
-        m.weight.numel()
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m is not output and not m.weight.requires_grad
-    )
-
-
 def main() -> None:
     warnings.filterwarnings("ignore")
     fmt = memory.format_bytes
@@ -68,7 +59,7 @@ def main() -> None:
         row = [name, f"{total / 1e9:.2f} B"]
         row.append(fmt(memory.model_state_bytes(total, total, precision="bf16").device + activations))
         row.append(fmt(memory.model_state_bytes(counts["total"], counts["trainable"]).device + activations))
-        quantized = frozen_linear(adapted)
+        quantized = memory.quantized_weights(adapted)
         each = memory.quantized_bytes_per_param(4, double_quant=True)
         # peft keeps the unquantized weights (embeddings, norms, head) and the adapters in fp32.
         states = memory.model_state_bytes(

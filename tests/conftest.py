@@ -84,6 +84,30 @@ def no_dropout_recipe(path: Path, *, rows: int, batch_size: int, eval_every: str
     return write(path, text.replace("n_positions = 32 }", no_dropout))
 
 
+def save_tiny_hub_model(directory: Path, make_model, seed: int = 5, rows: int = 500) -> Path:
+    """A tiny model and the tokenizer trained for it, saved as a Hub repository holds them.
+    `make_model(vocab_size)` builds the (randomly initialised, seeded) model."""
+    import torch
+
+    from plugins.data.synthetic import generate
+    from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
+
+    texts = [r["text"] for r in generate(rows, seed=seed)]
+    tokenizer = Trained(TrainedTokenizerOptions(vocab_size=300)).build(None, lambda: iter(texts))
+    torch.manual_seed(0)
+    make_model(len(tokenizer)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def with_pretrained(text: str, model_dir: Path, max_length: int = 32) -> str:
+    """A recipe's text with its [tokenizer] and [model] replaced by the saved model at `model_dir`."""
+    start, end = text.index("[tokenizer]"), text.index("[task]")
+    local = f'[tokenizer]\ntype = "pretrained"\npath = "{model_dir}"\nmax_length = {max_length}\n\n'
+    local += f'[model]\ntype = "pretrained"\npath = "{model_dir}"\n\n'
+    return text[:start] + local + text[end:]
+
+
 def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
     """Run a recipe in this process, as `finetune run` does; returns runner.pipeline.run.RunResult."""
     from runner.cli.commands import load_and_validate

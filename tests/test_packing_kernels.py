@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_recipe, tiny_recipe, write
+from conftest import run_recipe, save_tiny_hub_model, tiny_recipe, with_pretrained, write
 
 from runner.errors import FinetuneError
 
@@ -205,11 +205,7 @@ epochs = 1
 
 
 def pretrained_recipe(model_dir) -> str:
-    text = RECIPE.format(architecture="opt", config="{}", task=TASK)
-    start, end = text.index("[tokenizer]"), text.index("[task]")
-    local = f'[tokenizer]\ntype = "pretrained"\npath = "{model_dir}"\nmax_length = 32\n\n'
-    local += f'[model]\ntype = "pretrained"\npath = "{model_dir}"\n\n'
-    return text[:start] + local + text[end:]
+    return with_pretrained(RECIPE.format(architecture="opt", config="{}", task=TASK), model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -217,14 +213,7 @@ def local_opt(tmp_path_factory):
     """A tiny OPT causal LM and its tokenizer, saved as a Hub repository holds them."""
     from transformers import OPTConfig, OPTForCausalLM
 
-    from plugins.data.synthetic import generate
-    from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
+    def opt(vocab_size):
+        return OPTForCausalLM(OPTConfig(**CONFIGS["opt"], vocab_size=vocab_size, max_position_embeddings=64))
 
-    directory = tmp_path_factory.mktemp("hub") / "tiny-opt"
-    texts = [r["text"] for r in generate(200, seed=5)]
-    tokenizer = Trained(TrainedTokenizerOptions(vocab_size=300)).build(None, lambda: iter(texts))
-    torch.manual_seed(0)
-    config = OPTConfig(**CONFIGS["opt"], vocab_size=len(tokenizer), max_position_embeddings=64)
-    OPTForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_hub_model(tmp_path_factory.mktemp("hub") / "tiny-opt", opt, rows=200)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import cli, run_recipe, tiny_recipe
+from conftest import cli, run_recipe, save_tiny_hub_model, tiny_recipe, with_pretrained, write
 
 pytestmark = pytest.mark.slow
 
@@ -12,27 +12,15 @@ def local_model(tmp_path_factory):
     """A small GPT-2 causal LM and its tokenizer saved as a Hub repository would hold them."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from plugins.data.synthetic import generate
-    from plugins.tokenizers.trained import Trained, TrainedTokenizerOptions
+    def gpt2(vocab_size):
+        return GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=vocab_size))
 
-    directory = tmp_path_factory.mktemp("hub") / "tiny-gpt2"
-    texts = [r["text"] for r in generate(500, seed=5)]
-    tokenizer = Trained(TrainedTokenizerOptions(vocab_size=300)).build(None, lambda: iter(texts))
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tokenizer))
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_hub_model(tmp_path_factory.mktemp("hub") / "tiny-gpt2", gpt2)
 
 
 def pretrained_recipe(tmp_path, model_dir, extra=""):
     path = tiny_recipe(tmp_path / "r.toml", rows=200, epochs=1, extra=extra)
-    text = path.read_text()
-    start, end = text.index("[tokenizer]"), text.index("[task]")
-    local = f'[tokenizer]\ntype = "pretrained"\npath = "{model_dir}"\nmax_length = 32\n\n'
-    local += f'[model]\ntype = "pretrained"\npath = "{model_dir}"\n\n'
-    path.write_text(text[:start] + local + text[end:])
-    return path
+    return write(path, with_pretrained(path.read_text(), model_dir))
 
 
 def test_fine_tunes_a_local_pretrained_model(local_model, tmp_path):

@@ -48,25 +48,15 @@ def _weight_bytes(model) -> int:
 
 
 def _quantized(recipe: Recipe, model) -> tuple[int, float, str]:
-    """Frozen linear weights a quantized base keeps in 4 or 8 bits: (count, bytes each, how).
-
-    bitsandbytes quantizes the linear layers but the output layer; embeddings, norms and what
-    trains keep their dtype."""
+    """Frozen linear weights a quantized base keeps in 4 or 8 bits: (count, bytes each, how)."""
     bits = recipe.model.create().quantization_bits()
     if bits is None:
         return 0, 0.0, ""
-    import torch
-
     from runner.distributed import memory
 
     double = bool(getattr(getattr(recipe.model.options, "quantization", None), "double_quant", False))
     each = memory.quantized_bytes_per_param(bits, double and bits == 4)
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    count = sum(
-        module.weight.numel()
-        for module in model.modules()
-        if isinstance(module, torch.nn.Linear) and module is not output and not module.weight.requires_grad
-    )
+    count = memory.quantized_weights(model)
     how = f"{count:,} frozen linear weights in {bits} bits, {each:.3g} bytes each with their quantization constants"
     return count, each, how
 

@@ -9,7 +9,8 @@ fit at all, and which setting to change when it cannot. (Measured on 2 CPU cores
 GPT-2 full fine-tune, batch 32 x 48 tokens, estimated 1.5 GiB + 0.5 GiB footprint, peaked at
 2.0 GiB resident.)
 
-Pure arithmetic except `detect_accelerator` and `host_memory`; torch is imported only inside them.
+Pure arithmetic except `detect_accelerator`, `host_memory` and `quantized_weights`; torch is imported
+only inside them.
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def quantized_bytes_per_param(bits: int, double_quant: bool = False) -> float:
     if bits != 4:
         raise ValueError(f"bits must be 4 or 8, got {bits}")
     return 0.5 + (1 / 64 + 4 / (64 * 256) if double_quant else 4 / 64)
+
+
+def quantized_weights(model) -> int:
+    """How many weights bitsandbytes would quantize in `model` as built: those of its frozen linear
+    layers, the output layer excepted (embeddings, norms and what trains keep their dtype). Counted
+    on the unquantized model, e.g. on the meta device; imports torch."""
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return sum(
+        module.weight.numel()
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear) and module is not output and not module.weight.requires_grad
+    )
 
 
 def model_state_bytes(
