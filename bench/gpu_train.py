@@ -73,6 +73,15 @@ MODEL_TINY = dict(
 )
 GiB = 2**30
 BASE_VARIANTS = ("full-padded", "full-packed", "lora-padded", "lora-packed")
+ALL_VARIANTS = (
+    *BASE_VARIANTS,
+    "qlora-packed",
+    "qlora-8b-packed",
+    "zero2-packed",
+    "zero3-packed",
+    "zero3",
+    "zero3-offload",
+)
 
 
 @dataclass
@@ -378,6 +387,9 @@ SITECUSTOMIZE = """\
 import os
 import sys
 if os.environ.get({env!r}):
+    # Python runs this before `-m` puts the working directory on sys.path: where the runner is not
+    # installed (only the repository), the probe finds it here.
+    sys.path.append({root!r})
     try:
         import importlib.util
         spec = importlib.util.spec_from_file_location("gpu_train_probe", {path!r})
@@ -495,15 +507,22 @@ def make_variants(args, setup: Setup, peak: dict) -> list[Variant]:
         Variant("lora-padded", "lora", False),
         Variant("lora-packed", "lora", True),
     ]
-    if args.only:
-        variants = [v for v in variants if v.name in args.only]
     if args.qlora:
         variants.append(Variant("qlora-packed", "qlora", True))
         eight = setup if args.tiny else replace(setup, model=MODEL_8B, batch_size=min(setup.batch_size, 4))
         note = "tiny model (smoke test)" if args.tiny else describe_model(MODEL_8B, setup.vocab, setup.seq_len)
         variants.append(Variant("qlora-8b-packed", "qlora", True, setup=eight, note=note))
-    if not args.zero3_offload:
-        return variants
+    if args.deepspeed:  # the same model and data through DeepSpeed on the card: what ZeRO costs where it fits
+        for stage in (2, 3):
+            variants.append(Variant(f"zero{stage}-packed", "full", True, {"engine": "deepspeed", "zero_stage": stage}))
+    if args.zero3_offload:
+        variants += zero3_variants(args, setup, peak)
+    by_name = {v.name: v for v in variants}
+    return [by_name[name] for name in args.only if name in by_name] if args.only else variants
+
+
+def zero3_variants(args, setup: Setup, peak: dict) -> list[Variant]:
+    """ZeRO-3 without and with CPU offload on a model whose model states exceed the card."""
     if args.tiny:  # nothing is too big for the host here: the same tiny model, to exercise the code path
         big, note = setup, "tiny model (smoke test of the code path)"
     else:
@@ -521,9 +540,10 @@ def make_variants(args, setup: Setup, peak: dict) -> list[Variant]:
     big = replace(big, optimizer="adamw_torch")  # DeepSpeed's tested path; offload swaps in its CPU Adam anyway
     stage3 = {"engine": "deepspeed", "zero_stage": 3}
     offload = {**stage3, "offload_optimizer": "cpu", "offload_params": "cpu"}
-    variants.append(Variant("zero3", "full", True, stage3, big, note))
-    variants.append(Variant("zero3-offload", "full", True, offload, big, note))
-    return variants
+    return [
+        Variant("zero3", "full", True, stage3, big, note),
+        Variant("zero3-offload", "full", True, offload, big, note),
+    ]
 
 
 def fmt_bytes(n) -> str:
@@ -577,7 +597,8 @@ def table(variants: list[Variant], peak: dict, world: int) -> str:
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: a tiny model, fp32, a few steps")
-    p.add_argument("--only", nargs="+", choices=BASE_VARIANTS, metavar="VARIANT", help=" ".join(BASE_VARIANTS))
+    p.add_argument("--only", nargs="+", choices=ALL_VARIANTS, metavar="VARIANT",
+                   help="run only these, in this order: " + " ".join(ALL_VARIANTS))  # fmt: skip
     p.add_argument("--steps", type=int, help="timed optimizer steps (default 30; --tiny 8)")
     p.add_argument("--warmup", type=int, help="untimed optimizer steps first (default 5; --tiny 3)")
     p.add_argument("--batch-size", type=int, help="rows per micro-batch (default 8; --tiny 4)")
@@ -585,6 +606,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (not counted in MFU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (run.threads; --tiny: all cores)")
     p.add_argument("--qlora", action="store_true", help="add QLoRA (4-bit NF4 base) on the 1B and an 8B-class model")
+    p.add_argument("--deepspeed", action="store_true", help="add ZeRO-2 and ZeRO-3 (no offload) on the same model")
     p.add_argument("--zero3-offload", action="store_true", help="add ZeRO-3 without and with CPU offload")
     p.add_argument("--zero3-margin", type=float, default=1.05, help="model states / GPU memory of that model")
     p.add_argument("--zero3-batch", type=int, default=4, help="rows per micro-batch for the ZeRO-3 model")
@@ -620,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         env["FINETUNE_CACHE"] = str(work / "cache")
         hook = work / "hook"
         hook.mkdir(exist_ok=True)
-        (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(env=PROBE_ENV, path=str(Path(__file__).resolve())))
+        probe = SITECUSTOMIZE.format(env=PROBE_ENV, path=str(Path(__file__).resolve()), root=str(ROOT))
+        (hook / "sitecustomize.py").write_text(probe)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
 
         peak = peak_in_child(args.tiny, setup.threads, work)
@@ -640,14 +663,18 @@ def main(argv: list[str] | None = None) -> int:
             v.result = run_variant(v, v.setup or setup, work, env, args)
             if v.result.get("detail"):
                 print(f"[{v.name}] {v.result['detail']}")
+            if args.json:  # after every run: what was measured survives a later run that hangs or is killed
+                write_json(args.json, peak, setup, variants)
 
     print()
     print(f"peak: {peak['flops'] / 1e12:.3f} TFLOP/s measured ({peak['device']}, {peak['dtype']} matmul)")
     print(table(variants, peak, world))
-    if args.json:
-        payload = {"peak": peak, "setup": setup.__dict__, "variants": {v.name: v.result for v in variants}}
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return 0
+
+
+def write_json(path: Path, peak: dict, setup: Setup, variants: list[Variant]) -> None:
+    payload = {"peak": peak, "setup": setup.__dict__, "variants": {v.name: v.result for v in variants if v.result}}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def test_plan_shows_memory_and_warns_when_it_does_not_fit(tmp_path, monkeypatch)
     recipe = tiny_recipe(tmp_path / "r.toml")
     roomy = plan_text(recipe, Accelerator("Big GPU", 80 * 1024**3, 64 * 1024**3, cuda=True, bf16=True), monkeypatch)
     assert "memory per device │ ~" in roomy
-    assert "(batch 32 x 32 tokens, bf16)" in roomy
+    assert "(batch 32 x 32 tokens, bf16, 16-bit copies of the weights)" in roomy  # autocast copies them
     assert "sharding │ ZeRO stage 0 over 1 process" in roomy
     assert "accelerator │ Big GPU, 80.0 GiB" in roomy
     assert "warning" not in roomy

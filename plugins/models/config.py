@@ -107,7 +107,7 @@ class FromConfig(Loading, Model):
         config = self.build_config(spec)
         cls = auto_class(spec.head)
         try:
-            model = cls.from_config(config, attn_implementation=self.options.attn_implementation)
+            model = self._from_config(cls, config)
         except REFUSALS as exc:  # `check_build` normally said so before any data was read
             raise self._refused(exc) from exc
         if self.options.quantization is None:
@@ -123,6 +123,17 @@ class FromConfig(Loading, Model):
             save_model(model, f"{directory}/model.safetensors", metadata={"format": "pt"})
             del model
             return cls.from_pretrained(directory, **loading_kwargs(self.options))
+
+    def _from_config(self, cls, config):
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        kernel = self.options.attn_implementation
+        if self.options.quantization is None and is_deepspeed_zero3_enabled():
+            # ZeRO-3: partitioned as it is built, with the weights one process draws
+            from plugins.models._zero_init import build_partitioned
+
+            return build_partitioned(cls, config, attn_implementation=kernel)
+        return cls.from_config(config, attn_implementation=kernel)
 
     def build_empty(self, ctx: RunContext, spec: ModelSpec):
         import torch

@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -235,7 +236,7 @@ class HF(Trainer):
             full_determinism=job.deterministic,
             activation_checkpointing=self._checkpointing(job.model),
             dataloader_num_workers=o.dataloader_workers,
-            deepspeed=job.deepspeed,
+            deepspeed=universal_load(job.deepspeed, job.resume_from, world_size()),
             **self._precision(),
         )
 
@@ -353,6 +354,30 @@ def divergence_hint(options: HFTrainerOptions) -> str:
         f"lower training.learning_rate (gradients are already clipped to norm {options.max_grad_norm:g}); "
         "check the data for extreme or empty rows"
     )
+
+
+def universal_load(deepspeed: dict | None, checkpoint: Path | None, processes: int) -> dict | None:
+    """The DeepSpeed config for resuming from `checkpoint` on `processes` processes.
+
+    ZeRO optimizer shards are cut for the number of processes that wrote them; on another number
+    each rank would load another's slice. `finetune resume --nproc M` converts such a checkpoint to
+    a universal one first (runner/distributed/universal.py), which DeepSpeed loads on any number
+    of processes when `checkpoint.load_universal` is on; without that conversion, refuse."""
+    if deepspeed is None or checkpoint is None:
+        return deepspeed
+    shard = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt")
+    found = [shard.fullmatch(p.name) for p in checkpoint.glob("global_step*/*_optim_states.pt")]
+    shards = len({m.group(1) for m in found if m})
+    if not shards or shards == processes:
+        return deepspeed
+    if not (checkpoint / "latest_universal").is_file():
+        raise FinetuneError(
+            f"{checkpoint} holds the ZeRO optimizer shards of {shards} processes, and this run has {processes}: "
+            "each process would load another's slice",
+            hint=f"resume with `finetune resume RUN --nproc {processes}`, which converts the checkpoint to a "
+            "DeepSpeed universal checkpoint first",
+        )
+    return {**deepspeed, "checkpoint": {**deepspeed.get("checkpoint", {}), "load_universal": True}}
 
 
 @contextlib.contextmanager

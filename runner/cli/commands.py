@@ -131,8 +131,16 @@ def cmd_worker(args) -> int:
 
     stop_with_parent(signal.SIGKILL)  # die with the launcher, which a second Ctrl-C kills
     run_dir = RunDir.open(args.run_dir)
+    recipe = load_and_validate(run_dir.recipe)
+    if args.resume_from is not None:  # on another number of processes: the accumulation `resume` said
+        from runner.distributed import resize
+
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun and DeepSpeed's launcher set it
+        resized = resize.plan(run_dir, recipe, world_size, args.resume_from, args.force)
+        if resized is not None and resized.overrides:
+            recipe = load_and_validate(run_dir.recipe, resized.overrides)
     try:
-        _execute(args, load_and_validate(run_dir.recipe), run_dir, args.resume_from, args.force)
+        _execute(args, recipe, run_dir, args.resume_from, args.force)
     except (process_group.PeerFailed, RunInterrupted, TrainingDiverged) as exc:
         if process_group.is_main() and not isinstance(exc, process_group.PeerFailed):
             raise
@@ -153,6 +161,7 @@ def _still_running(run_dir: RunDir) -> int | None:
 
 
 def cmd_resume(args) -> int:
+    from runner.distributed import resize
     from runner.distributed.launch import Launch
     from runner.storage import checkpoints
 
@@ -167,7 +176,7 @@ def cmd_resume(args) -> int:
         raise FinetuneError(f"{run_dir.path} is still running (process {pid})")
     recipe = load_and_validate(run_dir.recipe)
     _offline()
-    launch.check_resume(run_dir, args.force)
+    launch.check_resume(run_dir, recipe, args.force)  # a global batch another world size cannot keep
     if launch.needed(recipe):
         launch.check(recipe, output_given=True)  # the run directory exists already
     if launch.joins:  # node 0 verifies and tidies the checkpoints and metrics; this node names the same one
@@ -182,6 +191,13 @@ def cmd_resume(args) -> int:
         print(f"{run_dir.path} has no complete checkpoint: starting again from step 0")
     else:
         print(f"resuming {run_dir.path} from {checkpoint.name}")
+    # On another number of processes: the accumulation that keeps the global batch, a DeepSpeed
+    # checkpoint made universal; the workers compute the same accumulation (cmd_worker).
+    overrides = resize.prepare(
+        run_dir, recipe, launch.world_size(), checkpoint, force=args.force, owner=not launch.joins
+    )
+    if overrides:
+        recipe = load_and_validate(run_dir.recipe, overrides)
     return _train(args, recipe, run_dir, launch, checkpoint, args.force)
 
 

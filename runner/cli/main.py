@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="resume even though the data, the recipe or the number of processes changed",
+        help="resume even though the data or the recipe changed, or with a trainer that cannot keep the "
+        "global batch on another number of processes",
     )
     p.add_argument("--trust-remote-code", action="store_true", help="as for `run`")
     _add_launch_args(p)

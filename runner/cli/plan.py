@@ -83,11 +83,15 @@ def _suggestions(recipe: Recipe, sharding, world_size: int) -> str:
     return "; try " + ", ".join(tips) if tips else ""
 
 
-def _activations(recipe: Recipe, model, spec, max_length: int, precision: str) -> tuple[int, str]:
-    """Activation bytes per device and how they were reckoned; (0, why) when the config lacks sizes."""
-    from runner.distributed import memory
+def _activations(recipe: Recipe, model, spec, max_length: int, precision: str, autocast: bool) -> tuple[int, str]:
+    """Activation bytes per device and how they were reckoned; (0, why) when the config lacks sizes.
 
-    shape = memory.transformer_shape(getattr(model, "config", None))
+    `autocast`: the weights stay fp32 and matmuls run in 16 bits (the trainer without DeepSpeed):
+    the residual stream is fp32, and each forward pass makes 16-bit copies of the weights."""
+    from runner.distributed import activations, memory
+
+    config = getattr(model, "config", None)
+    shape = memory.transformer_shape(config)
     if shape is None:
         return 0, "activations unknown: the model config has no layer sizes"
     options = recipe.training.options
@@ -97,8 +101,17 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str) -
     width = shape.vocab if spec.head in ("causal_lm", "seq2seq_lm") else spec.num_labels or 1
     seq = max_length + recipe.strategy.create().extra_positions()
     size = 4 if precision == "fp32" else 2
-    found = memory.activation_bytes(batch, seq, shape.hidden, shape.layers, shape.heads, width, size, checkpointing)
+    residual = 4 if autocast or precision == "fp32" else 2
+    fused = getattr(config, "_attn_implementation", None) != "eager"
+    found = activations.estimate(
+        model, batch, seq, shape.heads, shape.hidden, width, size, residual, checkpointing, fused
+    )
+    if found is None:  # no stack of attention blocks found: the GPT-style formula
+        found = memory.activation_bytes(batch, seq, shape.hidden, shape.layers, shape.heads, width, size, checkpointing)
     how = f"batch {batch} x {seq} tokens, {precision}" + (", gradient checkpointing" if checkpointing else "")
+    if autocast and size == 2 and recipe.model.create().quantization_bits() is None:
+        found += activations.autocast_copies(model)
+        how += ", 16-bit copies of the weights"
     return found, f"activations {memory.format_bytes(found)} ({how})"
 
 
@@ -177,7 +190,7 @@ def memory_facts(
         quantized=quantized,
         quantized_bytes=quantized_bytes,
     )
-    activations, how = _activations(recipe, model, spec, max_length, precision)
+    activations, how = _activations(recipe, model, spec, max_length, precision, autocast=not deepspeed)
     device = states.device + activations
     # The libraries and data a run holds besides the model: on the CPU the plan holds them too (its
     # model is on the meta device), so its own resident memory measures them.
@@ -201,9 +214,25 @@ def memory_facts(
         facts["host memory (offload)"] = f"{fmt(states.host)} per process, {fmt(states.host * per_machine)} per machine"
     if states.nvme:
         facts["NVMe (offload)"] = f"{fmt(states.nvme)} per process"
+    facts["start-up peak"] = _startup(model, counts, world_size, sharding.zero_stage, quantized, deepspeed, precision)
     facts["accelerator"] = f"{accelerator.name}, {fmt(accelerator.memory)}" if accelerator.memory else accelerator.name
     tips = _suggestions(recipe, sharding, world_size)
     return facts, _fit_warnings(device, states.host, world_size, per_machine, accelerator, tips)
+
+
+def _startup(model, counts: dict, world_size: int, zero_stage: int, quantized: int, deepspeed: bool, precision: str):
+    """What one process holds of the weights while the model is built: under ZeRO-3 (zero.Init)
+    its shard plus the largest layer, otherwise the whole model."""
+    from runner.distributed import memory
+
+    # zero.Init creates the weights in the training dtype: 16-bit under DeepSpeed's mixed precision
+    width = 2 if deepspeed and precision != "fp32" else _weight_bytes(model)
+    largest = memory.largest_layer(model)
+    peak = memory.startup_bytes(counts["total"], largest, world_size, zero_stage, width)
+    shown = memory.format_bytes(peak)
+    if zero_stage == 3 and world_size > 1 and not quantized:
+        return f"~{shown} of weights per process: its shard, plus the largest layer ({largest:,} parameters) whole"
+    return f"~{shown} of weights per process: each builds the whole model before it is sharded"
 
 
 def _evaluation(recipe: Recipe) -> str:

@@ -21,11 +21,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.distributed import resize
 from runner.distributed.process_group import exit_code_of, join_timeout, recorded_outcome, status_text
 from runner.errors import FinetuneError
 from runner.recipe.resolved import Recipe
 from runner.storage import checkpoints
-from runner.storage.rundir import RunDir, read_json
+from runner.storage.rundir import RunDir
 
 # How long the workers may take to save a checkpoint after being asked to stop.
 SAVE_TIMEOUT_S = 30 * 60
@@ -134,17 +135,11 @@ class Launch:
                 hint=f"use --nproc {have} or fewer (one process per device)",
             )
 
-    def check_resume(self, run_dir: RunDir, force: bool) -> None:
-        """A ZeRO checkpoint is sharded per rank: resuming on another world size would load the
-        wrong shards (or none), so it is refused unless forced."""
-        if not run_dir.environment.is_file():
-            return
-        started = read_json(run_dir.environment).get("world_size", 1)
-        if started != self.world_size() and not force:
-            raise FinetuneError(
-                f"cannot resume: the run started on {started} processes, this resume would use {self.world_size()}",
-                hint=f"pass --nproc {started}, or --force to resume on {self.world_size()} anyway",
-            )
+    def check_resume(self, run_dir: RunDir, recipe: Recipe, force: bool) -> None:
+        """A resume on another number of processes keeps the run's global batch by adjusting the
+        gradient accumulation (runner.distributed.resize); when no accumulation can, it is refused
+        here, before the checkpoints or the metrics are touched."""
+        resize.plan(run_dir, recipe, self.world_size(), None, force)
 
     # -- starting the processes ------------------------------------------------------------------
     def command(self, worker_argv: list[str]) -> list[str]:

@@ -179,6 +179,22 @@ def activation_bytes(
     return int(kept + logits)
 
 
+def largest_layer(model) -> int:
+    """Parameters of the largest module's own weights (its children's not counted): what zero.Init
+    holds whole while it builds and initialises that module, and what the streamed ZeRO-3 save
+    gathers at once."""
+    return max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+
+
+def startup_bytes(total: int, largest: int, world_size: int, zero_stage: int, width: int) -> int:
+    """Weight bytes one process holds at most while the model is built (and while the final model
+    is saved). Under ZeRO-3 on several processes the model is built under zero.Init: its shard of
+    every weight plus the largest layer whole. Otherwise every process builds the whole model."""
+    if zero_stage == 3 and world_size > 1:
+        return (_shard(total, world_size) + largest) * width
+    return total * width
+
+
 @dataclass(frozen=True)
 class Shape:
     """The sizes of a transformer that activations depend on."""

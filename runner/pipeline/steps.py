@@ -7,6 +7,7 @@ reads back what its start already measured.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.components import RunContext, TrainJob, TrainOutcome
-from runner.distributed import process_group
+from runner.distributed import process_group, zero3
 from runner.errors import FinetuneError, RunInterrupted
 from runner.evaluation.evaluator import Evaluator, MetricsComputer, SplitRows
 from runner.pipeline.encoding import default_cache_dir
@@ -168,10 +169,14 @@ class Pipeline(DataSteps):
         self.spec = self.task.model_spec(self.tokenizer, self.max_length)
         # Absolute: an adapter names its base by this path, and must load from any folder.
         base_dir = (self.run_dir.path / BASE_MODEL).resolve()
-        if base_dir.is_dir():  # resuming an adapter run whose base exists only here
-            model = auto_class(self.spec.head).from_pretrained(base_dir)
-        else:
-            model = self.model_component.build(self.ctx, self.spec)
+        had_base = base_dir.is_dir()  # read once: under ZeRO-3 every rank must take the same branch below
+        # ZeRO-3: the model is created and loaded partitioned (zero.Init), never whole on a process.
+        partitioning = zero3.register(self.recipe)
+        with zero3.freed_layers_returned() if partitioning else contextlib.nullcontext():
+            if had_base:  # resuming an adapter run whose base exists only here
+                model = auto_class(self.spec.head).from_pretrained(base_dir)
+            else:
+                model = self.model_component.build(self.ctx, self.spec)
         check_positions(model, self.max_length, self.strategy.extra_positions())
         if packing:  # the samples of a packed row must not mix: the base's own attention, before measuring it
             check_packing(model, kernel)
@@ -181,7 +186,10 @@ class Pipeline(DataSteps):
         set_seed(self.seed)  # adapters initialise alike whether or not the base was measured
         if self.strategy.saves_adapter() and self.model_component.base_reference() is None:
             # A random-init base exists only in this run: keep it, so that the adapter can be loaded.
-            if self.main and not base_dir.is_dir():
+            if zero3.partitioned(model):
+                if not had_base:  # every rank gathers layer by layer; rank 0 writes
+                    zero3.save_whole(model, base_dir, self.tokenizer.save_pretrained, publish)
+            elif self.main and not had_base:
                 publish(base_dir, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d)))
             model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
         self.model = read_last_real_token(self.strategy.apply(model, self.ctx, self.spec))
@@ -344,18 +352,20 @@ class Pipeline(DataSteps):
             "recipe": self.recipe.name,
         }
 
-        def write(directory: Path) -> None:
+        def write_rest(directory: Path) -> None:
             from runner.report.model_card import write_model_card
 
-            self.strategy.save(self.model, directory)
             self.tokenizer.save_pretrained(directory)
             write_json(directory / MODEL_META, meta)
             write_model_card(self.run_dir.path, directory)
 
         # Under ZeRO-3 each rank holds a shard of every weight: saving then would write empty
-        # tensors (a known failure of other tools), so the weights are gathered first.
-        with self.trainer.whole_model(self.job):
-            if self.main:
-                publish(self.run_dir.model, write)
+        # tensors (a known failure of other tools), so the weights are gathered first, one layer at
+        # a time to rank 0 (zero3.save), never the whole model on every process.
+        if zero3.partitioned(self.model):
+            whole = lambda: self.trainer.whole_model(self.job)  # noqa: E731
+            zero3.save(self.model, self.strategy, self.run_dir.model, write_rest, publish, whole)
+        elif self.main:
+            publish(self.run_dir.model, lambda d: (self.strategy.save(self.model, d), write_rest(d)))
         process_group.barrier()
         return self.run_dir.model

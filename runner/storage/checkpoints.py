@@ -35,8 +35,16 @@ def _hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def mark_complete(checkpoint: Path) -> None:
-    """Flush a fully written checkpoint to disk and record its manifest, last."""
+def mark_complete(checkpoint: Path, world_size: int | None = None) -> None:
+    """Flush a fully written checkpoint to disk and record its manifest, last.
+
+    The manifest also records how many processes wrote the checkpoint (default: WORLD_SIZE, which
+    torchrun and DeepSpeed's launcher set in every worker), so that a resume on another number can
+    tell which accumulation and which optimizer shards it continues from. Whoever marks a
+    checkpoint again after adding files to it (a universal conversion) passes the number first
+    recorded."""
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
     files = {}
     for path in sorted(checkpoint.rglob("*")):
         if path.is_file() and path.name != MANIFEST:
@@ -44,7 +52,17 @@ def mark_complete(checkpoint: Path) -> None:
             files[rel] = {"size": path.stat().st_size, "sha256": _hash(path)}
     for directory in {p.parent for p in checkpoint.rglob("*")} | {checkpoint}:
         fsync_dir(directory)
-    write_json(checkpoint / MANIFEST, {"step": step_of(checkpoint), "files": files})
+    write_json(checkpoint / MANIFEST, {"step": step_of(checkpoint), "files": files, "world_size": world_size})
+
+
+def written_by(checkpoint: Path) -> int | None:
+    """The number of processes that wrote a complete checkpoint, as its manifest records (None:
+    no manifest, or one written before manifests recorded it)."""
+    try:
+        value = read_json(checkpoint / MANIFEST).get("world_size")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def is_complete(checkpoint: Path) -> bool:

@@ -90,7 +90,8 @@ def count_parameters(model) -> dict[str, int]:
         seen.add(id(param))
         # A 4-bit weight packs two values per element; its quantization state knows the real shape.
         state = getattr(param, "quant_state", None)
-        n = state.shape.numel() if state is not None else param.numel()
+        # Under ZeRO-3 a partitioned weight is empty here; DeepSpeed keeps its real size.
+        n = state.shape.numel() if state is not None else getattr(param, "ds_numel", param.numel())
         total += n
         if param.requires_grad:
             trainable += n
