@@ -10,8 +10,8 @@ LOCK   := requirements.lock
 # requirement there would pull several GB of CUDA wheels. Elsewhere it takes PyPI's default build.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
-# Plugin packages of their own that the recipes and tests use.
-EXTRA_PLUGINS := docs/examples/finetune-adapters
+# Plugin packages of their own that the recipes and tests use (an adapter strategy, a recipe pack).
+EXTRA_PLUGINS := docs/examples/finetune-adapters docs/examples/finetune-recipes-example
 # The torch build and what only it needs; never written into the lock.
 NOT_LOCKED := torch triton nvidia- cuda-
 # `make test-latest`: the newest releases pyproject.toml allows, in an environment of their own.

@@ -77,6 +77,17 @@ def register_audits(register: Register) -> None:
 
 
 @hookspec
+def register_recipes(register: Callable[..., None]) -> None:
+    """Register recipes: `register(folder_or_file, ...)` with folders (every `*.toml` below them,
+    named by their path inside the folder without `.toml`: `llm/chat-base`) or single `.toml` files
+    (named by their stem).
+
+    The recipes form a pack named after the plugin's distribution (and its version), listed by
+    `finetune recipes` and extended as `extends = "<distribution>:<recipe name>"`. Only paths are
+    recorded here; no recipe is read until it is listed or extended."""
+
+
+@hookspec
 def on_run_start(run: dict[str, Any]) -> None:
     """A run begins. `run` holds its name, directory, seed and resolved recipe (a dict).
 

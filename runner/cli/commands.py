@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from runner.cli.lock import check_locked, keep_lock
 from runner.errors import FinetuneError, RecipeError, RunInterrupted, TrainingDiverged
 from runner.plugins.manager import get_plugins
 from runner.recipe.build_check import check_build
@@ -33,6 +34,7 @@ def cmd_validate(args) -> int:
     for path in args.recipes:
         try:
             recipe = load_and_validate(path, args.overrides)
+            check_locked(args, recipe, path)  # --locked: a difference from its lock is a failure
         except RecipeError as exc:
             failed += 1
             console.print(f"[red]✗[/] {path}", highlight=False)
@@ -104,6 +106,7 @@ def cmd_run(args) -> int:
 
     recipe = load_and_validate(args.recipe, args.overrides)
     _offline()
+    lock = check_locked(args, recipe, args.recipe)  # --locked: refuse before anything is built or written
     check_build(recipe)  # what only torch can tell (a model config that does not build), before any data
     launch = Launch.from_args(args)
     if launch.needed(recipe):
@@ -119,6 +122,7 @@ def cmd_run(args) -> int:
         run_dir = RunDir(args.output)
     else:
         run_dir = RunDir.create(Path(recipe.run.output_dir), recipe.name)
+    keep_lock(lock, run_dir.path)  # recipe.resolved.toml + recipe.lock reproduce the run
     if launch.needed(recipe):
         run_dir.write_recipe(recipe.resolved())  # what every worker reads (in-process, execute writes it)
     return _train(args, recipe, run_dir, launch)
@@ -338,35 +342,4 @@ def cmd_plugins(args) -> int:
     for (kind, name), regs in registry.conflicts.items():
         plugins = " and ".join(r.plugin for r in regs)
         console.print(f"[red]conflict:[/] {kind.replace('_', ' ')} '{name}' is registered by {plugins}", soft_wrap=True)
-    return 0
-
-
-def shipped_recipes_dir() -> Path:
-    package = Path(__file__).resolve().parents[1]  # runner/
-    packaged = package / "_recipes"  # where a wheel puts recipes/ (pyproject's force-include)
-    return packaged if packaged.is_dir() else package.parent / "recipes"
-
-
-def recipe_description(path: Path) -> str:
-    """The recipe's [run] description, read without validating it."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "(unreadable)"
-    run = data.get("run", {})
-    return run.get("description", "") if isinstance(run, dict) else ""
-
-
-def cmd_recipes(args) -> int:
-    from rich.table import Table
-
-    directory = shipped_recipes_dir()
-    table = Table(title=f"recipes in {directory}")
-    table.add_column("recipe")
-    table.add_column("description")
-    for path in sorted(directory.glob("*.toml")):
-        table.add_row(path.name, recipe_description(path))
-    _console().print(table)
     return 0

@@ -30,6 +30,9 @@ examples:
 """
 
 
+LOCKED_HELP = "refuse to go on when anything differs from the recipe's lock (finetune lock), naming each difference"
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, evaluate and save a recipe's model")
     p.add_argument("recipe", type=Path)
     _add_recipe_args(p)
+    p.add_argument("--locked", action="store_true", help=LOCKED_HELP)
     p.add_argument("--output", type=Path, help="run directory to create (default: <output_dir>/<name>/<time>)")
     p.add_argument(
         "--trust-remote-code",
@@ -76,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check recipes and report every error with file:line")
     p.add_argument("recipes", type=Path, nargs="+")
     _add_recipe_args(p)
+    p.add_argument("--locked", action="store_true", help=LOCKED_HELP)
+
+    p = sub.add_parser("lock", help="write RECIPE.lock: resolved recipe, Hub revisions, file hashes, versions")
+    p.add_argument("recipe", type=Path)
+    _add_recipe_args(p)
+    p.set_defaults(handler_module="runner.cli.lock")
 
     p = sub.add_parser("plan", help="show what a run would do, without training")
     p.add_argument("recipe", type=Path)
@@ -142,7 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path("."), help="where to create it (default: here)")
 
     sub.add_parser("plugins", help="installed plugins, versions and the components they register")
-    sub.add_parser("recipes", help="shipped recipes with a one-line description each")
+    p = sub.add_parser("recipes", help="recipes of the runner and of installed packs: list, show, copy")
+    p.set_defaults(handler_module="runner.cli.packs", recipes_command=None)
+    actions = p.add_subparsers(dest="recipes_command", metavar="ACTION")
+    q = actions.add_parser("show", help="print a recipe: NAME, or PACK:NAME")
+    q.add_argument("name", metavar="NAME")
+    q = actions.add_parser("copy", help="write an editable copy of a recipe (its extends still names the pack)")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("dest", type=Path, nargs="?", metavar="DEST", help="a file or folder (default: ./NAME.toml)")
+    q.add_argument("--flatten", action="store_true", help="write the fully resolved recipe instead, no extends")
+    q.add_argument("--force", action="store_true", help="overwrite DEST when it exists")
+
+    # A command whose handler lives in a module of its own names it; imported only when it runs.
+    p = sub.add_parser("schema", help="a JSON Schema of recipes for the installed plugins (editor completion)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write it to FILE (default: stdout)")
+    p.set_defaults(handler_module="runner.cli.schema")
     return parser
 
 
@@ -155,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     from runner.cli import commands
 
     try:
-        return getattr(commands, f"cmd_{args.command}")(args)
+        module = commands
+        if getattr(args, "handler_module", None):
+            import importlib
+
+            module = importlib.import_module(args.handler_module)
+        return getattr(module, f"cmd_{args.command}")(args)
     except FinetuneError as exc:
         if args.debug:
             traceback.print_exc()

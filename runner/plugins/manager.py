@@ -19,6 +19,7 @@ import pluggy
 
 from runner import __version__, hookspecs
 from runner.components import KINDS
+from runner.plugins.packs import BUILTIN_PACK, Packs, shipped_recipes_dir
 from runner.plugins.registry import PluginInfo, Registry
 
 GROUP = "finetune"
@@ -57,6 +58,8 @@ class Plugins:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.registry = Registry()
+        self.packs = Packs()  # recipe packs: the shipped recipes first, then the installed ones
+        self.packs.add(BUILTIN_PACK, __version__, "built-in").register(shipped_recipes_dir())
         disabled = _env_list("FINETUNE_DISABLE_PLUGINS") or set()
         only = _env_list("FINETUNE_LOAD_PLUGINS")
 
@@ -113,6 +116,21 @@ class Plugins:
                     impl.function(register=register)
                 except Exception as exc:
                     info.error = _describe(exc)
+        self._collect_recipes()
+
+    def _collect_recipes(self) -> None:
+        for impl in self.pm.hook.register_recipes.get_hookimpls():
+            info = self.registry.plugins[impl.plugin_name]
+            if info.error:
+                continue
+            # A pack is named after its distribution (what `pip install` and `extends` name);
+            # a built-in plugin adds to the runner's own pack, an in-process one is named itself.
+            name = {"built-in": BUILTIN_PACK, "in-process": info.name}.get(info.source, info.source)
+            pack = self.packs.add(name, info.version or "in-process", info.name)
+            try:
+                impl.function(register=pack.register)
+            except Exception as exc:  # a broken pack, like a broken plugin, breaks nothing else
+                info.error = _describe(exc)
 
     @property
     def hook(self):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.errors import Issue, KeyPath, Location, RecipeError, clip, format_key
+from runner.plugins import packs as recipe_packs
 from runner.recipe.toml_positions import key_positions
 
 _TOML_ERROR_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -222,7 +223,10 @@ def _file_problem(path: Path) -> str | None:
         return f"the recipe it extends cannot be opened ({getattr(exc, 'strerror', None) or exc})"
 
 
-def _load_chain(path: Path, issues: list[Issue], seen: list[Path]) -> tuple[dict, dict, list[Path]] | None:
+def _load_chain(
+    path: Path, issues: list[Issue], seen: list[Path], packs: list[tuple[str, Location | None]]
+) -> tuple[dict, dict, list[Path]] | None:
+    """`path` merged over the recipes it extends; `packs` collects the pack recipes reached."""
     path = path.resolve()
     loaded = read_toml(path, issues)
     if loaded is None:
@@ -238,6 +242,17 @@ def _load_chain(path: Path, issues: list[Issue], seen: list[Path]) -> tuple[dict
         return None
     parent_path = path.parent / parent
     problem = _file_problem(parent_path)
+    reference = recipe_packs.parse_reference(parent) if problem else None
+    if reference is not None:
+        # Not a file beside the recipe but `pack:recipe`: a recipe of an installed pack. A file that
+        # exists is still taken as a path, so every `extends` that worked before means the same.
+        in_pack = recipe_packs.resolve(*reference, where)
+        if isinstance(in_pack, Issue):
+            issues.append(in_pack)
+            return None
+        parent_path, record = in_pack
+        packs.append((record, where))
+        problem = None
     if problem:
         issues.append(Issue(f"{problem}: {clip(parent)}", where, ("extends",), hint=f"relative to {path.parent}"))
         return None
@@ -246,7 +261,7 @@ def _load_chain(path: Path, issues: list[Issue], seen: list[Path]) -> tuple[dict
         issues.append(Issue(f"`extends` cycle: {cycle}", where, ("extends",)))
         return None
     found: list[Issue] = []
-    base = _load_chain(parent_path, found, [*seen, path])
+    base = _load_chain(parent_path, found, [*seen, path], packs)
     # A problem inside the extended file names the `extends` that led there: that file may be far
     # from the recipe the user named (`extends = "../../x.toml"`).
     via = f"reached through extends at {where}"
@@ -362,12 +377,29 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """
     issues: list[Issue] = []
     overrides = list(overrides or [])
-    loaded = _load_chain(Path(path), issues, [])
+    packs: list[tuple[str, Location | None]] = []
+    loaded = _load_chain(Path(path), issues, [], packs)
     if loaded is None:
         raise RecipeError(issues)
     data, prov, chain = loaded
+    _record_packs(data, prov, packs)
     for override in overrides:
         apply_override(data, prov, override, issues)
     if issues:
         raise RecipeError(issues)
     return RecipeSource(data=data, provenance=prov, path=Path(path).resolve(), chain=chain, overrides=overrides)
+
+
+def _record_packs(data: dict, prov: dict[KeyPath, Location], packs: list[tuple[str, Location | None]]) -> None:
+    """Name the pack recipes the recipe extends, with their versions, in `run.packs`: the resolved
+    recipe (recipe.resolved.toml) and `finetune plan` then say which pack a run was built from."""
+    if not packs or not isinstance(data.get("run", {}), dict):
+        return
+    data.setdefault("run", {})["packs"] = [record for record, _ in packs]
+    drop_under(prov, ("run", "packs"))
+    where = packs[0][1]  # the `extends` that named the first pack: where a reader looks
+    if where is not None:
+        prov.setdefault(("run",), where)
+        prov[("run", "packs")] = where
+        for i in range(len(packs)):
+            prov[("run", "packs", i)] = where

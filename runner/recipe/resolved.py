@@ -14,7 +14,7 @@ from runner.recipe.load import RecipeSource
 
 
 class RunOptions(Options):
-    """`[run]`: naming, seeding and where the run directory goes."""
+    """`[run]`: naming, seeding, where the run directory goes, and the packages the recipe needs."""
 
     name: str | None = Field(default=None, description="Run name (default: the recipe file's name).")
     description: str = Field(default="", description="One line shown by `finetune recipes`.")
@@ -30,6 +30,25 @@ class RunOptions(Options):
     )
     deterministic: bool = Field(
         default=False, description="Use deterministic algorithms only (slower; bitwise-repeatable on GPU)."
+    )
+    # None rather than []: a recipe without requirements resolves exactly as before, so run
+    # directories written before this option existed still resume without "the recipe changed".
+    # Checked at validation (runner/recipe/requires.py).
+    requires: list[str] | None = Field(
+        default=None,
+        description=(
+            "Packages the recipe needs, as PEP 508 requirements, e.g. ['finetune-adapters>=0.2']; "
+            "checked before anything runs."
+        ),
+    )
+    # Provenance, written by loading (runner/recipe/load.py) when `extends` reaches a recipe pack;
+    # None otherwise, so that recipes without packs resolve exactly as before.
+    packs: list[str] | None = Field(
+        default=None,
+        description=(
+            "Set by `extends`: the pack recipes this recipe is built on, as 'pack==version:recipe' "
+            "(recorded in recipe.resolved.toml; not set by hand)."
+        ),
     )
 
 

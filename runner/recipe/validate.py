@@ -21,6 +21,7 @@ from runner.plugins.registry import Registry
 from runner.recipe.combinations import engine_problems, packing_problems, quantization_problems
 from runner.recipe.load import RecipeSource
 from runner.recipe.paths import resolve_paths
+from runner.recipe.requires import requirement_problems
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
 
 # section -> (component kind, default type)
@@ -230,6 +231,8 @@ class Validator:
                 self.issue((), f"missing section [{section}]")
 
         run = self.options(RunOptions, data.get("run", {}), ("run",)) if self._table(data, "run") else None
+        for index, message, hint in requirement_problems(getattr(run, "requires", None) or []):
+            self.issue(("run", "requires", index), message, hint=hint)
         data_options, sources = self._data(data.get("data"))
         specs: dict[str, ComponentSpec | None] = {}
         for section, (kind, default) in SECTIONS.items():
