@@ -36,7 +36,9 @@ from runner.components import (
     TrainJob,
     TrainOutcome,
 )
+from runner.components.data import sha256_file
 from runner.distributed.process_group import any_rank, barrier, world_size
+from runner.distributed.universal import shard_count as zero_shard_count
 from runner.errors import DataError, FinetuneError, RecipeError, TrainingDiverged, clip
 from runner.hookspecs import hookimpl
 from runner.options import (
@@ -108,6 +110,8 @@ __all__ = [
     "latest_checkpoint",
     "mark_checkpoint_complete",
     "rotate_checkpoints",
+    "sha256_file",
     "token_losses",
     "world_size",
+    "zero_shard_count",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from runner import DataError, DataSource, DataSourceOptions, FilePath, RawSplit, RunContext, clip, hookimpl
+from runner import DataError, DataSource, DataSourceOptions, FilePath, RawSplit, RunContext, clip, hookimpl, sha256_file
 
 FORMATS = {
     ".csv": "csv",
@@ -152,14 +151,6 @@ def _bad_json_line(file: Path, fmt: str) -> tuple[int, str] | None:
         if not isinstance(row, dict):
             return n, f"not a JSON object (a {type(row).__name__})"
     return None
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Files(DataSource):

@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import math
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +34,7 @@ from runner import (
     hookimpl,
     latest_checkpoint,
     world_size,
+    zero_shard_count,
 )
 
 Interval = Literal["epoch"] | int
@@ -365,9 +365,7 @@ def universal_load(deepspeed: dict | None, checkpoint: Path | None, processes: i
     of processes when `checkpoint.load_universal` is on; without that conversion, refuse."""
     if deepspeed is None or checkpoint is None:
         return deepspeed
-    shard = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt")
-    found = [shard.fullmatch(p.name) for p in checkpoint.glob("global_step*/*_optim_states.pt")]
-    shards = len({m.group(1) for m in found if m})
+    shards = zero_shard_count(checkpoint)
     if not shards or shards == processes:
         return deepspeed
     if not (checkpoint / "latest_universal").is_file():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,3 +65,13 @@ class DataSource(Component):
         """Identify the data exactly (file hashes, a content hash); recorded in environment.json and
         compared on resume."""
         raise NotImplementedError
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks: what a data source's `fingerprint` and a
+    locked recipe (runner/recipe/lockfile.py) record of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,7 +1,9 @@
 """Memory estimates for `finetune plan`: model states and activations per device, and the device.
 
-Estimates, not measurements: they count what the ZeRO paper (Rajbhandari et al. 2020) and
-Korthikanti et al. 2022 count. On the CPU the plan adds the footprint of the libraries and data it
+Estimates, not measurements: model states as the ZeRO paper (Rajbhandari et al. 2020) counts
+them; activations from the model's own modules (runner/distributed/activations.py), with
+Korthikanti et al. 2022's formula (`activation_bytes`) for a model whose blocks it cannot read.
+On the CPU the plan adds the footprint of the libraries and data it
 measures in its own process (`resident_bytes`, about 0.5 GiB with torch and transformers loaded).
 Left out: on a GPU the CUDA context, allocator fragmentation, temporary buffers and communication
 buckets, which add some hundreds of MiB to a few GiB. They are for telling whether a recipe can
@@ -160,7 +162,8 @@ def activation_bytes(
     bytes_per_element: int = 2,
     checkpointing: bool = False,
 ) -> int:
-    """Activation bytes one process keeps for the backward pass of a transformer (an estimate).
+    """Activation bytes one process keeps for the backward pass of a transformer (an estimate; the
+    plan's fallback when runner.distributed.activations finds no attention blocks).
 
     Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. 1:
     a layer keeps s*b*h*(34 + 5*a*s/h) bytes in 16-bit without recomputation (scaled by

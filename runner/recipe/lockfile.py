@@ -27,6 +27,7 @@ from typing import Any
 
 from runner import __version__
 from runner.components import RunContext
+from runner.components.data import sha256_file
 from runner.errors import FinetuneError, clip, format_key
 from runner.options import _FileMarker
 from runner.plugins.registry import Registry
@@ -47,14 +48,6 @@ def lock_path(recipe_path: Path) -> Path:
 
 
 # -- hashing local files ------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_tree(directory: Path) -> str:
     """One hash of a directory's files: their relative paths and bytes, in sorted order. Hidden
     entries (`.cache/`, `.git/`) are left out: tools rewrite them without changing the model."""
