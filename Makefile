@@ -12,6 +12,11 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 # Plugin packages of their own that the recipes and tests use (an adapter strategy, a recipe pack).
 EXTRA_PLUGINS := docs/examples/finetune-adapters docs/examples/finetune-recipes-example
+# The optional extras (pyproject.toml) that `make` installs: every capability the recipes and tests use.
+EXTRAS := quantization tensorboard mlflow sweep
+empty :=
+space := $(empty) $(empty)
+comma := ,
 # The torch build and what only it needs; never written into the lock.
 NOT_LOCKED := torch triton nvidia- cuda-
 # `make test-latest`: the newest releases pyproject.toml allows, in an environment of their own.
@@ -51,7 +56,7 @@ format: $(STAMP)
 # The lock of every dependency but torch, resolved by uv for the Python and platform CI runs on.
 lock: $(STAMP)
 	echo "$(TORCH)" > $(LOCK).torch
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra quantization --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(addprefix --extra ,$(EXTRAS)) --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --generate-hashes --constraint $(LOCK).torch \
 		--custom-compile-command "make lock" --quiet \
 		| awk '/^[^ #]/ { skip = 0; n = split("$(NOT_LOCKED)", out, " "); \
@@ -65,7 +70,7 @@ lock: $(STAMP)
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev,quantization]" "$(TORCH)"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[$(subst $(space),$(comma),dev $(EXTRAS))]" "$(TORCH)"
 	$(LATEST)/bin/pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
 	$(LATEST)/bin/python .ci/releases.py --lock $(LOCK)
 	$(LATEST)/bin/python -m pytest -q

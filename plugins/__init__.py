@@ -31,6 +31,8 @@ BUILTIN = {
     "engine_deepspeed": "plugins.engines.deepspeed_zero",
     "metrics": "plugins.metrics.standard",
     "reporter_rich": "plugins.reporters.rich_progress",
+    "reporter_tensorboard": "plugins.reporters.tensorboard_tracker",
+    "reporter_mlflow": "plugins.reporters.mlflow_tracker",
     "audit_leakage": "plugins.audits.leakage",
     "audit_forgetting": "plugins.audits.forgetting",
     "audit_bias": "plugins.audits.bias",

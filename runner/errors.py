@@ -6,6 +6,8 @@ with its `exit_code` (2 for user errors); `--debug` shows the traceback too.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -37,14 +39,18 @@ def clip_lines(text: str, limit: int = LINE_CHARS) -> str:
     )
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def format_key(path: Sequence[str | int]) -> str:
     """Render a key path the way a user writes it: `data.sources[0].path`."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + clip(part, 100)
+        else:  # a key that is not a bare TOML key is quoted, as in the file: sweep.space."training.epochs"
+            shown = clip(part, 100) if _BARE_KEY.fullmatch(part) else json.dumps(clip(part, 100), ensure_ascii=False)
+            out += ("." if out else "") + shown
     return out
 
 
@@ -134,6 +140,10 @@ class RunInterrupted(FinetuneError):
     """Ctrl-C or SIGTERM: a checkpoint was written and the run can be resumed."""
 
     exit_code = 130
+
+
+class RunStopped(FinetuneError):
+    """Stopped early because its caller asked (a sweep pruned the trial): not a failure, not resumable work."""
 
 
 class AuditFailed(FinetuneError):

@@ -24,6 +24,7 @@ WINGS: dict[str, set[str]] = {
     "report": {"api", "toolkit", "storage", "evaluation"},
     "pipeline": {"api", "plugins", "recipe", "toolkit", "storage", "distributed", "evaluation", "report"},
 }
+WINGS["sweep"] = WINGS["pipeline"] | {"pipeline"}
 WINGS["cli"] = set(WINGS) | {"builtin plugins"}
 API_MODULES = {"__init__.py", "components", "hookspecs.py", "options.py", "errors.py", "testing.py"}
 # Modules a plugin (built-in or third-party, and the examples in docs/) may import from runner.

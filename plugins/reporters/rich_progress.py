@@ -48,17 +48,21 @@ class Rich(Reporter):
         self.task = None
         self.total = 0
         self.last_eval = ""
+        self.in_sweep = False  # a sweep's trial: the sweep says what each trial did; stay brief
 
     def start(self, run):
-        self.console.print(f"[bold]{run['name']}[/] -> {run['run_dir']}")
+        self.in_sweep = "sweep" in run
+        if not self.in_sweep:
+            self.console.print(f"[bold]{run['name']}[/] -> {run['run_dir']}")
 
     def stage(self, text):
-        self.console.print(f"[dim]- {text}[/]")
+        if not self.in_sweep:
+            self.console.print(f"[dim]- {text}[/]")
 
     def message(self, text, level="info"):
         if level == "warning":
             self.console.print(f"[yellow]warning:[/] {text}")
-        else:
+        elif not self.in_sweep:
             self.console.print(f"  {text}")
 
     def train_begin(self, total_steps, start_step):
@@ -111,6 +115,8 @@ class Rich(Reporter):
         from rich.table import Table
 
         self.train_end()
+        if self.in_sweep:
+            return
         metrics = summary.get("metrics", {})
         splits = [s for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
         columns = [(split, metrics[split]) for split in splits]

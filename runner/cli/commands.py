@@ -105,6 +105,8 @@ def cmd_run(args) -> int:
     from runner.distributed.launch import Launch
 
     recipe = load_and_validate(args.recipe, args.overrides)
+    if recipe.sweep is not None:
+        print(f"note: {args.recipe} has a [sweep]; this runs the recipe once as written (finetune sweep runs it)")
     _offline()
     lock = check_locked(args, recipe, args.recipe)  # --locked: refuse before anything is built or written
     check_build(recipe)  # what only torch can tell (a model config that does not build), before any data

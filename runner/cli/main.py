@@ -27,6 +27,7 @@ examples:
   finetune validate recipes/*.toml
   finetune plan my.toml --offline
   finetune resume runs/quickstart/20261122-101500
+  finetune sweep my.toml            (a study over the recipe's [sweep.space]; run it again to continue)
 """
 
 
@@ -164,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="overwrite DEST when it exists")
 
     # A command whose handler lives in a module of its own names it; imported only when it runs.
+    p = sub.add_parser(
+        "sweep",
+        help="search a recipe's [sweep.space]: a study of runs (Optuna); `sweep report DIR` rewrites its report",
+        description="Run the study a recipe's [sweep] section describes, or continue it. Several processes or "
+        "machines may work on one study (--storage, --join). `finetune sweep report DIR` rewrites sweep.html "
+        "and best.toml from the study.",
+    )
+    p.add_argument("target", nargs="*", metavar="RECIPE | report DIR")
+    _add_recipe_args(p)
+    p.add_argument("--storage", metavar="URL", help="a database URL the workers share (default: a journal file)")
+    p.add_argument("--join", metavar="NAME", help="work on an existing study; its recipe comes from the storage")
+    p.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="the sweep's directory (default <output_dir>/sweeps/NAME)",
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="as for `run`")
+    p.set_defaults(handler_module="runner.cli.sweep")
+
     p = sub.add_parser("schema", help="a JSON Schema of recipes for the installed plugins (editor completion)")
     p.add_argument("--output", type=Path, metavar="FILE", help="write it to FILE (default: stdout)")
     p.set_defaults(handler_module="runner.cli.schema")

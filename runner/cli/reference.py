@@ -16,6 +16,7 @@ from runner.components import KINDS
 from runner.options import Options
 from runner.plugins.registry import Registry
 from runner.recipe.resolved import DataOptions, EvaluationOptions, RunOptions, SplitOptions
+from runner.recipe.sweep_section import SpaceEntry, SweepOptions
 from runner.recipe.validate import TAGS
 
 SECTION_OF_KIND = {
@@ -119,6 +120,19 @@ def render(registry: Registry, plugins: set[str] | None = None) -> str:
         "## [evaluation]",
         "",
         *options_table(EvaluationOptions),
+        "",
+        "## [sweep]",
+        "",
+        "Read by `finetune sweep` only (see [experiments.md](experiments.md)); `finetune run` ignores it.",
+        "",
+        *options_table(SweepOptions, nested=False),
+        "",
+        "### [sweep.space]",
+        "",
+        'Each key is a recipe key path in quotes (`"training.learning_rate"`, `"strategy.r"`), each value a table',
+        "with exactly one of:",
+        "",
+        *options_table(SpaceEntry),
         "",
     ]
     for kind, section in SECTION_OF_KIND.items():

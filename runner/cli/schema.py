@@ -39,6 +39,7 @@ from runner import __version__
 from runner.errors import FinetuneError
 from runner.plugins.registry import Registry
 from runner.recipe.resolved import DataOptions, EvaluationOptions, RunOptions
+from runner.recipe.sweep_section import SweepOptions
 from runner.recipe.validate import LISTS, REQUIRED, SECTIONS, TAGS, TOP_LEVEL
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -56,6 +57,7 @@ SECTION_DOCS = {
     "metrics": "Metrics to compute (default: the task's).",
     "reporters": "Where progress goes (default: rich).",
     "audits": "Data and model audits: leakage, bias, forgetting.",
+    "sweep": "A hyperparameter study over recipe keys, run by `finetune sweep`.",
 }
 
 
@@ -196,7 +198,7 @@ def recipe_schema(registry: Registry) -> dict[str, Any]:
     data["description"] = SECTION_DOCS["data"]
     loose["data"] = data
 
-    for section, model in (("run", RunOptions), ("evaluation", EvaluationOptions)):
+    for section, model in (("run", RunOptions), ("evaluation", EvaluationOptions), ("sweep", SweepOptions)):
         loose[section] = {**model_schema(model, section, definitions), "description": SECTION_DOCS[section]}
 
     plugins = ", ".join(f"{p.name} {p.version}" for p in registry.plugins.values() if not p.error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from runner.components import Reporter
@@ -28,11 +29,13 @@ class Events:
     """What the core and the trainer tell the world. A reporter that raises is switched off with a
     warning rather than stopping a run that may have hours left."""
 
-    def __init__(self, reporters: list[Reporter], run_dir: RunDir | None = None, hook=None, run=None):
+    def __init__(self, reporters: list[Reporter], run_dir: RunDir | None = None, hook=None, run=None, stop_when=None):
         self.reporters = list(reporters)
         self.run_dir = run_dir
         self.hook = hook
         self.run = run or {}
+        # Asked after each step: a reason to stop training early (a sweep's pruner), or None.
+        self.stop_when: Callable[[], str | None] = stop_when or (lambda: None)
 
     def _each(self, method: str, *args: Any) -> None:
         for reporter in list(self.reporters):

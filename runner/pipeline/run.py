@@ -12,10 +12,12 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+from runner.components import Reporter
 from runner.distributed import process_group
-from runner.errors import RunInterrupted
+from runner.errors import RunInterrupted, RunStopped
 from runner.pipeline.events import Events
 from runner.pipeline.steps import Pipeline, RunResult
 from runner.plugins.manager import Plugins
@@ -56,10 +58,16 @@ def execute(
     resume_from: Path | None = None,
     force: bool = False,
     debug: bool = False,
+    observers: list[Reporter] | None = None,
+    stop_when: Callable[[], str | None] | None = None,
+    about: dict | None = None,
 ) -> RunResult:
     """Run `recipe` in `run_dir`, from scratch or from the checkpoint `resume_from`.
 
-    In a launched run every process calls this; only rank 0 reports and writes the run directory."""
+    In a launched run every process calls this; only rank 0 reports and writes the run directory.
+    A caller running it in-process (a sweep) may add `observers` (reporters of its own), a
+    `stop_when` asked after each step for a reason to stop early (then RunStopped is raised and
+    the run's state is "stopped"), and `about`, added to what reporters are told at start."""
     main = process_group.is_main()
     if not main:
         run_dir = ReadOnlyRunDir(run_dir.path)
@@ -69,9 +77,10 @@ def execute(
         "run_dir": str(run_dir.path),
         "seed": recipe.run.seed,
         "recipe": resolved,
+        **(about or {}),
     }
-    reporters = [spec.create() for spec in recipe.reporters] if main else []
-    events = Events(reporters, run_dir, plugins.hook if main else None, run_info)
+    reporters = [*(spec.create() for spec in recipe.reporters), *(observers or [])] if main else []
+    events = Events(reporters, run_dir, plugins.hook if main else None, run_info, stop_when)
     if resume_from is None:
         run_dir.write_recipe(resolved)
     run_dir.set_status("running", pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -91,6 +100,9 @@ def execute(
         return result
     except RunInterrupted:
         status = "interrupted"
+        raise
+    except RunStopped:
+        status = "stopped"
         raise
     except KeyboardInterrupt:
         status = "interrupted"

@@ -17,7 +17,7 @@ from typing import Any
 
 from runner.components import RunContext, TrainJob, TrainOutcome
 from runner.distributed import process_group, zero3
-from runner.errors import FinetuneError, RunInterrupted
+from runner.errors import FinetuneError, RunInterrupted, RunStopped
 from runner.evaluation.evaluator import Evaluator, MetricsComputer, SplitRows
 from runner.pipeline.encoding import default_cache_dir
 from runner.pipeline.environment import describe, plugin_versions
@@ -271,8 +271,12 @@ class Pipeline(DataSteps):
         self.events.stage("training")
         with graceful_stop(self.events.warn) as stop:
             # every rank stops at the same step, whichever of them got the signal
-            self.job.stop_requested = lambda: process_group.any_rank(stop.is_set())
+            self.job.stop_requested = lambda: process_group.any_rank(stop.is_set() or self._stop_reason() is not None)
             outcome = self.trainer.fit(self.job)
+        reason = self._stop_reason()
+        if outcome.interrupted and reason is not None and not stop.is_set():
+            self.run_dir.set_status("stopped", global_step=outcome.global_step, reason=reason)
+            raise RunStopped(f"{reason} (stopped at step {outcome.global_step})")
         if outcome.interrupted:
             last = checkpoints.latest_complete(self.run_dir.checkpoints)
             self.run_dir.set_status("interrupted", global_step=outcome.global_step, checkpoint=str(last))
@@ -281,6 +285,9 @@ class Pipeline(DataSteps):
                 hint=f"continue with: finetune resume {self.run_dir.path}",
             )
         return outcome
+
+    def _stop_reason(self) -> str | None:
+        return self.events.stop_when() if self.main else None
 
     def evaluate(self, outcome: TrainOutcome) -> dict[str, Any]:
         self.events.stage("evaluating")

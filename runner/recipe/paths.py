@@ -39,11 +39,16 @@ def marker_of(annotation: Any) -> _FileMarker | None:
     return None
 
 
+def file_marker(field: Any) -> _FileMarker | None:
+    """The file marker of a pydantic field: in its annotation, or in the metadata pydantic keeps."""
+    return marker_of(field.annotation) or next((m for m in field.metadata if isinstance(m, _FileMarker)), None)
+
+
 def resolve_paths(options: Options, key: KeyPath, source: RecipeSource, issue: Report) -> None:
     """Make file options absolute, relative to the recipe file that set them, and check they exist."""
     for name, field in type(options).model_fields.items():
         value = getattr(options, name)
-        marker = marker_of(field.annotation) or next((m for m in field.metadata if isinstance(m, _FileMarker)), None)
+        marker = file_marker(field)
         fkey = (*key, name)
         if marker is not None:
             if isinstance(value, str):

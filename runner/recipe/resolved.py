@@ -11,6 +11,7 @@ from runner.components import Component
 from runner.errors import KeyPath
 from runner.options import Fraction, Options
 from runner.recipe.load import RecipeSource
+from runner.recipe.sweep_section import SweepOptions
 
 
 class RunOptions(Options):
@@ -149,6 +150,8 @@ class Recipe:
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
     audits: list[ComponentSpec] = field(default_factory=list)
     metrics_defaulted: bool = False  # metrics came from the task's defaults
+    # `finetune sweep`'s study; not part of resolved(): each trial's run records its own values
+    sweep: SweepOptions | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -19,10 +19,11 @@ from runner.errors import Issue, KeyPath, PluginError, RecipeError, clip
 from runner.options import Options
 from runner.plugins.registry import Registry
 from runner.recipe.combinations import engine_problems, packing_problems, quantization_problems
-from runner.recipe.load import RecipeSource
+from runner.recipe.load import RecipeSource, parse_key_path
 from runner.recipe.paths import resolve_paths
 from runner.recipe.requires import requirement_problems
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
+from runner.recipe.sweep_section import SweepOptions
 
 # section -> (component kind, default type)
 SECTIONS: dict[str, tuple[str, str | None]] = {
@@ -37,7 +38,7 @@ SECTIONS: dict[str, tuple[str, str | None]] = {
 TAGS: dict[str, str] = {"distributed": "engine"}
 LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter", "audits": "audit"}
 DEFAULT_REPORTERS = [{"type": "rich"}]
-TOP_LEVEL = ["run", "data", *SECTIONS, "evaluation", *LISTS]
+TOP_LEVEL = ["run", "data", *SECTIONS, "evaluation", *LISTS, "sweep"]
 REQUIRED = ["data", "tokenizer", "model", "task"]
 
 _TYPE_WORDS = {
@@ -246,6 +247,7 @@ class Validator:
         evaluation = None
         if self._table(data, "evaluation"):
             evaluation = self.options(EvaluationOptions, data.get("evaluation", {}), ("evaluation",))
+        sweep = self._sweep(data.get("sweep")) if "sweep" in data and self._table(data, "sweep") else None
 
         task = specs.get("task")
         if metrics_defaulted and task is not None:
@@ -272,6 +274,7 @@ class Validator:
             evaluation=evaluation,
             audits=audits,
             metrics_defaulted=metrics_defaulted,
+            sweep=sweep,
         )
         self._cross_checks(recipe)
         if self.issues:
@@ -283,6 +286,21 @@ class Validator:
             self.issue((section,), f"expected a table [{section}] (got {_show(data[section])})")
             return False
         return True
+
+    def _sweep(self, raw: dict) -> SweepOptions | None:
+        """`[sweep]`: its options, and space keys that name a recipe key (what each trial sets)."""
+        space = raw.get("space")
+        for key in space if isinstance(space, dict) else ():
+            path = parse_key_path(key)
+            if path is None or not isinstance(path[0], str):
+                self.issue(("sweep", "space", key), "not a key path", hint='e.g. "training.learning_rate"')
+            elif path[0] not in TOP_LEVEL or path[0] == "sweep":
+                close = suggest(path[0], [s for s in TOP_LEVEL if s != "sweep"])
+                hint = f"did you mean '{close}'?" if close else "a space key starts with a recipe section"
+                self.issue(("sweep", "space", key), f"no recipe section '{clip(path[0])}' to search", hint=hint)
+            elif path[:2] in (("run", "output_dir"), ("run", "name")):
+                self.issue(("sweep", "space", key), "the sweep places and names each trial's run itself")
+        return self.options(SweepOptions, raw, ("sweep",))
 
     def _data(self, raw: Any) -> tuple[DataOptions | None, list[ComponentSpec]]:
         if raw is None:

@@ -1,0 +1,97 @@
+"""`finetune sweep`: run (or continue, or join) a recipe's study; `finetune sweep report DIR`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from runner.errors import FinetuneError, RunInterrupted
+from runner.plugins.manager import get_plugins
+
+USAGE = "finetune sweep RECIPE [--storage URL] | finetune sweep --join NAME [--storage URL] | finetune sweep report DIR"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _needs_optuna() -> None:
+    if importlib.util.find_spec("optuna") is None:
+        raise FinetuneError(
+            "finetune sweep needs the sweep extra (Optuna)", hint="pip install 'finetune-runner[sweep]'"
+        )
+
+
+def cmd_sweep(args) -> int:
+    _needs_optuna()
+    from runner.sweep import study as studies
+
+    console = _console()
+    if args.target[:1] == ["report"] and len(args.target) == 2 and not Path("report").is_file():
+        return _report(Path(args.target[1]), console)
+    if args.join and args.target:
+        raise FinetuneError("--join takes the recipe from the study: give no recipe", hint=USAGE)
+    if not args.join and len(args.target) != 1:
+        raise FinetuneError("expected one recipe", hint=USAGE)
+    from runner.cli.commands import _offline, load_and_validate
+
+    if args.join:
+        setup = studies.setup_from_study(args.join, args.storage, args.output)
+    else:
+        path = Path(args.target[0])
+        setup = studies.setup_from_recipe(load_and_validate(path, args.overrides), path, args.output, args.storage)
+    _offline()
+    studies.write_pointer(setup)
+    return _work(setup, args, console)
+
+
+def _work(setup, args, console) -> int:
+    from runner.sweep.summary import write_outputs
+    from runner.sweep.worker import Worker
+
+    plugins = get_plugins()
+    console.print(
+        f"sweep [bold]{setup.name}[/]: {setup.target} trials, {setup.direction} validation {setup.metric}; "
+        f"{setup.options.sampler} sampler, {setup.options.pruner} pruner; {setup.storage_label}"
+    )
+    worker = Worker(setup, plugins, console.print, trust_remote_code=args.trust_remote_code, debug=args.debug)
+    try:
+        worker.run()
+    except RunInterrupted:
+        write_outputs(setup, plugins.registry)
+        raise
+    found = write_outputs(setup, plugins.registry)
+    _conclude(found, setup, console)
+    return 0
+
+
+def _conclude(found: dict, setup, console) -> None:
+    states = [t["state"] for t in found["trials"]]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+    console.print(f"study {setup.name}: {counts or 'no trials'}")
+    best = found["best"]
+    if best is not None:
+        from runner.sweep.worker import shown_value
+
+        settings = "  ".join(f"{k}={shown_value(v)}" for k, v in best["params"].items())
+        console.print(f"best: trial {best['number']}, {found['metric']} {best['value']:.4g}: {settings}")
+        console.print(f"best recipe: {found['best_recipe']}")
+    seeds = found.get("seeds")
+    if seeds and seeds.get("mean") is not None:
+        console.print(
+            f"over {len(seeds['values'])} other seeds: {seeds['metric']} {seeds['mean']:.4g} ± {seeds['std']:.2g} (std)"
+        )
+    console.print(f"report: {setup.directory / 'sweep.html'}")
+
+
+def _report(directory: Path, console) -> int:
+    from runner.sweep import study as studies
+    from runner.sweep.summary import write_outputs
+
+    pointer = studies.read_pointer(directory)
+    setup = studies.setup_from_study(pointer["name"], pointer["storage"], directory)
+    found = write_outputs(setup, get_plugins().registry)
+    _conclude(found, setup, console)
+    return 0
