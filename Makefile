@@ -22,6 +22,16 @@ NOT_LOCKED := torch triton nvidia- cuda-
 # `make test-latest`: the newest releases pyproject.toml allows, in an environment of their own.
 LATEST := .venv-latest
 
+# DeepSpeed compiles one C++ op, deepspeed_shm_comm (its CPU shared-memory collectives), with g++
+# the first time a DeepSpeed engine starts on a machine without a GPU: the first ZeRO test would wait
+# minutes for it, unannounced. `make test` builds it once, after the install, into torch's extension
+# cache (<venv>/torch_extensions); see docs/development.md. On a machine with a GPU it builds nothing.
+DS_OPS := $(VENV)/.deepspeed-ops
+# Into the environment's own cache, as tests/conftest.py sets it: the cache is keyed by the op's name
+# only, and environments at other paths would rebuild it over each other.
+BUILD_DS_OPS := import os, sys; os.environ.setdefault('TORCH_EXTENSIONS_DIR', sys.prefix + '/torch_extensions'); \
+  from deepspeed.comm.torch import build_shm_op; build_shm_op()
+
 # Nothing in the demo or the tests may wait on the network.
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -39,10 +49,15 @@ $(STAMP): pyproject.toml $(LOCK) $(addsuffix /pyproject.toml,$(EXTRA_PLUGINS))
 	$(BIN)/pip check
 	touch $@
 
+$(DS_OPS): $(STAMP)
+	@echo "compiling DeepSpeed's C++ op deepspeed_shm_comm once (about a minute; docs/development.md)"
+	$(BIN)/python -c "$(BUILD_DS_OPS)"
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/finetune run recipes/quickstart.toml
 
-test: $(STAMP)
+test: $(STAMP) $(DS_OPS)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -73,6 +88,7 @@ test-latest:
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[$(subst $(space),$(comma),dev $(EXTRAS))]" "$(TORCH)"
 	$(LATEST)/bin/pip install -q --no-deps --no-build-isolation $(addprefix -e ,$(EXTRA_PLUGINS))
 	$(LATEST)/bin/python .ci/releases.py --lock $(LOCK)
+	$(LATEST)/bin/python -c "$(BUILD_DS_OPS)"
 	$(LATEST)/bin/python -m pytest -q
 
 bench: $(STAMP)

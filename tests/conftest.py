@@ -12,6 +12,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# DeepSpeed's JIT-built C++ op is cached by name only: environments with other paths (a CI clone,
+# .venv-latest) would rebuild it over each other for minutes. Each keeps its own, where `make` built it.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"

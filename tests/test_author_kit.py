@@ -5,34 +5,60 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, cli
+from conftest import cli
 
 pytestmark = pytest.mark.slow
 
 
-def test_new_plugin_scaffold_installs_and_passes_its_contract_tests(tmp_path, capsys):
-    assert cli("new", "plugin", "finetune-bitfit", "--dir", tmp_path) == 0
-    root = tmp_path / "finetune-bitfit"
-    assert (root / "finetune_bitfit.py").is_file() and (root / "tests" / "test_finetune_bitfit.py").is_file()
+def test_new_plugin_scaffold_installs_and_passes_its_contract_tests_from_the_folder_above_it(tmp_path, capsys):
+    """A plugin named like its folder (`bitfit/`), installed editable as its README says, then used
+    from the folder above: with the module at the project's top, the folder `bitfit/` shadowed it (an
+    empty namespace package through the current directory) and the plugin registered nothing."""
+    assert cli("new", "plugin", "bitfit", "--dir", tmp_path) == 0
+    root = tmp_path / "bitfit"
+    assert (root / "src" / "bitfit" / "__init__.py").is_file() and (root / "tests" / "test_bitfit.py").is_file()
+    assert not (root / "bitfit.py").exists() and not (root / "bitfit").exists()
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
-    subprocess.run([*install, "--target", str(site), str(root)], check=True, capture_output=True)
-    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    subprocess.run([*install, "--target", str(site), "-e", str(root)], check=True, capture_output=True)
+    # `site` acts as a site-packages directory: its .pth file (the editable install) is read.
+    (site / "sitecustomize.py").write_text("import os, site\nsite.addsitedir(os.path.dirname(__file__))\n")
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
 
-    listed = subprocess.run([sys.executable, "-m", "runner.cli", "plugins"], env={**env, "COLUMNS": "200"},
-                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-    assert "finetune_bitfit" in listed.stdout and "strategy: finetune_bitfit" in listed.stdout
+    def finetune(*args):  # `python -m` puts the current directory first on sys.path, as pytest does
+        return subprocess.run([sys.executable, "-m", "runner.cli", *args], env=env, capture_output=True, text=True,
+                              cwd=tmp_path)  # fmt: skip
+
+    listed = finetune("plugins")
+    assert "strategy: bitfit" in listed.stdout and "registered no components" not in listed.stdout, listed.stdout
+    reference = finetune("reference", "--plugin", "bitfit")
+    assert reference.returncode == 0 and '### `type = "bitfit"`' in reference.stdout
+    assert "| `train_head` | boolean | true | Also train the task head. |" in reference.stdout
 
     tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bitfit/tests"],
         env=env, capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert tests.returncode == 0, tests.stdout[-2000:]
-    # 5 contract tests x 3 architectures x 2 heads; the padding test is for classifiers only
-    assert "27 passed, 3 skipped" in tests.stdout
+    # the installed package's check, then 5 contract tests x 3 architectures x 2 heads; the padding
+    # test is for classifiers only
+    assert "28 passed, 3 skipped" in tests.stdout
 
-    assert cli("new", "plugin", "finetune-bitfit", "--dir", tmp_path) == 2
+    assert cli("new", "plugin", "bitfit", "--dir", tmp_path) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_package_name_with_dashes_gets_a_module_with_underscores(tmp_path):
+    import tomllib
+
+    assert cli("new", "plugin", "finetune-bitfit", "--dir", tmp_path) == 0
+    root = tmp_path / "finetune-bitfit"
+    assert (root / "src" / "finetune_bitfit" / "__init__.py").is_file()
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["name"] == "finetune-bitfit"
+    assert project["project"]["entry-points"]["finetune"] == {"finetune_bitfit": "finetune_bitfit"}
+    assert project["tool"]["setuptools"]["packages"]["find"]["where"] == ["src"]
+    assert "class TestFinetuneBitfit(StrategyContract)" in (root / "tests" / "test_finetune_bitfit.py").read_text()
 
 
 def test_fixtures_write_and_run_a_recipe(write_recipe, run_recipe, finetune_plugins):

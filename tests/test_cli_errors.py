@@ -150,3 +150,4 @@ def test_hub_recipe_offline_fails_fast_with_a_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot load Hub dataset 'mteb/tweet_sentiment_extraction': working offline" in err
+    assert not (tmp_path / "run").exists() and "nothing was trained: removed" in err  # no half-run left behind

@@ -198,3 +198,73 @@ def test_every_component_accepts_its_own_resolved_options():
             options_cls.model_validate(defaults.model_dump(mode="json", exclude_none=True))
             checked += 1
     assert checked >= 15
+
+
+class SilentPlugin:
+    """A plugin object that implements no hook at all."""
+
+    __name__ = "silent"
+
+
+class EmptyHookPlugin:
+    __name__ = "emptyhook"
+
+    @hookimpl
+    def register_strategies(self, register):
+        pass
+
+
+class RecipesOnlyPlugin:
+    __name__ = "recipesonly"
+
+    @hookimpl
+    def register_recipes(self, register):
+        pass
+
+
+def test_plugins_warns_about_a_plugin_that_registers_nothing(capsys):
+    reset_plugins(Plugins(extra=[SilentPlugin(), EmptyHookPlugin(), RecipesOnlyPlugin()]))
+    assert cli("plugins") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: plugin silent registered no components:" in out
+    assert "has no @hookimpl registration hooks" in out
+    assert "warning: plugin emptyhook registered no components: its hooks (register_strategies) called" in out
+    assert "recipesonly registered" not in out  # a recipe pack need not register components
+    assert out.count("registered no components") == 2  # and no built-in is warned about
+
+
+def test_plugins_names_a_folder_that_shadows_the_installed_package(tmp_path, monkeypatch, capsys):
+    """`finetune plugins` run from the folder above a flat plugin project: the project's folder is
+    imported instead of the installed module, as an empty namespace package."""
+    import importlib
+    import sys
+
+    (tmp_path / "shadowed").mkdir()  # a project folder, no __init__.py: a namespace package
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "shadowed", raising=False)
+    module = importlib.import_module("shadowed")
+    assert module.__file__ is None
+    reset_plugins(Plugins(extra=[module]))
+    assert cli("plugins") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        f"warning: plugin shadowed registered no components: 'shadowed' was imported as an empty namespace "
+        f"package from {tmp_path / 'shadowed'}: a folder named 'shadowed' in the current directory shadows "
+        "the installed package" in out
+    )
+
+
+def test_plugins_names_a_module_under_the_current_directory(tmp_path, monkeypatch, capsys):
+    import importlib
+    import sys
+
+    (tmp_path / "localmod.py").write_text('"""Nothing registered here."""\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "localmod", raising=False)
+    reset_plugins(Plugins(extra=[importlib.import_module("localmod")]))
+    assert cli("plugins") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "plugin localmod registered no components: 'localmod' was imported from" in out
+    assert "under the current directory" in out

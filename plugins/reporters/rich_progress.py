@@ -1,31 +1,24 @@
-"""Reporter `rich`: a live progress bar with loss and the latest evaluation, and a final table.
+"""Reporter `rich`: a live progress bar, a metrics panel under it, and a final table.
 
-On a terminal it draws a live bar; elsewhere (CI logs, pipes) it prints one plain line per log
-step instead, so logs stay readable.
+On a terminal it draws a live area: one progress line (bar, step/total, elapsed, ETA from the
+measured time per step) and, below it, a panel with the latest loss, learning rate and gradient
+norm and the last validation scores; evaluations are also printed above it, compactly, so they stay
+in the scrollback. The pieces are in rich_panels. Elsewhere (CI logs, pipes) or with `plain`, it
+prints one plain line per log step and per evaluation instead, with no control codes.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 from pydantic import Field
 
+from plugins.reporters.rich_panels import EtaColumn, LiveArea, MetricsPanel, StepTimer, fmt, key_metrics, shown
 from runner import Options, Reporter, hookimpl
 
-SHOWN = ("loss", "learning_rate", "epoch", "grad_norm")
-
-
-def _shown(key: str) -> bool:
-    """Evaluation figures worth a column: not timings, not the epoch counter."""
-    return not key.endswith(("runtime", "per_second")) and key != "epoch"
-
-
-def _fmt(key: str, value) -> str:
-    if isinstance(value, float):
-        if key == "learning_rate":
-            return f"{value:.2e}"
-        return f"{value:.4g}"
-    return str(value)
+SHOWN = ("loss", "learning_rate", "epoch", "grad_norm")  # on each plain log line
 
 
 class RichOptions(Options):
@@ -38,16 +31,22 @@ class Rich(Reporter):
     name = "rich"
     Options = RichOptions
 
-    def __init__(self, options):
+    def __init__(self, options, *, console=None, clock: Callable[[], float] | None = None, auto_refresh: bool = True):
+        """`console`, `clock` and `auto_refresh` are for tests: a recorded console, a fake clock, and
+        redraws only at events (no refresh thread) make the live area deterministic."""
         super().__init__(options)
         from rich.console import Console
 
-        self.console = Console(stderr=False, highlight=False)
+        self.console = console if console is not None else Console(stderr=False, highlight=False)
+        self.clock = clock or time.monotonic
+        self.auto_refresh = auto_refresh
         self.live = self.console.is_terminal and not options.plain
+        self.display = None  # the rich Live while training on a terminal
         self.progress = None
         self.task = None
+        self.timer = StepTimer(self.clock)
+        self.panel = MetricsPanel()
         self.total = 0
-        self.last_eval = ""
         self.in_sweep = False  # a sweep's trial: the sweep says what each trial did; stay brief
 
     def start(self, run):
@@ -67,48 +66,74 @@ class Rich(Reporter):
 
     def train_begin(self, total_steps, start_step):
         self.total = total_steps
+        self.timer.begin(total_steps, start_step)
         if start_step:
             self.console.print(f"resuming at step {start_step} of {total_steps}")
         if not self.live:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        # Only columns that always fit: at 80 columns the bar shrinks, the rest stays whole.
         self.progress = Progress(
             TextColumn("[bold]training"),
-            BarColumn(),
+            BarColumn(bar_width=None),
             MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            EtaColumn(self.timer),
             console=self.console,
+            get_time=self.clock,
+            expand=True,
         )
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
+        self.task = self.progress.add_task("train", total=total_steps, completed=start_step)
+        self.display = Live(
+            LiveArea(self.progress, self.panel),
+            console=self.console,
+            auto_refresh=self.auto_refresh,
+            refresh_per_second=4,
+        )
+        self.display.start(refresh=True)
+
+    def _redraw(self):
+        if self.display is not None:
+            self.display.refresh()
 
     def log(self, step, values):
-        info = "  ".join(f"{k} {_fmt(k, values[k])}" for k in SHOWN if k in values)
+        self.timer.step(step)
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=f"{info}  {self.last_eval}".strip())
+            self.progress.update(self.task, completed=step)
+            self.panel.update_train(values)
+            self._redraw()
         elif "loss" in values:
-            self.console.print(f"step {step}/{self.total}  {info}")
+            info = "  ".join(f"{k} {fmt(k, values[k])}" for k in SHOWN if k in values)
+            self.console.print(f"step {step}/{self.total}  {info}", soft_wrap=self.one_line)
+
+    @property
+    def one_line(self) -> bool:
+        """Plain lines are never wrapped (a log is read with grep); with the live display, rich
+        wraps between words rather than the terminal in the middle of a number."""
+        return not self.live
 
     def evaluated(self, split, step, metrics):
-        shown = "  ".join(f"{k} {_fmt(k, v)}" for k, v in metrics.items() if _shown(k))
         where = f"step {step}" if step is not None else "final"
-        if step is not None:
-            self.last_eval = f"| {split}: {shown}"
-        line = f"[cyan]{split}[/] ({where}): {shown}"
-        if self.progress is not None:
-            self.progress.console.print(line)
-        else:
-            self.console.print(line)
+        if self.live:  # compact in the scrollback; the panel (and the final table) shows them too
+            if self.display is not None:
+                self.panel.update_evaluation(split, step, metrics)
+            figures = "  ".join(f"{k} {v}" for k, v in key_metrics(metrics))
+            self.console.print(f"[cyan]{split}[/] ({where}): {figures}")
+            self._redraw()
+        else:  # a log line: every figure
+            figures = "  ".join(f"{k} {fmt(k, v)}" for k, v in metrics.items() if shown(k))
+            self.console.print(f"[cyan]{split}[/] ({where}): {figures}", soft_wrap=self.one_line)
 
     def audited(self, name, passed, summary):
         badge = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[dim]measured[/]"}[passed]
         self.console.print(f"audit {name}: {badge} {summary}", soft_wrap=True)
 
     def train_end(self):
-        if self.progress is not None:
-            self.progress.stop()
+        if self.display is not None:
+            self.display.stop()  # the last drawing stays on screen: the final step, loss and scores
+            self.display = None
             self.progress = None
 
     def finish(self, status, summary):
@@ -127,9 +152,9 @@ class Rich(Reporter):
             table.add_column("metric")
             for title, _ in columns:
                 table.add_column(title, justify="right")
-            keys = dict.fromkeys(k for s in splits for k in metrics[s] if _shown(k))
+            keys = dict.fromkeys(k for s in splits for k in metrics[s] if shown(k))
             for key in keys:
-                table.add_row(key, *(_fmt(key, values[key]) if key in values else "" for _, values in columns))
+                table.add_row(key, *(fmt(key, values[key]) if key in values else "" for _, values in columns))
             self.console.print(table)
         else:
             self.console.print(f"{summary.get('name', 'run')}: {status}")

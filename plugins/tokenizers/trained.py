@@ -50,12 +50,13 @@ class Trained(Tokenizer):
                 min_frequency=o.min_frequency,
                 special_tokens=special,
                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,  # its own bars would break into the reporter's output
             )
         else:
             tok = RawTokenizer(models.WordLevel(unk_token="[UNK]"))
             tok.pre_tokenizer = pre_tokenizers.Whitespace()
             trainer = trainers.WordLevelTrainer(
-                vocab_size=o.vocab_size, min_frequency=o.min_frequency, special_tokens=special
+                vocab_size=o.vocab_size, min_frequency=o.min_frequency, special_tokens=special, show_progress=False
             )
         tok.normalizer = normalizers.Sequence(norm)
         tok.train_from_iterator(texts(), trainer=trainer)

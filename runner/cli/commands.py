@@ -50,13 +50,39 @@ def cmd_validate(args) -> int:
     return 2 if failed else 0
 
 
-def _offline(requested: bool = False) -> None:
-    """Offline when asked, or when the Hub is unreachable (decided before any Hub library loads)."""
+def hub_ids(recipe: Recipe) -> list[str]:
+    """The Hub ids a recipe reads: Hub datasets, and model or tokenizer options (typed HubOrPath)
+    whose value is no local path. The inputs `finetune lock` pins as Hub ids, found the same way
+    (runner.recipe.lockfile), without contacting the Hub or hashing anything."""
+    from runner.recipe.lockfile import file_options
+
+    ids = []
+    for spec in recipe.components():
+        if spec.kind == "data_source" and spec.name == "hub":
+            ids.append(spec.options.path)
+            continue
+        for _key, value, marker in file_options(spec):
+            if isinstance(value, str) and marker.hub and not os.path.exists(value):
+                ids.append(value)
+    return ids
+
+
+def _offline(requested: bool = False, recipe: Recipe | None = None) -> None:
+    """Offline when asked, or when the Hub is unreachable (decided before any Hub library loads:
+    huggingface_hub and datasets read these variables once, at import).
+
+    Given the `recipe`, the Hub is probed only if the recipe reads from it; a recipe that does not
+    goes offline silently (nothing to download, so no probe to wait for and no note to read). A
+    variable the user set is left as it is."""
     from runner.toolkit.hub import go_offline_if_unreachable
 
     if requested:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
+        return
+    if recipe is not None and not hub_ids(recipe):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         return
     note = go_offline_if_unreachable()
     if note:
@@ -107,7 +133,7 @@ def cmd_run(args) -> int:
     recipe = load_and_validate(args.recipe, args.overrides)
     if recipe.sweep is not None:
         print(f"note: {args.recipe} has a [sweep]; this runs the recipe once as written (finetune sweep runs it)")
-    _offline()
+    _offline(recipe=recipe)
     lock = check_locked(args, recipe, args.recipe)  # --locked: refuse before anything is built or written
     check_build(recipe)  # what only torch can tell (a model config that does not build), before any data
     launch = Launch.from_args(args)
@@ -127,7 +153,30 @@ def cmd_run(args) -> int:
     keep_lock(lock, run_dir.path)  # recipe.resolved.toml + recipe.lock reproduce the run
     if launch.needed(recipe):
         run_dir.write_recipe(recipe.resolved())  # what every worker reads (in-process, execute writes it)
-    return _train(args, recipe, run_dir, launch)
+        return _train(args, recipe, run_dir, launch)
+    try:
+        return _train(args, recipe, run_dir, launch)
+    except FinetuneError as exc:
+        if exc.exit_code == 2 and _nothing_trained(run_dir):
+            discard_run_dir(run_dir)
+        raise
+
+
+def _nothing_trained(run_dir: RunDir) -> bool:
+    """No checkpoint and no training step: a run that failed while preparing (data, model)."""
+    checkpoints = run_dir.checkpoints
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        return False
+    return not any(r.get("split") == "train" for r in run_dir.read_metrics_log())
+
+
+def discard_run_dir(run_dir: RunDir) -> None:
+    """Remove the directory of a run that failed before training: it holds nothing to resume or
+    read, and listed beside real runs it would look like one. The error says what went wrong."""
+    import shutil
+
+    shutil.rmtree(run_dir.path, ignore_errors=True)
+    print(f"nothing was trained: removed {run_dir.path}", file=sys.stderr)
 
 
 def cmd_worker(args) -> int:
@@ -181,7 +230,7 @@ def cmd_resume(args) -> int:
     if pid:
         raise FinetuneError(f"{run_dir.path} is still running (process {pid})")
     recipe = load_and_validate(run_dir.recipe)
-    _offline()
+    _offline(recipe=recipe)
     launch.check_resume(run_dir, recipe, args.force)  # a global batch another world size cannot keep
     if launch.needed(recipe):
         launch.check(recipe, output_given=True)  # the run directory exists already
@@ -211,7 +260,7 @@ def cmd_plan(args) -> int:
     from runner.cli.plan import plan
 
     recipe = load_and_validate(args.recipe, args.overrides)
-    _offline(args.offline)
+    _offline(args.offline, recipe)
     check_build(recipe)
     world_size = args.nproc * args.nnodes
     plan(recipe, _console(), offline=args.offline, samples=args.samples, world_size=world_size, nnodes=args.nnodes)
@@ -318,30 +367,4 @@ def cmd_new(args) -> int:
 
     root = new_plugin(args.name, args.dir)
     print(f"created {root}: pip install -e {root}, then pytest {root / 'tests'}")
-    return 0
-
-
-def cmd_plugins(args) -> int:
-    from rich.table import Table
-
-    registry = get_plugins().registry
-    console = _console()
-    table = Table(title="plugins")
-    for column in ("plugin", "version", "source", "components"):
-        table.add_column(column)
-    for info in registry.plugins.values():
-        by_kind: dict[str, list[str]] = {}
-        for kind, name in info.components:
-            by_kind.setdefault(kind.replace("_", " "), []).append(name)
-        components = "; ".join(f"{kind}: [bold]{', '.join(names)}[/]" for kind, names in by_kind.items())
-        if info.error:
-            components = "[red]failed (see below)[/]"
-        table.add_row(info.name, info.version, info.source, components or "-")
-    console.print(table)
-    for info in registry.plugins.values():
-        if info.error:
-            console.print(f"[red]failed:[/] plugin '{info.name}': {info.error}", soft_wrap=True)
-    for (kind, name), regs in registry.conflicts.items():
-        plugins = " and ".join(r.plugin for r in regs)
-        console.print(f"[red]conflict:[/] {kind.replace('_', ' ')} '{name}' is registered by {plugins}", soft_wrap=True)
     return 0

@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from runner import __version__
+from runner.components import KINDS  # loaded with `runner` already
 from runner.errors import FinetuneError, clip
 
 EPILOG = """\
@@ -152,7 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="package name, e.g. finetune-bitfit")
     p.add_argument("--dir", type=Path, default=Path("."), help="where to create it (default: here)")
 
-    sub.add_parser("plugins", help="installed plugins, versions and the components they register")
+    p = sub.add_parser("plugins", help="installed plugins, versions and the components they register")
+    p.set_defaults(handler_module="runner.cli.plugins_cmd")
+    p = sub.add_parser(
+        "reference",
+        help="the options of installed components, as in the recipe reference (markdown)",
+        description="Print the recipe reference for the installed plugins as markdown: every section and "
+        "component, or only the components one plugin registers (--plugin) or of one kind (--kind).",
+    )
+    p.add_argument("--plugin", metavar="NAME", help="a plugin or its distribution, as `finetune plugins` lists them")
+    p.add_argument("--kind", type=lambda s: s.replace("-", "_"), choices=list(KINDS), help="only this kind")
+    p.set_defaults(handler_module="runner.cli.reference")
     p = sub.add_parser("recipes", help="recipes of the runner and of installed packs: list, show, copy")
     p.set_defaults(handler_module="runner.cli.packs", recipes_command=None)
     actions = p.add_subparsers(dest="recipes_command", metavar="ACTION")

@@ -249,6 +249,18 @@ def _evaluation(recipe: Recipe) -> str:
     return compared + sure + audits
 
 
+# The rows a plan works out from the built model: said to be unknown, with the reason, when --offline cannot build it.
+MODEL_ROWS = ("parameters", "memory per device")
+
+
+def _unknown(reason: str, because: str = "") -> str:
+    """A plan row's value when --offline cannot work it out: "unknown (offline: <reason>)"."""
+    reason = reason.rstrip(".")
+    if because:
+        reason = f"{because}, and {reason}"
+    return f"unknown ({reason})" if "offline" in reason else f"unknown (offline: {reason})"
+
+
 def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: int = 1, nnodes: int = 1) -> None:
     """Show what `finetune run` would do with `recipe` on `world_size` processes spread over
     `nnodes` machines, without training."""
@@ -283,6 +295,7 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
     facts: dict[str, str] = {}
     warnings: list[str] = []
     data = tokenizer = None
+    unknown: dict[str, str] = {}  # rows --offline cannot work out: why
     try:
         from runner.pipeline.data import prepare_data
         from runner.pipeline.run import quiet_libraries
@@ -297,14 +310,17 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
         if not offline:
             raise
         facts["data"] = f"not loaded: {exc.message}"
+        unknown = {"optimizer steps": _unknown(exc.message)}
+        if recipe.tokenizer.name == "trained":  # it learns its vocabulary, and so the model's size, from the data
+            unknown.update(dict.fromkeys(MODEL_ROWS, _unknown(exc.message, "the tokenizer is trained on the data")))
 
     model_component = recipe.model.create()
-    if data is not None:
+    if data is not None or recipe.tokenizer.name != "trained":  # a given tokenizer needs no data
         try:
             from runner.pipeline.preparing import resolve_max_length
             from runner.toolkit.modeling import ensure_pad_token
 
-            parts = data.parts("train")
+            parts = data.parts("train") if data is not None else []
             tokenizer = recipe.tokenizer.create().build(
                 ctx, lambda: (t for p in parts for t in p.task.training_texts(p.splits["train"]))
             )
@@ -331,10 +347,14 @@ def plan(recipe: Recipe, console, offline: bool, samples: int = 3, world_size: i
             if not offline:
                 raise
             facts["model"] = f"not built: {exc.message}"
+            unknown.update(dict.fromkeys(MODEL_ROWS, _unknown(exc.message)))
+    if data is not None:
         trainer = recipe.training.create()
         steps = trainer.planned_steps(data.sizes()["train"], world_size)
         if steps:
             facts["optimizer steps"] = str(steps)
+    for key, why in unknown.items():  # said, with the reason, rather than left out
+        facts.setdefault(key, why)
     facts["evaluation"] = _evaluation(recipe)
     facts["run directory"] = f"{recipe.run.output_dir}/{recipe.name}/<timestamp>/"
 

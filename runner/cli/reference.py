@@ -1,11 +1,14 @@
 """The recipe reference, generated from the options models components declare.
 
 `python -m runner.cli.reference > docs/recipe-reference.md` rewrites it; a test fails when the file and
-the code disagree, so the reference cannot drift from what validation accepts.
+the code disagree, so the reference cannot drift from what validation accepts. `finetune reference`
+renders the same tables for the installed components: all of them, one plugin's, or one kind's.
+It imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 
@@ -13,6 +16,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from runner.components import KINDS
+from runner.errors import FinetuneError
 from runner.options import Options
 from runner.plugins.registry import Registry
 from runner.recipe.resolved import DataOptions, EvaluationOptions, RunOptions, SplitOptions
@@ -93,12 +97,37 @@ def _tables(annotation) -> list[type[BaseModel]]:
     return []
 
 
-def render(registry: Registry, plugins: set[str] | None = None) -> str:
-    """Markdown for every component registered (by the given plugins, or all)."""
+def component_sections(
+    registry: Registry, plugins: set[str] | None = None, kinds: set[str] | None = None, *, skip_empty: bool = False
+) -> list[str]:
+    """A section per kind (its recipe table), a subsection per component registered by the given
+    plugins (or any) with its summary and options; kinds outside `kinds`, and with `skip_empty` kinds
+    with no such component, are left out."""
+    out = []
+    for kind, section in SECTION_OF_KIND.items():
+        if kinds is not None and kind not in kinds:
+            continue
+        entries = [(n, r) for n, r in registry.registrations(kind) if plugins is None or r.plugin in plugins]
+        if skip_empty and not entries:
+            continue
+        out += [f"## {section}", ""]
+        tag = TAGS.get(section.strip("[]"), "type")
+        for name, registration in entries:
+            cls = registration.cls
+            out += [f'### `{tag} = "{name}"`', "", cls.summary(), "", *options_table(cls.Options), ""]
+    return out
+
+
+def render(registry: Registry, plugins: set[str] | None = None, intro: str | None = None) -> str:
+    """Markdown for the recipe's sections and every component registered (by the given plugins, or all)."""
+    intro = (
+        intro
+        or "Generated from the components' options models by `python -m runner.cli.reference`; do not edit by hand."
+    )
     out = [
         "# Recipe reference",
         "",
-        "Generated from the components' options models by `python -m runner.cli.reference`; do not edit by hand.",
+        intro,
         "Every table rejects keys not listed here. See [recipes.md](recipes.md) for how recipes work.",
         "",
         "## [run]",
@@ -134,15 +163,8 @@ def render(registry: Registry, plugins: set[str] | None = None) -> str:
         "",
         *options_table(SpaceEntry),
         "",
+        *component_sections(registry, plugins),
     ]
-    for kind, section in SECTION_OF_KIND.items():
-        out += [f"## {section}", ""]
-        for name, registration in registry.registrations(kind):
-            if plugins is not None and registration.plugin not in plugins:
-                continue
-            cls = registration.cls
-            tag = TAGS.get(section.strip("[]"), "type")
-            out += [f'### `{tag} = "{name}"`', "", cls.summary(), "", *options_table(cls.Options), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -151,6 +173,54 @@ def builtin_reference() -> str:
     from runner.plugins.manager import Plugins
 
     return render(Plugins().registry, set(BUILTIN))
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def plugins_named(registry: Registry, name: str) -> set[str]:
+    """The plugins (as `finetune plugins` lists them) that `name` names: a plugin's own name, or the
+    distribution that provides it (spelled either way, `finetune-bitfit` or `finetune_bitfit`), or
+    `built-in`. A plugin that failed to load, or registered nothing, is an error saying why."""
+    from runner.cli.plugins_cmd import registered_nothing
+    from runner.plugins.manager import get_plugins
+
+    infos = [i for i in registry.plugins.values() if _canonical(name) in (_canonical(i.name), _canonical(i.source))]
+    if not infos:
+        known = sorted({i.name for i in registry.plugins.values()} | {i.source for i in registry.plugins.values()})
+        raise FinetuneError(f"no installed plugin or distribution is called '{name}'; installed: {', '.join(known)}")
+    failed = [i for i in infos if i.error]
+    if failed and len(failed) == len(infos):
+        raise FinetuneError(f"plugin '{failed[0].name}' failed to load: {failed[0].error}")
+    if not any(i.components for i in infos):
+        why = registered_nothing(get_plugins()).get(infos[0].name, "it registers recipes or hooks only")
+        raise FinetuneError(f"plugin '{infos[0].name}' registered no components: {why}")
+    return {i.name for i in infos if not i.error}
+
+
+def cmd_reference(args) -> int:
+    from runner.plugins.manager import get_plugins
+
+    registry = get_plugins().registry
+    kinds = {args.kind} if args.kind else None
+    if args.plugin is None and kinds is None:
+        intro = "The recipe reference of the installed plugins, generated by `finetune reference`."
+        print(render(registry, intro=intro), end="")
+        return 0
+    plugins = plugins_named(registry, args.plugin) if args.plugin else None
+    sections = component_sections(registry, plugins, kinds, skip_empty=True)
+    title = f"# Components of {args.plugin}" if args.plugin else f"# {args.kind.replace('_', ' ')} components"
+    if args.plugin and args.kind:
+        title += f": {args.kind.replace('_', ' ')}"
+    if not sections:
+        sections = [f"No {args.kind.replace('_', ' ')} components.", ""]
+    print(
+        "\n".join(
+            [title, "", "Options as in docs/recipe-reference.md: every table rejects keys not listed.", "", *sections]
+        ).rstrip()
+    )
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,11 @@
 """`finetune new plugin NAME`: a plugin package that installs, registers a strategy, and passes the
-strategy contract tests from the first minute."""
+strategy contract tests from the first minute.
+
+The package is laid out under `src/`: a module at the project's top (`NAME/NAME.py`) is shadowed,
+for anyone working in the folder above it, by the folder `NAME/` itself (a namespace package found
+through the current directory before an editable install's finder), and the plugin then silently
+registers nothing. Under `src/` the folder holds no importable code, so the installed package wins.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +33,14 @@ test = ["pytest"]
 [project.entry-points.finetune]
 {module} = "{module}"
 
-[tool.setuptools]
-py-modules = ["{module}"]
+# The src layout: only the installed package is importable, never the folder of that name.
+[tool.setuptools.packages.find]
+where = ["src"]
+
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+# The tests import the installed package, not files beside them.
+addopts = ["--import-mode=importlib"]
 """
 
 MODULE = '''\
@@ -40,7 +52,6 @@ transformers) inside methods, so that `finetune validate` stays fast.
 """
 
 from pydantic import Field
-
 from runner import Options, Strategy, hookimpl
 
 HEADS = ("score.", "classifier.", "lm_head.")
@@ -73,6 +84,16 @@ TEST = '''\
 
 from runner.testing import StrategyContract
 
+import {module}
+
+
+def test_the_installed_package_registers_the_strategy(finetune_plugins):
+    # A folder `{module}` in the current directory would be imported instead: an empty
+    # namespace package that registers nothing (`finetune plugins` warns about it).
+    assert {module}.__file__, f"not the installed package: {{{module}.__path__}}"
+    registered = finetune_plugins.registry.get("strategy", "{module}")
+    assert registered is {module}.{cls}
+
 
 class Test{cls}(StrategyContract):
     strategy = {{"type": "{module}"}}
@@ -91,7 +112,12 @@ pip install -e .           # into the environment where finetune-runner is insta
 finetune plugins           # lists `{module}`
 pytest tests               # the strategy contract: what trains, one step lowers the loss,
                            # save then load reproduces the logits, merging
+finetune reference --plugin {name}
+                           # its options, as the recipe reference shows them
 ```
+
+The code is in `src/{module}/__init__.py`: under `src/`, so that the folder `{name}/` never
+shadows the installed package when you work in the folder above it.
 
 Use it in a recipe:
 
@@ -113,10 +139,12 @@ def new_plugin(name: str, parent: Path) -> Path:
     root = parent / name
     if root.exists():
         raise FinetuneError(f"{root} already exists")
-    (root / "tests").mkdir(parents=True)
+    package = root / "src" / module
+    package.mkdir(parents=True)
+    (root / "tests").mkdir()
     values = {"name": name, "module": module, "cls": cls}
     (root / "pyproject.toml").write_text(PYPROJECT.format(**values), encoding="utf-8")
-    (root / f"{module}.py").write_text(MODULE.format(**values), encoding="utf-8")
+    (package / "__init__.py").write_text(MODULE.format(**values), encoding="utf-8")
     (root / "tests" / f"test_{module}.py").write_text(TEST.format(**values), encoding="utf-8")
     (root / "README.md").write_text(README.format(**values), encoding="utf-8")
     return root

@@ -37,12 +37,18 @@ def cmd_sweep(args) -> int:
         raise FinetuneError("expected one recipe", hint=USAGE)
     from runner.cli.commands import _offline, load_and_validate
 
+    recipe = None  # a joining worker has no Recipe object: the Hub is probed as for any command
     if args.join:
         setup = studies.setup_from_study(args.join, args.storage, args.output)
     else:
         path = Path(args.target[0])
-        setup = studies.setup_from_recipe(load_and_validate(path, args.overrides), path, args.output, args.storage)
-    _offline()
+        recipe = load_and_validate(path, args.overrides)
+        setup = studies.setup_from_recipe(recipe, path, args.output, args.storage)
+    # A searched text value may name a Hub model or dataset the base recipe does not: probe then.
+    texts = recipe is not None and any(
+        isinstance(value, str) for entry in recipe.sweep.space.values() for value in entry.choice or ()
+    )
+    _offline(recipe=None if texts else recipe)
     studies.write_pointer(setup)
     return _work(setup, args, console)
 

@@ -48,6 +48,43 @@ def _text_only(metric) -> bool:
     return metric.consumes == {"text"}
 
 
+_PROBE = "The Quick Brown Fox"
+
+
+def lowercasing(tokenizer) -> str | None:
+    """Why `tokenizer` can write only lower-case text (its normalizer lowercases, or it is told
+    `do_lower_case`), or None when it keeps case. A model that generates through it can never
+    write a reference's capitals, so its answers are compared case-insensitively."""
+    if getattr(tokenizer, "do_lower_case", False):
+        return "the tokenizer lowercases (do_lower_case)"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        import json
+
+        try:
+            normalizer = json.loads(backend.to_str()).get("normalizer")
+        except Exception:  # a backend that cannot be serialised: the round trip below decides
+            normalizer = None
+        if _lowercases(normalizer):
+            return "the tokenizer lowercases"
+    try:  # any other tokenizer: what comes back of a capitalised text
+        back = tokenizer.decode(tokenizer.encode(_PROBE, add_special_tokens=False), skip_special_tokens=True)
+    except Exception:
+        return None
+    return "the tokenizer lowercases" if " ".join(str(back).split()) == _PROBE.lower() else None
+
+
+def _lowercases(normalizer) -> bool:
+    """Whether a serialised `tokenizers` normalizer lowercases (Lowercase, or BertNormalizer's lowercase)."""
+    if isinstance(normalizer, dict):
+        if normalizer.get("type") == "Lowercase" or (
+            normalizer.get("type") == "BertNormalizer" and normalizer.get("lowercase")
+        ):
+            return True
+        return any(_lowercases(n) for n in normalizer.get("normalizers") or ())
+    return False
+
+
 @dataclass
 class SplitRows:
     """One split's raw rows, per source with the source's task (for prompts), and its encoding."""
@@ -74,6 +111,7 @@ class Evaluator:
     checkpoint_dir: Any  # where the trainer may write (it writes nothing when only evaluating)
     train_labels: Any = None  # encoded training labels, for the majority-class baseline
     record: dict[str, Any] = field(default_factory=dict)  # intervals and details, for evaluation.json
+    _case: Any = field(default=False, init=False, repr=False)  # lowercasing(tokenizer), once known
 
     def job(self, model) -> TrainJob:
         """A job that evaluates `model` (no DeepSpeed: a base model is evaluated unsharded)."""
@@ -110,7 +148,26 @@ class Evaluator:
             references += [r for _, r in pairs]
         return predictions, references
 
+    def comparable(self, predictions: list[str], references: list[str]) -> tuple[list[str], list[str]]:
+        """Answers and references as the text metrics compare them: the way the model can write.
+        A tokenizer that lowercases makes every answer lower-case, so both sides are lower-cased
+        (else exact match would be 0 however right the answers are); evaluation.json's
+        `comparison` and each text metric's entry in `notes` say so, and the run says it once."""
+        if self._case is False:
+            self._case = lowercasing(self.tokenizer) if self.tokenizer is not None else None
+            if self._case:
+                keys = [m.key() for m in self.metrics if _text_only(m)]
+                how = f"case-insensitive: {self._case}, so the model cannot write the references' capitals"
+                self.record["comparison"] = {"case": "insensitive", "reason": self._case, "metrics": keys}
+                self.record.setdefault("notes", {}).update({key: how for key in keys})
+                if keys and self.events is not None:
+                    self.events.info(f"{', '.join(keys)} compare answers lower-cased ({how.split(': ', 1)[1]})")
+        if not self._case:
+            return predictions, references
+        return [str(p).lower() for p in predictions], [str(r).lower() for r in references]
+
     def text_scores(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        predictions, references = self.comparable(predictions, references)
         out: dict[str, float] = {}
         for metric in self.metrics:
             if _text_only(metric) and self._meaningful(metric, references):
@@ -215,7 +272,7 @@ class Evaluator:
             final[split], last = self.scores(job, split)
             answers = None
             if self.text_metrics:
-                answers = self.answers(job.model, split)
+                answers = self.comparable(*self.answers(job.model, split))
                 final[split].update(self.text_scores(*answers))
             self.events.evaluated(split, None, final[split], final=True)
             if last is not None:

@@ -47,6 +47,11 @@ def quiet_libraries(debug: bool) -> None:
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     # peft reads transformers' old property name while preparing a quantized base; nothing to act on.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    # peft's LoRA on GPT-2's Conv1D layers (weights stored transposed): peft notices and sets
+    # fan_in_fan_out=True itself, which is the right setting; the warning asks nothing of the user.
+    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
+    # The trained tokenizer's progress bars (the `tokenizers` library draws its own, on stdout) are
+    # switched off where it is trained: plugins/tokenizers/trained.py passes show_progress=False.
 
 
 def execute(

@@ -25,7 +25,13 @@ from runner.pipeline.preparing import DataSteps
 from runner.pipeline.signals import graceful_stop
 from runner.storage import checkpoints
 from runner.storage.rundir import RunDir, atomic_write, publish, read_json, write_json
-from runner.toolkit.modeling import auto_class, count_parameters, describe_parameters, read_last_real_token
+from runner.toolkit.modeling import (
+    auto_class,
+    count_parameters,
+    describe_parameters,
+    match_special_tokens,
+    read_last_real_token,
+)
 
 MODEL_META = "finetune.json"
 BASE_MODEL = "base_model"
@@ -177,6 +183,8 @@ class Pipeline(DataSteps):
                 model = auto_class(self.spec.head).from_pretrained(base_dir)
             else:
                 model = self.model_component.build(self.ctx, self.spec)
+                if self.model_component.base_reference() is None:  # built from a config: the tokenizer's ids
+                    match_special_tokens(model, self.tokenizer)
         check_positions(model, self.max_length, self.strategy.extra_positions())
         if packing:  # the samples of a packed row must not mix: the base's own attention, before measuring it
             check_packing(model, kernel)

@@ -77,7 +77,7 @@ def hub_revision(repo_id: str, revision: str | None, repo_type: str) -> str:
 
 
 # -- what a recipe reads ---------------------------------------------------------------------------------
-def _file_options(spec: ComponentSpec) -> list[tuple[str, Any, Any]]:
+def file_options(spec: ComponentSpec) -> list[tuple[str, Any, Any]]:
     """(key, value, marker) of every file, directory or Hub-id option of a component."""
     out = []
     for name, field in type(spec.options).model_fields.items():
@@ -119,7 +119,7 @@ def inputs(recipe: Recipe, cache_dir: Path) -> dict[str, Any]:
             else:  # the same fingerprint the run writes into environment.json
                 out[key] = spec.create().fingerprint(ctx)
             continue
-        for option_key, value, marker in _file_options(spec):
+        for option_key, value, marker in file_options(spec):
             if isinstance(value, str):
                 out[option_key] = _local_or_hub(value, marker, getattr(spec.options, "revision", None))
     return out

@@ -1,9 +1,11 @@
 """The run report: one self-contained report.html per run directory.
 
-Everything the run directory records, for a person: what ran (the resolved recipe, its hash, the data
-fingerprints, the environment), on what data (split sizes, labels, token lengths), how training went
-(loss, validation and learning-rate curves, the diagnosis), and how much to trust the result (the
-fine-tuned model next to its baselines, confidence intervals, the confusion matrix, audits, samples).
+The answer first: under the title, a summary card (what was trained, the fine-tuned model against its
+baselines on the test split with confidence intervals, the audits' verdicts, the diagnosis, where the
+model is). Then the details, results before provenance: how much to trust the result (baselines,
+intervals, the confusion matrix, samples), how training went (loss, validation-metric and learning-rate
+curves, the diagnosis), on what data (split sizes, labels, token lengths), the audits, and what ran (the
+resolved recipe, its hash, the data fingerprints, the environment).
 
 The page has inline CSS and SVG only: no script, no font or image from elsewhere, so it opens from
 disk and prints. Every file is optional: an older, failed or running run gets a report saying
@@ -27,10 +29,11 @@ from runner.report.run_record import (
 )
 from runner.report.sections.audits import section_audits
 from runner.report.sections.data import section_data
-from runner.report.sections.pieces import badge, duration, kv_table, missing_note
+from runner.report.sections.pieces import badge, duration, missing_note
 from runner.report.sections.provenance import section_environment, section_recipe
 from runner.report.sections.results import section_results
-from runner.report.sections.samples import section_samples
+from runner.report.sections.samples import section_samples, shows_samples
+from runner.report.sections.summary import section_summary
 from runner.report.sections.training import section_training
 from runner.report.values import esc, fmt
 from runner.storage.rundir import atomic_write
@@ -65,7 +68,9 @@ def _header(rec: RunRecord) -> str:
     out = [f"<h1>{esc(rec.name)}</h1>"]
     if description:
         out.append(f'<p class="lead">{esc(description)}</p>')
-    out.append(kv_table(rows))
+    # one line, so that the summary card below starts on the first screen
+    out.append('<p class="status">' + "".join(f'<span><span class="label">{esc(k)}</span> {v}</span>' for k, v in rows))
+    out.append("</p>")
     if status.get("error"):
         out.append(f'<div class="error"><strong>error:</strong> {esc(status["error"])}</div>')
     warning = majority_warning((rec.evaluation or {}).get("against_majority"))
@@ -75,18 +80,27 @@ def _header(rec: RunRecord) -> str:
         out.append(missing_note("status.json not recorded: the run may not have started."))
     for problem in rec.problems:
         out.append(f'<div class="error">{esc(problem)}</div>')
-    return '<header class="top">' + "".join(out) + "</header>"
+    return "".join(out)
 
 
+# The answer first, then the details: results before provenance.
 SECTIONS: list[tuple[str, str, Callable[[RunRecord], str]]] = [
+    ("summary", "Summary", section_summary),
+    ("results", "Results", section_results),
+    ("samples", "Generated samples", section_samples),
+    ("training", "Training", section_training),
+    ("data", "Data", section_data),
+    ("audits", "Audits", section_audits),
     ("recipe", "Recipe and provenance", section_recipe),
     ("environment", "Environment", section_environment),
-    ("data", "Data", section_data),
-    ("training", "Training", section_training),
-    ("results", "Results", section_results),
-    ("audits", "Audits", section_audits),
-    ("samples", "Generated samples", section_samples),
 ]
+# Sections shown only for some runs: no "Generated samples" for a task that generates none (a classifier).
+SHOWN: dict[str, Callable[[RunRecord], bool]] = {"samples": shows_samples}
+
+
+def sections_of(rec: RunRecord) -> list[tuple[str, str, Callable[[RunRecord], str]]]:
+    """The sections of this run's report, in order."""
+    return [(key, title, render) for key, title, render in SECTIONS if SHOWN.get(key, lambda _: True)(rec)]
 
 
 def _section(key: str, title: str, render: Callable[[RunRecord], str], rec: RunRecord) -> str:
@@ -99,8 +113,9 @@ def _section(key: str, title: str, render: Callable[[RunRecord], str], rec: RunR
 
 def render_report(rec: RunRecord) -> str:
     """The whole report page for one run."""
-    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in SECTIONS)
-    sections = "".join(_section(key, title, render, rec) for key, title, render in SECTIONS)
+    shown = sections_of(rec)
+    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in shown)
+    sections = "".join(_section(key, title, render, rec) for key, title, render in shown)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -108,7 +123,7 @@ def render_report(rec: RunRecord) -> str:
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(rec.name)}: finetune-runner report</title><style>{CSS}</style></head><body>"
-        f"{_header(rec)}<nav>{nav}</nav><main>{sections}</main>"
+        f'<header class="top">{_header(rec)}<nav>{nav}</nav></header><main>{sections}</main>'
         f"<footer>report written by finetune-runner {esc(__version__)} on {esc(stamp)} from the files of "
         f"<code>{esc(rec.path)}</code>; rebuild it with <code>finetune report {esc(rec.path)}</code></footer>"
         "</body></html>\n"
@@ -129,11 +144,13 @@ CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; background: #f3f4f6; color: var(--ink); line-height: 1.45; font-size: 14px;
   font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; }
-header.top, nav, main, footer { max-width: 1180px; margin: 0 auto; padding: 0 24px; }
-header.top { padding-top: 24px; }
+header.top, main, footer { max-width: 1180px; margin: 0 auto; padding: 0 24px; }
+header.top { padding-top: 20px; }
 h1 { font-size: 26px; margin: 0 0 4px; }
-.lead { font-size: 15px; color: #374151; margin: 0 0 10px; }
-nav { display: flex; flex-wrap: wrap; gap: 6px 16px; padding-top: 8px; padding-bottom: 4px; }
+.lead { font-size: 15px; color: #374151; margin: 0 0 6px; }
+p.status { display: flex; flex-wrap: wrap; gap: 2px 20px; margin: 4px 0; }
+.label { color: var(--muted); font-size: 12px; }
+nav { display: flex; flex-wrap: wrap; gap: 6px 16px; padding: 4px 0 0; }
 nav a { color: var(--accent); text-decoration: none; font-weight: 500; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 22px;
   margin: 16px auto; }
@@ -165,8 +182,20 @@ tr.ours th, tr.ours td { background: #eff6ff; font-weight: 600; }
 ul.note { padding-left: 18px; }
 .error { background: #fef2f2; border: 1px solid #fecaca; color: var(--bad); padding: 8px 12px; border-radius: 6px;
   margin: 8px 0; }
-.charts { display: flex; flex-wrap: wrap; gap: 10px 18px; align-items: flex-start; }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 10px 18px;
+  align-items: start; }
+.charts > .wide { grid-column: 1 / -1; }
+.row { display: flex; flex-wrap: wrap; gap: 10px 28px; align-items: flex-start; }
+.row > table { margin-top: 0; }
+.side { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 10px 24px; align-items: start; }
 svg.chart { max-width: 100%; height: auto; }
+section#summary { border: 2px solid var(--accent); margin-top: 10px; }
+section#summary h3 { margin-top: 12px; }
+section#summary .kv { margin-bottom: 0; }
+.facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 6px 20px; }
+.fact { overflow-wrap: anywhere; }
+.fact .label { display: block; }
+.audit-verdict { margin-right: 12px; white-space: nowrap; }
 .heat td { text-align: center; min-width: 52px; font-variant-numeric: tabular-nums; }
 .heat td.diag { box-shadow: inset 0 0 0 2px #1e3a8a; font-weight: 700; }
 .heat .total { color: var(--muted); background: #f9fafb; }

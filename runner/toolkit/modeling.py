@@ -29,6 +29,18 @@ def ensure_pad_token(tokenizer) -> str | None:
     return "the tokenizer has no pad or EOS token: added a new [PAD] token"
 
 
+def match_special_tokens(model, tokenizer) -> None:
+    """Give a model built from a config (random init) the tokenizer's bos, eos and pad token ids,
+    on its config and generation config: the architecture's defaults (GPT-2's 50256) name tokens a
+    trained vocabulary does not have, and would be saved into config.json and generation_config.json
+    of base_model/, model/ and merged/ (transformers then warns on every load)."""
+    ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        if config is not None:
+            for key, value in ids.items():
+                setattr(config, key, value)
+
+
 def pools_last_token(model) -> bool:
     """Whether a sequence classifier reads its input's last real token (GPT-2, Llama: a `score`
     head) rather than the first (BERT: a `classifier` head)."""

@@ -68,11 +68,12 @@ def section_data(rec: RunRecord) -> str:
                 + "".join(cell(info.get(k)) for k in ("mean", "median", "p95", "max"))
                 + f'<td class="num">{esc(fmt(truncated))}{esc(share)}</td></tr>'
             )
-        out.append('<div class="charts">' + "".join(c for c in charts if c) + "</div>")
+        # the histograms and their table share one row, so that a lone histogram does not take a row
+        out.append('<div class="row">' + "".join(c for c in charts if c))
         out.append(
             '<table><thead><tr><th>split</th><th class="num">mean</th><th class="num">median</th>'
             '<th class="num">p95</th><th class="num">max</th><th class="num">truncated</th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
         )
     elif not labels:
         out.append(missing_note("no label or length statistics in data_stats.json."))
@@ -116,4 +117,5 @@ def _label_chart(rec: RunRecord, labels: dict[str, dict[str, Any]]) -> str:
         if len(order) > MAX_LABELS
         else ""
     )
-    return f"{chart}{more}<table><thead><tr><th>label</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table><thead><tr><th>label</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="side"><div>{chart}{more}</div>{table}</div>'

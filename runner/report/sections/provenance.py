@@ -12,7 +12,8 @@ from runner.report.sections.pieces import clip, kv_table, missing_note
 from runner.report.values import esc, fmt
 
 
-def _component(table: dict[str, Any], *keys: str) -> str:
+def component(table: dict[str, Any], *keys: str) -> str:
+    """A recipe component: its type, then the options named by `keys` that it sets (escaped HTML)."""
     kind = table.get("type", "—")
     details = [f"{k}={clip(table[k], 60)}" for k in keys if table.get(k) not in (None, "", [], {})]
     return esc(kind) + (f' <span class="note">{esc(", ".join(details))}</span>' if details else "")
@@ -35,10 +36,10 @@ def section_recipe(rec: RunRecord) -> str:
     model = rec.section("model")
     rows = [
         ("recipe sha256", sha),
-        ("task", _component(rec.section("task"))),
-        ("model", _component(model, "path", "architecture", "revision")),
-        ("strategy", _component(rec.section("strategy"), "r", "alpha", "target_modules")),
-        ("trainer", _component(rec.section("training"), "learning_rate", "batch_size", "epochs", "max_steps")),
+        ("task", component(rec.section("task"))),
+        ("model", component(model, "path", "architecture", "revision")),
+        ("strategy", component(rec.section("strategy"), "r", "alpha", "target_modules")),
+        ("trainer", component(rec.section("training"), "learning_rate", "batch_size", "epochs", "max_steps")),
         ("seed", esc(fmt(rec.seed))),
     ]
     out = [kv_table(rows), "<h3>Data sources and fingerprints</h3>"]

@@ -44,7 +44,7 @@ def section_results(rec: RunRecord) -> str:
     elif not rows:
         out.append(missing_note("no baselines were evaluated for this run."))
     for split in main_splits(final):
-        out.append(f"<h3>{esc(split)}</h3>" + _comparison_table(rec, split, final[split], rows))
+        out.append(f"<h3>{esc(split)}</h3>" + comparison_table(rec, split, final[split], rows))
     notes = [(b.get("name"), b.get("note")) for b in rows if b.get("note")]
     notes += [(f"{key} left out", why) for key, why in ((rec.evaluation or {}).get("left_out") or {}).items()]
     if notes:
@@ -61,10 +61,20 @@ def section_results(rec: RunRecord) -> str:
     return "".join(out)
 
 
-def _comparison_table(rec: RunRecord, split: str, finetuned: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def comparison_table(
+    rec: RunRecord,
+    split: str,
+    finetuned: dict[str, Any],
+    rows: list[dict[str, Any]],
+    keys: list[str] | None = None,
+    note: bool = True,
+) -> str:
+    """The fine-tuned model's metrics on `split` (with their intervals) above each baseline's, each
+    baseline value with fine-tuned minus baseline under it; `keys` picks and orders the metrics."""
     ours = scores(finetuned)
     present = [b for b in rows if isinstance(b.get(split), dict)]
-    keys = list(dict.fromkeys([*ours, *(k for b in present for k in scores(b[split]))]))
+    if keys is None:
+        keys = list(dict.fromkeys([*ours, *(k for b in present for k in scores(b[split]))]))
     if not keys:
         return missing_note("no metrics recorded for this split.")
     head = "".join(
@@ -96,7 +106,7 @@ def _comparison_table(rec: RunRecord, split: str, finetuned: dict[str, Any], row
             body.append(f'<td class="num">{metric_html(theirs[k])}{diff}</td>')
         body.append("</tr>")
     table = f'<table class="results"><thead><tr><th>model</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-    if not present:
+    if not present or not note:
         return table
     return table + (
         '<p class="note">under each baseline value: fine-tuned minus baseline, green where the fine-tuned model '
@@ -152,4 +162,4 @@ def _confusion(rec: RunRecord, matrices: dict[str, dict[str, Any]]) -> str:
         table = matrices[split]
         labels = table.get("labels") or task_labels(rec.model_meta) or []
         out.append(heat_table(labels, table["matrix"], caption=f"{split}: rows true, columns predicted"))
-    return '<div class="charts">' + "".join(out) + "</div>"
+    return '<div class="row">' + "".join(out) + "</div>"

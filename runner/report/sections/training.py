@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runner.report.chart_frame import PALETTE
 from runner.report.charts import Marker, Series, VLine, line_chart
 from runner.report.run_record import RunRecord, as_number, is_number, scores
 from runner.report.sections.pieces import badge, duration, kv_table, missing_note, number_html
@@ -13,6 +14,8 @@ from runner.report.values import esc, fmt
 from runner.storage.rundir import finite
 
 VERDICT_BADGE = {"good fit": "pass", "over-fitting": "fail", "under-fitting": "warn"}
+MAX_METRIC_CHARTS = 9
+SMALL = {"width": 360, "height": 220}  # the small charts, three to a row
 
 
 def _curve(records: list[dict[str, Any]], key: str, name: str) -> list[tuple[float, Any, str]]:
@@ -63,24 +66,28 @@ def section_training(rec: RunRecord) -> str:
         width=1060,
         height=320,
     )
-    out.append(f'<div class="charts">{loss_chart}')
+    out.append(f'<div class="charts"><div class="wide">{loss_chart}</div>')
+    # One small chart per validation metric: on shared axes their lines (often within 0.01 of each
+    # other, as accuracy and the F1s are) would lie on top of one another.
     metric_keys = [k for k in dict.fromkeys(k for r in valid for k in scores(r)) if k != "loss"]
-    if metric_keys:
-        curves = {k: _curve(valid, k, k) for k in metric_keys[:8]}
-        metric = best.get("metric") if best else None
+    metric = best.get("metric") if best else None
+    for i, key in enumerate(metric_keys[:MAX_METRIC_CHARTS]):
+        curve = _curve(valid, key, f"validation {key}")
         out.append(
             line_chart(
-                [Series(k, points) for k, points in curves.items()],
-                title="Validation metrics",
-                markers=_best_marker(best, metric, curves[metric]) if metric in curves else (),
-                width=520,
+                [Series(f"validation {key}", curve, PALETTE[(i + 2) % len(PALETTE)])],
+                title=f"validation {key}",
+                markers=_best_marker(best, metric, curve) if key == metric else (),
+                **SMALL,
             )
         )
     lr = _curve(train, "learning_rate", "learning rate")
-    out.append(line_chart([Series("learning rate", lr)], title="Learning rate", width=520))
+    out.append(line_chart([Series("learning rate", lr)], title="Learning rate", **SMALL))
     norms = _curve(train, "grad_norm", "gradient norm")
-    out.append(line_chart([Series("gradient norm", norms, "#6b7280")], title="Gradient norm", width=520))
+    out.append(line_chart([Series("gradient norm", norms, "#6b7280")], title="Gradient norm", **SMALL))
     out.append("</div>")
+    if len(metric_keys) > MAX_METRIC_CHARTS:
+        out.append(f'<p class="note">charts of the first {MAX_METRIC_CHARTS} of {len(metric_keys)} metrics</p>')
     if not val_loss:
         out.append('<p class="note">no validation loss was logged during training.</p>')
     return "".join(out)
