@@ -128,7 +128,7 @@ class Rich(Reporter):
 
     def audited(self, name, passed, summary):
         badge = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[dim]measured[/]"}[passed]
-        self.console.print(f"audit {name}: {badge} {summary}", soft_wrap=True)
+        self.console.print(f"audit {name}: {badge} {summary}", soft_wrap=self.one_line)
 
     def train_end(self):
         if self.display is not None:

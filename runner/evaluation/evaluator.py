@@ -156,7 +156,8 @@ class Evaluator:
         if self._case is False:
             self._case = lowercasing(self.tokenizer) if self.tokenizer is not None else None
             if self._case:
-                keys = [m.key() for m in self.metrics if _text_only(m)]
+                # the metrics that score these references (not one left out as meaningless here)
+                keys = [m.key() for m in self.metrics if _text_only(m) and m.meaningless(references) is None]
                 how = f"case-insensitive: {self._case}, so the model cannot write the references' capitals"
                 self.record["comparison"] = {"case": "insensitive", "reason": self._case, "metrics": keys}
                 self.record.setdefault("notes", {}).update({key: how for key in keys})
