@@ -15,6 +15,8 @@ from typing import Any
 
 import tomli_w
 
+from plugins.reporters.rich_panels import shown as worth_showing
+
 
 def missing_extra(reporter: str, modules: tuple[str, ...], extra: str) -> str | None:
     """The recipe error for a reporter whose optional extra is not installed, or None.
@@ -69,8 +71,9 @@ def baseline_prefix(name: str) -> str:
 
 
 def shown(metrics: dict[str, Any]) -> dict[str, float]:
-    """An evaluation's scores, without its timings and epoch counter (noise on a chart)."""
-    return {k: v for k, v in numbers(metrics).items() if not k.endswith(("runtime", "per_second")) and k != "epoch"}
+    """An evaluation's scores, without its timings and epoch counter (noise on a chart): the
+    figures the terminal display shows too."""
+    return {k: v for k, v in numbers(metrics).items() if worth_showing(k)}
 
 
 def number(value: Any) -> float | None:

@@ -103,30 +103,47 @@ def sections_of(rec: RunRecord) -> list[tuple[str, str, Callable[[RunRecord], st
     return [(key, title, render) for key, title, render in SECTIONS if SHOWN.get(key, lambda _: True)(rec)]
 
 
-def _section(key: str, title: str, render: Callable[[RunRecord], str], rec: RunRecord) -> str:
+def render_section(key: str, title: str, render: Callable[[Any], str], record: Any, css_class: str = "") -> str:
+    """One section of a page; a section that fails to render says so and the rest still shows."""
     try:
-        body = render(rec)
+        body = render(record)
     except Exception as exc:  # a record in a shape this version does not know: say so, show the rest
         body = f'<div class="error">this section could not be shown: {esc(type(exc).__name__)}: {esc(exc)}</div>'
-    return f'<section id="{key}"><h2>{esc(title)}</h2>{body}</section>'
+    css = f' class="{css_class}"' if css_class else ""
+    return f'<section id="{key}"{css}><h2>{esc(title)}</h2>{body}</section>'
 
 
-def render_report(rec: RunRecord) -> str:
-    """The whole report page for one run."""
-    shown = sections_of(rec)
-    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in shown)
-    sections = "".join(_section(key, title, render, rec) for key, title, render in shown)
-    stamp = time.strftime("%Y-%m-%d %H:%M")
+def page_html(
+    title: str, header: str, nav: list[tuple[str, str]], sections: str, footer: str, extra_css: str = ""
+) -> str:
+    """A whole self-contained page (run report, sweep report): header and navigation, sections, footer.
+    `header`, `sections` and `footer` are HTML already escaped; `nav` is (anchor, title) pairs."""
+    links = "".join(f'<a href="#{key}">{esc(text)}</a>' for key, text in nav)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         # No script and nothing fetched from elsewhere, even if recorded text slipped past escaping.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(rec.name)}: finetune-runner report</title><style>{CSS}</style></head><body>"
-        f'<header class="top">{_header(rec)}<nav>{nav}</nav></header><main>{sections}</main>'
-        f"<footer>report written by finetune-runner {esc(__version__)} on {esc(stamp)} from the files of "
-        f"<code>{esc(rec.path)}</code>; rebuild it with <code>finetune report {esc(rec.path)}</code></footer>"
-        "</body></html>\n"
+        f"<title>{esc(title)}</title><style>{CSS}{extra_css}</style></head><body>"
+        f'<header class="top">{header}<nav>{links}</nav></header><main>{sections}</main>'
+        f"<footer>{footer}</footer></body></html>\n"
+    )
+
+
+def render_report(rec: RunRecord) -> str:
+    """The whole report page for one run."""
+    shown = sections_of(rec)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    footer = (
+        f"report written by finetune-runner {esc(__version__)} on {esc(stamp)} from the files of "
+        f"<code>{esc(rec.path)}</code>; rebuild it with <code>finetune report {esc(rec.path)}</code>"
+    )
+    return page_html(
+        f"{rec.name}: finetune-runner report",
+        _header(rec),
+        [(key, title) for key, title, _ in shown],
+        "".join(render_section(key, title, render, rec) for key, title, render in shown),
+        footer,
     )
 
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from runner import __version__
 from runner.report.charts import Series, line_chart
-from runner.report.page import CSS
+from runner.report.page import page_html, render_section
 from runner.report.sections.pieces import badge, clip, duration, kv_table, missing_note
 from runner.report.values import esc, fmt
 from runner.storage.rundir import atomic_write, finite
@@ -341,34 +341,27 @@ SECTIONS: list[tuple[str, str, Callable[[dict], str]]] = [
 ]
 
 
-def _section(key: str, title: str, render: Callable[[dict], str], sweep: dict) -> str:
-    try:
-        body = render(sweep)
-    except Exception as exc:  # a summary in a shape this version does not know: say so, show the rest
-        body = f'<div class="error">this section could not be shown: {esc(type(exc).__name__)}: {esc(exc)}</div>'
-    css = ' class="summary"' if key == "summary" else ""
-    return f'<section id="{key}"{css}><h2>{esc(title)}</h2>{body}</section>'
-
-
 def render_sweep_report(sweep: dict[str, Any]) -> str:
     """The whole sweep.html page for one study summary."""
     name = str(sweep.get("name") or "study")
     lead = f"hyperparameter sweep: {sweep.get('direction') or '?'} {sweep.get('metric') or 'objective'}"
-    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in SECTIONS)
-    sections = "".join(_section(key, title, render, sweep) for key, title, render in SECTIONS)
+    sections = "".join(
+        render_section(key, title, render, sweep, "summary" if key == "summary" else "")
+        for key, title, render in SECTIONS
+    )
     stamp = time.strftime("%Y-%m-%d %H:%M")
     directory = str(sweep.get("directory") or ".")
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        # No script and nothing fetched from elsewhere, even if recorded text slipped past escaping.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(name)}: finetune-runner sweep</title><style>{CSS}{SWEEP_CSS}</style></head><body>"
-        f'<header class="top"><h1>{esc(name)}</h1><p class="lead">{esc(lead)}</p></header>'
-        f"<nav>{nav}</nav><main>{sections}</main>"
-        f"<footer>sweep report written by finetune-runner {esc(__version__)} on {esc(stamp)} from the study's "
-        f"storage; rebuild it with <code>finetune sweep report {esc(shlex.quote(directory))}</code></footer>"
-        "</body></html>\n"
+    footer = (
+        f"sweep report written by finetune-runner {esc(__version__)} on {esc(stamp)} from the study's "
+        f"storage; rebuild it with <code>finetune sweep report {esc(shlex.quote(directory))}</code>"
+    )
+    return page_html(
+        f"{name}: finetune-runner sweep",
+        f'<h1>{esc(name)}</h1><p class="lead">{esc(lead)}</p>',
+        [(key, title) for key, title, _ in SECTIONS],
+        sections,
+        footer,
+        extra_css=SWEEP_CSS,
     )
 
 
