@@ -37,7 +37,7 @@ from runner.components import (
     TrainOutcome,
 )
 from runner.components.data import sha256_file
-from runner.distributed.process_group import any_rank, barrier, world_size
+from runner.distributed.process_group import PeerFailed, any_rank, barrier, world_size
 from runner.distributed.universal import shard_count as zero_shard_count
 from runner.errors import DataError, FinetuneError, RecipeError, TrainingDiverged, clip
 from runner.hookspecs import hookimpl
@@ -86,6 +86,7 @@ __all__ = [
     "Options",
     "PackedCollator",
     "PadCollator",
+    "PeerFailed",
     "PositiveFloat",
     "RawSplit",
     "RecipeError",

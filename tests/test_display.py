@@ -150,6 +150,13 @@ def test_plain_lines_without_control_codes(terminal):
     evaluations = [line for line in lines if line.startswith("validation (step")]
     assert len(evaluations) == 3 and all("recall_macro 0.4668" in line for line in evaluations)
     assert "demo: completed" in out
+    # the stages' messages and warnings too: a sentence is never cut between two lines
+    long = "/data/a/long/path/to/posts.csv: split 3000 rows into train 2400, validation 300, test 300 (stratified)"
+    reporter.stage(long)
+    reporter.message(long)
+    reporter.message(long, "warning")
+    lines = console.file.getvalue().splitlines()
+    assert [line for line in lines if long in line] == [f"- {long}", f"  {long}", f"warning: {long}"]
 
 
 def test_in_sweep_stays_brief():
@@ -223,3 +230,35 @@ def test_eta_leaves_out_the_slow_start():
     reporter.log(20, {"loss": 0.9})
     assert "eta 0:01:20" in _area(reporter, 80)[0]
     reporter.train_end()
+
+
+def test_long_work_outside_training_shows_how_far_it_got():
+    """Answering prompts before and after training: counts off a terminal, a bar that goes away on one."""
+    console, clock = Console(file=io.StringIO(), width=80, color_system=None), Clock()
+    reporter = _reporter(console, clock)
+    label = "base model, test: answering"
+    for done in (0, 32, 64, 96, 100):
+        reporter.progress(label, done, 100)
+        clock.now += 6.0  # a line every PLAIN_PROGRESS_S (10 s) at most, and at the start and the end
+    assert console.file.getvalue().splitlines() == [f"  {label} {n}/100" for n in (0, 64, 100)]
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    reporter = _reporter(console, clock)
+    reporter.progress(label, 0, 100)
+    reporter.progress(label, 32, 100)
+    drawn = ANSI.sub("", console.file.getvalue())
+    assert f"{label} " in drawn and "32/100" in drawn
+    reporter.progress(label, 100, 100)
+    assert reporter.work is None and console.file.getvalue().endswith("\x1b[2K")  # erased: the results follow
+
+
+def test_a_failing_last_reporter_says_so(capsys):
+    from runner.pipeline.events import Events
+
+    class Broken(Rich):
+        def stage(self, text):
+            raise ValueError("no screen")
+
+    events = Events([Broken(RichOptions(), console=Console(file=io.StringIO()))])
+    events.stage("tokenizing")
+    assert "reporter 'rich' failed and was switched off: ValueError('no screen')" in capsys.readouterr().err

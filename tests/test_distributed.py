@@ -229,3 +229,39 @@ def test_a_stalled_process_fails_the_run_within_the_timeout_naming_rank_and_step
     assert code != 0 and took < 300  # rank 1 sleeps 600 s: nobody waited for it
     assert "rank 0: a collective waited more than 15 s for the other processes in step 3" in out.out + out.err
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+
+
+# What only libraries print, none of it about the run: torch's deprecation notes for the collectives
+# DeepSpeed calls, DeepSpeed's guess of the CPU and its shared-memory op's "built successfully",
+# the other ranks' transformers notes, bitsandbytes' missing `kernels` package.
+LIBRARY_NOISE = ("FutureWarning", "real_accelerator", "built successfully", "[transformers]", "kernels-community")
+# What `finetune resume --nproc M` does first for a DeepSpeed checkpoint of another number of processes.
+CONVERT = (
+    "from pathlib import Path\nfrom runner.distributed import universal\nuniversal._convert(Path('x'), Path('y'), 2)"
+)
+
+
+def test_a_deepspeed_run_prints_only_the_runs_own_output(recipe, tmp_path):
+    """In fresh processes, as a user starts them (no DS_ACCELERATOR): a 2-process ZeRO-3 run whose
+    deepspeed_config DeepSpeed checks in `finetune` itself; then the import of DeepSpeed that
+    converting a checkpoint for a resize makes in `finetune` (the conversion itself fails here)."""
+    import subprocess
+
+    from conftest import finetune_subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    config = "distributed.deepspeed_config={ wall_clock_breakdown = false }"
+    args = ["run", recipe, "--output", tmp_path / "run", *TWO, *ZERO, "distributed.zero_stage=3", "--set", config]
+    args += ["--set", "training.max_steps=4", "--set", "training.eval_every=2"]
+    done = subprocess.run(
+        [*finetune_subprocess(), *map(str, args)], env=env, capture_output=True, text=True, timeout=600
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "- training" in out and "model saved to" in out  # the run's own lines are all there
+    assert [noise for noise in LIBRARY_NOISE if noise in out] == [], out
+
+    python = finetune_subprocess()[0]
+    done = subprocess.run([python, "-c", CONVERT], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "FinetuneError: cannot convert x (ZeRO-2)" in done.stderr  # DeepSpeed was imported, and tried
+    assert "real_accelerator" not in done.stdout + done.stderr

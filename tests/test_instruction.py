@@ -118,6 +118,26 @@ def test_the_newline_a_template_writes_after_the_end_marker_is_not_trained():
     assert text.endswith("<|im_end|>\n") and text[spans[0][0] : spans[0][1]] == "neutral<|im_end|>"
 
 
+def test_a_changed_tokenizer_template_encodes_the_rows_again(tmp_path):
+    from datasets import Dataset
+
+    from runner.pipeline.encoding import encode_splits
+
+    _, tokenizer = task_and_tokenizer(format="chat", template="chatml")
+    task = Instruction(InstructionOptions(format="chat", template="tokenizer"))
+    task.prepare_tokenizer(tokenizer)
+    splits = {"train": Dataset.from_list(CHATS[:20])}
+    first, cached = encode_splits(task, tokenizer, splits, 256, tmp_path)
+    assert not cached["train"]
+    # the same tokenizer with another template (a new revision of a model's tokenizer_config.json)
+    tokenizer.chat_template = "conversation:" + tokenizer.chat_template
+    task = Instruction(InstructionOptions(format="chat", template="tokenizer"))
+    task.prepare_tokenizer(tokenizer)
+    second, cached = encode_splits(task, tokenizer, splits, 256, tmp_path)
+    assert not cached["train"], "rows formatted with the old template were read from the cache"
+    assert list(second["train"]["input_ids"]) != list(first["train"]["input_ids"])
+
+
 def test_rows_without_a_response_token_after_truncation(tmp_path):
     task, tokenizer = task_and_tokenizer()
     from datasets import Dataset
@@ -155,6 +175,11 @@ def test_instruction_run_lowers_validation_loss_saves_the_template_and_generates
     result = run_recipe(recipe, tmp_path / "run", extra)
     evals = [r for r in result.run_dir.read_metrics_log() if r["split"] == "validation"]
     assert evals[0]["step"] == 0 and evals[-1]["loss"] < evals[0]["loss"] - 1.0
+    # answering prompts (base model, its few-shot prompts, the tuned model) says how far it got
+    shown = capsys.readouterr().out.splitlines()
+    for who in ("base model", "base model, 3-shot", "fine-tuned model"):
+        counts = [line.rsplit(" ", 1)[1] for line in shown if line.strip().startswith(f"{who}, test: answering ")]
+        assert counts and counts[0] == "0/100" and counts[-1] == "100/100", (who, counts)
 
     saved = json.loads((result.run_dir.model / "tokenizer_config.json").read_text())
     template = saved.get("chat_template") or (result.run_dir.model / "chat_template.jinja").read_text()

@@ -268,3 +268,22 @@ def test_plugins_names_a_module_under_the_current_directory(tmp_path, monkeypatc
     out = " ".join(capsys.readouterr().out.split())
     assert "plugin localmod registered no components: 'localmod' was imported from" in out
     assert "under the current directory" in out
+
+
+def test_a_plugin_failing_at_run_start_leaves_the_run_failed_not_running(tmp_path):
+    from conftest import run_recipe
+
+    from runner.storage.rundir import RunDir
+
+    class Broken:
+        __name__ = "broken"
+
+        @hookimpl
+        def on_run_start(self, run):
+            raise RuntimeError("tracker server unreachable")
+
+    reset_plugins(Plugins(extra=[Broken()]))
+    with pytest.raises(RuntimeError, match="tracker server unreachable"):
+        run_recipe(tiny_recipe(tmp_path / "r.toml", rows=120, epochs=1), tmp_path / "run")
+    status = RunDir(tmp_path / "run").status()
+    assert status["state"] == "failed" and "tracker server unreachable" in status["error"]

@@ -171,3 +171,22 @@ def test_validate_locked_imports_neither_torch_nor_transformers(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
+
+
+def test_a_lock_holds_where_the_recipe_pack_is_installed_elsewhere(tmp_path, capsys):
+    import shutil
+
+    from runner.plugins.manager import get_plugins
+    from runner.plugins.packs import shipped_recipes_dir
+
+    mine = write(tmp_path / "mine" / "recipe.toml", 'extends = "finetune-runner:local-csv"\n')
+    assert cli("lock", mine) == 0
+    lock = json.loads((tmp_path / "mine" / "recipe.lock").read_text())
+    # the pack's data file is named by the pack, not by where this machine installed it
+    assert lock["resolved"]["data"]["sources"][0]["path"] == "finetune-runner:data/reviews.csv"
+    assert list(lock["inputs"]["data.sources[0]"]["files"]) == ["finetune-runner:data/reviews.csv"]
+    # a colleague's machine: the same pack, installed at another path
+    elsewhere = shutil.copytree(shipped_recipes_dir(), tmp_path / "site-packages" / "recipes")
+    get_plugins().packs.get("finetune-runner").paths[:] = [elsewhere]
+    capsys.readouterr()
+    assert cli("validate", "--locked", mine) == 0, capsys.readouterr()

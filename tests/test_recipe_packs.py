@@ -181,3 +181,21 @@ def test_recipes_copy_flatten_writes_a_resolved_recipe_that_validates(example_pa
     assert "extends" not in data and data["training"]["learning_rate"] == 4e-3
     assert data["run"]["packs"][0] == f"{PACK}==0.1.0:sentiment-fast"
     assert load_and_validate(dest).model.options.config["n_layer"] == 1
+
+
+def test_a_copied_recipe_still_finds_the_data_file_its_pack_ships(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli("recipes", "copy", "local-csv") == 0
+    copied = tmp_path / "local-csv.toml"
+    source = tomllib.loads(copied.read_text())["data"]["sources"][0]
+    assert source["path"] == "finetune-runner:data/reviews.csv"  # was "data/reviews.csv": nothing beside the copy
+    assert Path(load_and_validate(copied).sources[0].options.path) == ROOT / "recipes" / "data" / "reviews.csv"
+    # a pack file that is not there, or a pack that is not installed: an error at the key's line
+    copied.write_text(copied.read_text().replace("data/reviews.csv", "data/nope.csv"))
+    wrong = write(tmp_path / "wrong.toml", '[[data.sources]]\ntype = "files"\npath = "acme-recipes:data/x.csv"\n')
+    capsys.readouterr()
+    assert cli("validate", copied, wrong) == 2
+    out = capsys.readouterr().out
+    assert "local-csv.toml:13:1 data.sources[0].path: pack 'finetune-runner" in out
+    assert "ships no file 'data/nope.csv'" in out
+    assert "wrong.toml:3:1 data.sources[0].path: no recipe pack 'acme-recipes' is installed" in out

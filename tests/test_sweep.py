@@ -13,6 +13,7 @@ from conftest import ROOT, TINY, cli, finetune_subprocess, write
 
 from runner.recipe.load import load_recipe
 from runner.recipe.validate import validate
+from runner.storage import checkpoints
 from runner.storage.rundir import RunDir
 
 pytest.importorskip("optuna")
@@ -192,10 +193,13 @@ startup_trials = 1
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     assert pruned, [(t.state.name, t.params) for t in trials]
     assert all(t.user_attrs["settings"]["training.learning_rate"] == 1e-9 for t in pruned)
-    for t in pruned:  # stopped early, after the evaluation that decided it
-        status = RunDir(Path(t.user_attrs["run_dir"])).status()
-        assert status["state"] == "stopped" and status["global_step"] < 3 * 8
-        assert t.intermediate_values
+    for t in pruned:  # stopped right after the evaluation that decided it: not a step more
+        run = RunDir(Path(t.user_attrs["run_dir"]))
+        status, decided = run.status(), max(t.intermediate_values)
+        assert status["state"] == "stopped" and status["global_step"] == decided < 3 * 8
+        assert checkpoints.latest_complete(run.checkpoints).name == f"checkpoint-{decided}"
+        trained = [r["step"] for r in run.read_metrics_log() if r["split"] == "train"]
+        assert max(trained) == decided
 
 
 def _sweep_process(path: Path, output: Path) -> subprocess.Popen:

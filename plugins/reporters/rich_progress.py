@@ -19,6 +19,7 @@ from plugins.reporters.rich_panels import EtaColumn, LiveArea, MetricsPanel, Ste
 from runner import Options, Reporter, hookimpl
 
 SHOWN = ("loss", "learning_rate", "epoch", "grad_norm")  # on each plain log line
+PLAIN_PROGRESS_S = 10.0  # off a terminal, long work outside training says how far it got this often
 
 
 class RichOptions(Options):
@@ -41,13 +42,18 @@ class Rich(Reporter):
         self.clock = clock or time.monotonic
         self.auto_refresh = auto_refresh
         self.live = self.console.is_terminal and not options.plain
+        # Off a terminal no line is wrapped (a log is read with grep); with the live display rich
+        # wraps between words rather than the terminal in the middle of a number.
+        self.console.soft_wrap = not self.live
         self.display = None  # the rich Live while training on a terminal
-        self.progress = None
+        self.bar = None
         self.task = None
         self.timer = StepTimer(self.clock)
         self.panel = MetricsPanel()
         self.total = 0
         self.in_sweep = False  # a sweep's trial: the sweep says what each trial did; stay brief
+        self.work = None  # a transient bar for long work outside training (answering prompts)
+        self.work_said: dict[str, float] = {}  # off a terminal: when each work's last line was printed
 
     def start(self, run):
         self.in_sweep = "sweep" in run
@@ -64,6 +70,40 @@ class Rich(Reporter):
         elif not self.in_sweep:
             self.console.print(f"  {text}")
 
+    def progress(self, label, done, total):
+        """Long work outside training: a bar that goes away when it ends, on a terminal; off one a
+        line when it starts and ends, and every PLAIN_PROGRESS_S seconds between."""
+        if self.in_sweep or total <= 0 or self.display is not None:
+            return
+        if not self.live:
+            now, said = self.clock(), self.work_said.get(label)
+            if done == 0 or done >= total or said is None or now - said >= PLAIN_PROGRESS_S:
+                self.console.print(f"  {label} {done}/{total}")
+                self.work_said[label] = now
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if self.work is None:
+            self.work = Progress(
+                TextColumn("  {task.description}"), BarColumn(bar_width=None), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, get_time=self.clock,
+                transient=True, auto_refresh=self.auto_refresh, expand=True,
+            )  # fmt: skip
+            self.work.start()
+            self.work_task = self.work.add_task(label, total=total)
+        self.work.update(self.work_task, description=label, completed=done, total=total)
+        self.work.refresh()
+        if done >= total:
+            self.work.stop()
+            self.work = None
+
     def train_begin(self, total_steps, start_step):
         self.total = total_steps
         self.timer.begin(total_steps, start_step)
@@ -75,7 +115,7 @@ class Rich(Reporter):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         # Only columns that always fit: at 80 columns the bar shrinks, the rest stays whole.
-        self.progress = Progress(
+        self.bar = Progress(
             TextColumn("[bold]training"),
             BarColumn(bar_width=None),
             MofNCompleteColumn(),
@@ -85,9 +125,9 @@ class Rich(Reporter):
             get_time=self.clock,
             expand=True,
         )
-        self.task = self.progress.add_task("train", total=total_steps, completed=start_step)
+        self.task = self.bar.add_task("train", total=total_steps, completed=start_step)
         self.display = Live(
-            LiveArea(self.progress, self.panel),
+            LiveArea(self.bar, self.panel),
             console=self.console,
             auto_refresh=self.auto_refresh,
             refresh_per_second=4,
@@ -100,19 +140,13 @@ class Rich(Reporter):
 
     def log(self, step, values):
         self.timer.step(step)
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
             self.panel.update_train(values)
             self._redraw()
         elif "loss" in values:
             info = "  ".join(f"{k} {fmt(k, values[k])}" for k in SHOWN if k in values)
-            self.console.print(f"step {step}/{self.total}  {info}", soft_wrap=self.one_line)
-
-    @property
-    def one_line(self) -> bool:
-        """Plain lines are never wrapped (a log is read with grep); with the live display, rich
-        wraps between words rather than the terminal in the middle of a number."""
-        return not self.live
+            self.console.print(f"step {step}/{self.total}  {info}")
 
     def evaluated(self, split, step, metrics):
         where = f"step {step}" if step is not None else "final"
@@ -124,17 +158,17 @@ class Rich(Reporter):
             self._redraw()
         else:  # a log line: every figure
             figures = "  ".join(f"{k} {fmt(k, v)}" for k, v in metrics.items() if shown(k))
-            self.console.print(f"[cyan]{split}[/] ({where}): {figures}", soft_wrap=self.one_line)
+            self.console.print(f"[cyan]{split}[/] ({where}): {figures}")
 
     def audited(self, name, passed, summary):
         badge = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[dim]measured[/]"}[passed]
-        self.console.print(f"audit {name}: {badge} {summary}", soft_wrap=self.one_line)
+        self.console.print(f"audit {name}: {badge} {summary}")
 
     def train_end(self):
         if self.display is not None:
             self.display.stop()  # the last drawing stays on screen: the final step, loss and scores
             self.display = None
-            self.progress = None
+            self.bar = None
 
     def finish(self, status, summary):
         from rich.table import Table

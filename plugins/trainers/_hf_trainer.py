@@ -3,18 +3,31 @@ use so that importing the plugin imports neither torch nor transformers:
 
 - `make_trainer_class`: the `Trainer` subclass, with a length-grouped sampler seeded per epoch (a
   resumed run takes the batches the uninterrupted one would have), a loss checked for NaN or
-  infinity before backward (`NonFiniteLoss`), per-row weights, and checkpoints marked complete
-  before rotation (and, under ZeRO-3, virtual tokens gathered on every rank before one saves them);
+  infinity before backward (`NonFiniteLoss`), per-row weights, checkpoints marked complete
+  before rotation (and, under ZeRO-3, virtual tokens gathered on every rank before one saves them),
+  and the best checkpoint found in this run directory and loaded as it was written (a DeepSpeed
+  checkpoint of another number of processes through its universal conversion, any other natively);
 - `bridge_events`: the callback that passes progress to the run's events and stops at the end of the
   step when the job is asked to stop (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from runner import any_rank, barrier, mark_checkpoint_complete, rotate_checkpoints
+from runner import (
+    FinetuneError,
+    PeerFailed,
+    any_rank,
+    barrier,
+    clip,
+    mark_checkpoint_complete,
+    rotate_checkpoints,
+    world_size,
+    zero_shard_count,
+)
 
 
 class NonFiniteLoss(Exception):
@@ -56,11 +69,23 @@ def make_trainer_class():
         *MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(),
     }
 
+    class BestCheckpointHere(transformers.TrainerCallback):
+        """transformers records the best checkpoint by the path it had when it was written. A run
+        directory copied or moved since (a sweep trial continued on another machine) would then
+        load another run's checkpoint, or, where that path is gone, end with the last weights
+        instead of the best. The best is this run's checkpoint of the recorded step."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.best_global_step:
+                here = Path(args.output_dir) / f"checkpoint-{state.best_global_step}"
+                state.best_model_checkpoint = str(here) if here.is_dir() else None
+
     class _Trainer(transformers.Trainer):
         keep_checkpoints = 2
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            self.add_callback(BestCheckpointHere)
             # transformers hands `num_items_in_batch` to any model whose forward takes **kwargs, then
             # skips the division by gradient_accumulation_steps and multiplies the loss by the number
             # of processes, trusting the model to divide by that global count. Language-model losses
@@ -105,6 +130,33 @@ def make_trainer_class():
             with _prompt_encoder_gathered(self.model):  # every rank comes here; rank 0 alone writes
                 super()._save(output_dir, state_dict)
 
+        def _load_best_model(self):
+            engine = self.model_wrapped
+            if not self.is_deepspeed_enabled or not hasattr(engine, "_config"):
+                return super()._load_best_model()
+            # DeepSpeed takes `checkpoint.load_universal` from the config its engine was built with:
+            # on in a resume on another number of processes, for the checkpoint resumed from. The
+            # best checkpoint may be one written before the resize (another number of processes:
+            # loadable only through the universal conversion `finetune resume` made) or after it
+            # (this number: only its own files, `latest`); the setting follows the one loaded here.
+            best = Path(self.state.best_model_checkpoint)
+            universal = _loads_as_universal(best)
+            built_with = engine._config.load_universal_checkpoint
+            engine._config.load_universal_checkpoint = universal
+            try:
+                super()._load_best_model()
+            except (FinetuneError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # DeepSpeed raises ValueError, RuntimeError, assertions...
+                stop_every_rank(
+                    f"training is done, but the weights of the best checkpoint, {best}, could not be loaded "
+                    f"to end the run with: {type(exc).__name__}: {clip(str(exc))}",
+                    hint="the checkpoints are kept: `finetune resume RUN` loads the best one again and ends the run",
+                    cause=exc,
+                )
+            finally:
+                engine._config.load_universal_checkpoint = built_with
+
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             # Under DeepSpeed every rank writes its shard: the checkpoint is complete when all have.
@@ -117,6 +169,31 @@ def make_trainer_class():
             rotate_checkpoints(path.parent, self.keep_checkpoints, protect=best)
 
     return _Trainer
+
+
+def _loads_as_universal(best: Path) -> bool:
+    """Whether DeepSpeed must load the checkpoint `best` as universal: it holds the ZeRO shards of
+    another number of processes. A FinetuneError when it does and has no universal conversion."""
+    shards, processes = zero_shard_count(best), world_size()
+    if not shards or shards == processes:
+        return False
+    if not (best / "latest_universal").is_file():
+        stop_every_rank(
+            f"training is done, but the best checkpoint, {best}, holds the ZeRO shards of {shards} processes "
+            f"and no universal checkpoint that {processes} can load",
+            hint=f"`finetune resume RUN --nproc {processes}` converts it and ends the run; or set "
+            "training.keep_best = false",
+        )
+    return True
+
+
+def stop_every_rank(message: str, hint: str | None = None, cause: BaseException | None = None):
+    """Raise on every rank for a failure they all meet together: rank 0 says why (a FinetuneError),
+    the others stop without repeating it (the worker exits quietly on PeerFailed)."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":
+        raise PeerFailed(f"rank {rank}: stopping, rank 0 reports why") from cause
+    raise FinetuneError(message, hint=hint) from cause
 
 
 @contextmanager
@@ -171,6 +248,9 @@ def bridge_events(job, state_holder):
             if state_holder.get("fitting"):
                 values = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
                 job.events.evaluated("validation", state.global_step, values)
+                # A stop decided on these scores (a sweep's pruner) stops at this step, not after the next.
+                if state.global_step < state.max_steps:
+                    self.on_step_end(args, state, control)
 
         def on_step_end(self, args, state, control, **kwargs):
             if job.stop_requested():

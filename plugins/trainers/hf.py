@@ -231,6 +231,8 @@ class HF(Trainer):
             label_names=["labels"],
             report_to="none",
             disable_tqdm=True,
+            # the other ranks keep the run's logging level; transformers' default (warnings) repeated
+            log_level_replica="passive",  # its notes on each (under ZeRO-3, one a checkpoint)
             seed=job.seed,
             data_seed=job.seed,
             full_determinism=job.deterministic,

@@ -25,7 +25,9 @@ def load_and_validate(path: Path, overrides: list[str] | None = None) -> Recipe:
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    console = Console(highlight=False)
+    console.soft_wrap = not console.is_terminal  # piped into a log: one line per message, never cut
+    return console
 
 
 def cmd_validate(args) -> int:

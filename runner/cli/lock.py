@@ -25,7 +25,8 @@ def _current(recipe: Recipe) -> dict[str, Any]:
     note = go_offline_if_unreachable()  # before huggingface_hub loads: it reads HF_HUB_OFFLINE once
     if note:
         print(note, file=sys.stderr)
-    return lockfile.build_lock(recipe, get_plugins().registry, default_cache_dir())
+    plugins = get_plugins()
+    return lockfile.build_lock(recipe, plugins.registry, default_cache_dir(), plugins.packs)
 
 
 def cmd_lock(args) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from runner.cli.commands import _console
 from runner.errors import FinetuneError, RecipeError, clip
 from runner.plugins.manager import get_plugins
 from runner.plugins.packs import RecipePack, parse_reference
@@ -23,12 +24,6 @@ def cmd_recipes(args) -> int:
     if args.recipes_command == "copy":
         return _copy(args.name, args.dest, args.flatten, args.force)
     return _list()
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
 
 
 def summary(path: Path) -> tuple[str, list[str]]:
@@ -107,7 +102,7 @@ def _copy(name: str, dest: Path | None, flatten: bool, force: bool) -> int:
         resolved["run"]["packs"] = [f"{pack.name}=={pack.version}:{recipe}", *resolved["run"].get("packs", [])]
         text = f"{header} --flatten: every value resolved.\n" + tomli_w.dumps(resolved)
     else:
-        text = f"{header}; edit freely.\n" + _pointing_at_packs(path)
+        text = f"{header}; edit freely.\n" + _files_in_pack(_pointing_at_packs(path), path, pack)
     target.write_text(text, encoding="utf-8")
     print(f"wrote {display_path(target)}")
     return 0
@@ -132,6 +127,45 @@ def _pointing_at_packs(path: Path) -> str:
     lines = text.splitlines(keepends=True)
     lines[line - 1] = f'extends = "{reference}"  # in the pack: {clip(parent)}\n'
     return "".join(lines)
+
+
+def _files_in_pack(text: str, path: Path, pack: RecipePack) -> str:
+    """The recipe's text with each relative file option that names a file the pack ships (a data
+    file beside the recipe) written `pack:path`, which finds it from anywhere the pack is installed."""
+    import tomllib
+
+    from runner.cli.commands import load_and_validate
+    from runner.recipe.paths import file_marker
+
+    raw, recipe = tomllib.loads(text), load_and_validate(path)
+    folders = [folder for folder in pack.paths if folder.is_dir()]
+    lines, positions = text.splitlines(keepends=True), key_positions(text)
+    for spec in recipe.components():
+        for name, info in type(spec.options).model_fields.items():
+            key = (*spec.key, name)
+            value, line = _value_at(raw, key), positions.get(key, (0, 0))[0]
+            if file_marker(info) is None or not isinstance(value, str) or not line or Path(value).is_absolute():
+                continue
+            target = (path.parent / value).resolve()
+            folder = next((f for f in folders if target.is_relative_to(f) and target.exists()), None)
+            quoted = next((q + value + q for q in ('"', "'") if q + value + q in lines[line - 1]), None)
+            if folder is not None and quoted is not None:
+                reference = f"{pack.name}:{target.relative_to(folder).as_posix()}"
+                lines[line - 1] = lines[line - 1].replace(quoted, f'"{reference}"', 1)
+    return "".join(lines)
+
+
+def _value_at(data: object, key: tuple) -> object:
+    for part in key:
+        ok = (
+            isinstance(data, dict)
+            and part in data
+            or isinstance(data, list)
+            and isinstance(part, int)
+            and part < len(data)
+        )
+        data = data[part] if ok else None  # type: ignore[index]
+    return data
 
 
 def _files(pack: RecipePack):

@@ -17,6 +17,7 @@ from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
 from runner.storage.rundir import RunDir, publish, read_json, write_json
+from runner.toolkit.quantized import keep_4bit_layout, merged_dtype
 
 
 @dataclass
@@ -59,13 +60,14 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
     def base():
         base_dir = run_dir.path / BASE_MODEL
         if base_dir.is_dir():
-            return auto_class(spec.head).from_pretrained(base_dir)
+            return keep_4bit_layout(auto_class(spec.head).from_pretrained(base_dir))
         from transformers import set_seed
 
         set_seed(recipe.run.seed)  # a model built from a config gets the weights the run started from
-        return recipe.model.create().build(ctx, spec)
+        return keep_4bit_layout(recipe.model.create().build(ctx, spec))
 
-    model = read_last_real_token(strategy.load(run_dir.model, spec, base))
+    # 4-bit layers compute as in training, whatever the CPU (see runner/toolkit/quantized.py).
+    model = read_last_real_token(keep_4bit_layout(strategy.load(run_dir.model, spec, base)))
     return Finished(recipe, task, tokenizer, model, meta, ctx, base, spec)
 
 
@@ -129,12 +131,15 @@ def export_run(run_dir: RunDir, merge: bool, output: Path | None, debug: bool = 
     model = done.model
     if merge and getattr(model, "is_quantized", False):
         # Merged into 4- or 8-bit weights, an update would be rounded away. The adapter goes instead into
-        # the base's weights dequantized to the compute dtype: exactly the weights it trained
-        # against, so the merged model computes what the adapted one does (up to rounding).
+        # the base's weights dequantized to the compute dtype (4 bits): exactly the weights every matmul
+        # of training used, so the merged model computes what the adapted one does (up to rounding).
+        # The rest of the model is cast to it too: one dtype, 2 bytes a weight with bfloat16. An 8-bit
+        # base (no compute dtype) dequantizes to its own dtype.
         def dequantized():
             base = done.base()
-            base.dequantize()
-            return base
+            dtype = merged_dtype(base)
+            base.dequantize(dtype=dtype)
+            return base if dtype is None else base.to(dtype)
 
         model = strategy.load(run_dir.model, done.spec, dequantized)
     model = strategy.merge(model) if merge else model

@@ -5,16 +5,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from runner.cli.commands import _console
 from runner.errors import FinetuneError, RunInterrupted
 from runner.plugins.manager import get_plugins
 
-USAGE = "finetune sweep RECIPE [--storage URL] | finetune sweep --join NAME [--storage URL] | finetune sweep report DIR"
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
+USAGE = (
+    "finetune sweep RECIPE [--storage URL] | finetune sweep --join NAME [--storage URL] | "
+    "finetune sweep report DIR [--storage URL]"
+)
 
 
 def _needs_optuna() -> None:
@@ -30,7 +28,7 @@ def cmd_sweep(args) -> int:
 
     console = _console()
     if args.target[:1] == ["report"] and len(args.target) == 2 and not Path("report").is_file():
-        return _report(Path(args.target[1]), console)
+        return _report(Path(args.target[1]), args, console)
     if args.join and args.target:
         raise FinetuneError("--join takes the recipe from the study: give no recipe", hint=USAGE)
     if not args.join and len(args.target) != 1:
@@ -92,12 +90,14 @@ def _conclude(found: dict, setup, console) -> None:
     console.print(f"report: {setup.directory / 'sweep.html'}")
 
 
-def _report(directory: Path, console) -> int:
+def _report(directory: Path, args, console) -> int:
     from runner.sweep import study as studies
     from runner.sweep.summary import write_outputs
 
     pointer = studies.read_pointer(directory)
-    setup = studies.setup_from_study(pointer["name"], pointer["storage"], directory)
+    # sweep.json keeps a database URL without its password: --storage gives it again, or the driver
+    # finds it (PGPASSWORD, ~/.pgpass)
+    setup = studies.setup_from_study(pointer["name"], args.storage or pointer["storage"], directory)
     found = write_outputs(setup, get_plugins().registry)
     _conclude(found, setup, console)
     return 0

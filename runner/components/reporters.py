@@ -21,6 +21,10 @@ class Reporter(Component):
     def message(self, text: str, level: str = "info") -> None:
         """Something the user should read (level "info" or "warning")."""
 
+    def progress(self, label: str, done: int, total: int) -> None:
+        """Long work outside training advanced: `done` of `total` items of `label` ("base model,
+        test: answering"). Called with done = 0 when it starts and done = total when it ends."""
+
     def train_begin(self, total_steps: int, start_step: int) -> None:
         """Training starts, or resumes at `start_step`."""
 

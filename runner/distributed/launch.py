@@ -23,6 +23,7 @@ from pathlib import Path
 
 from runner.distributed import resize
 from runner.distributed.process_group import exit_code_of, join_timeout, recorded_outcome, status_text
+from runner.distributed.quiet import name_cpu_accelerator
 from runner.errors import FinetuneError
 from runner.recipe.resolved import Recipe
 from runner.storage import checkpoints
@@ -120,6 +121,8 @@ class Launch:
                 hint="checkpoints are written by every rank, and every machine must name the same run directory",
             )
         self._check_devices()
+        if recipe.distributed.name == "deepspeed":  # before DeepSpeed is imported, here or in the workers
+            name_cpu_accelerator()
         recipe.distributed.create().check_launch(self.world_size())
 
     def _check_devices(self) -> None:

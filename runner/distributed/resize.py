@@ -156,8 +156,9 @@ def prepare(run_dir: RunDir, recipe: Recipe, world_size: int, checkpoint: Path |
     """Ready a resume from `checkpoint` on `world_size` processes; the recipe `--set`s it trains with.
 
     Says the adjustment, converts a DeepSpeed checkpoint written by another number of processes to
-    a universal one, and records the change. Only the process that owns the run directory (node 0's
-    `finetune`, `owner`) converts and records; the others compute the same overrides."""
+    a universal one (and the best checkpoint, when the run ends with its weights), and records the
+    change. Only the process that owns the run directory (node 0's `finetune`, `owner`) converts
+    and records; the others compute the same overrides."""
     resized = plan(run_dir, recipe, world_size, checkpoint, force)
     if not owner:
         return resized.overrides if resized else []
@@ -175,6 +176,17 @@ def prepare(run_dir: RunDir, recipe: Recipe, world_size: int, checkpoint: Path |
         sharding = recipe.distributed.create().sharding()
         offload = (sharding.offload_optimizer, sharding.offload_params)
         universal = ds_universal.prepare(checkpoint, world_size, sharding.zero_stage, offload, say)
+        # A run that keeps its best evaluation ends with the best checkpoint's weights: one written
+        # before this resume, by another number of processes, is made loadable now too.
+        best = ds_universal.recorded_best(checkpoint) if _keeps_best(recipe) else None
+        if best is not None and best != checkpoint:
+            role = "the best evaluation so far, whose weights the run ends with"
+            ds_universal.prepare(best, world_size, sharding.zero_stage, offload, say, role)
     if resized is not None and resized.changed:
         record(run_dir, resized, checkpoint, universal)
     return resized.overrides if resized else []
+
+
+def _keeps_best(recipe: Recipe) -> bool:
+    """Whether the run ends with the weights of its best evaluation (trainer `hf`'s keep_best)."""
+    return bool(getattr(recipe.training.options, "keep_best", False))

@@ -11,6 +11,11 @@ engine loads it with `checkpoint.load_universal`.
 checkpoint (`global_stepN_universal/` and the `latest_universal` file that names it) and then
 writes the checkpoint's manifest again, so that the converted files are verified like the rest.
 The trainer (plugins/trainers/hf.py) loads such a checkpoint with `load_universal` on.
+
+A run that keeps its best evaluation (`training.keep_best`) ends by loading the best checkpoint's
+weights, which may be one written before the resize, by the other number of processes: `finetune
+resume` converts that one too (`recorded_best` finds it), before any process starts. One written
+after the resize is loaded as DeepSpeed wrote it: the trainer decides per checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from runner.storage import checkpoints
 from runner.storage.rundir import read_json
 
 LATEST = "latest_universal"
+TRAINER_STATE = "trainer_state.json"  # the Hugging Face Trainer's record, in each of its checkpoints
 _SHARD = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 
@@ -61,23 +67,48 @@ def has_universal(checkpoint: Path) -> bool:
         return False
 
 
-def prepare(checkpoint: Path, world_size: int, zero_stage: int, offload: tuple[str, str], say=print) -> bool:
+def recorded_best(checkpoint: Path) -> Path | None:
+    """The checkpoint that the trainer state saved in `checkpoint` records as the best evaluation so
+    far, looked for beside `checkpoint` by its step: the path recorded is where the run directory
+    was then, which a copied or moved run no longer is. None when none is recorded, or it is not a
+    complete checkpoint of this run."""
+    try:
+        state = read_json(checkpoint / TRAINER_STATE)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    step = state.get("best_global_step")
+    if not isinstance(step, int) or isinstance(step, bool):  # older states record only the path
+        path = state.get("best_model_checkpoint")
+        step = checkpoints.step_of(Path(path)) if isinstance(path, str) else None
+    if step is None:
+        return None
+    best = checkpoint.parent / f"checkpoint-{step}"
+    return best if checkpoints.is_complete(best) else None
+
+
+def prepare(
+    checkpoint: Path, world_size: int, zero_stage: int, offload: tuple[str, str], say=print, role: str = ""
+) -> bool:
     """Make `checkpoint` loadable on `world_size` processes; True when it is loaded as universal.
+    `role` says why a checkpoint other than the one resumed from is needed (in what is printed).
 
     Nothing to do when the checkpoint has no ZeRO shards, or as many as there are processes. A
     FinetuneError (before any process starts) when the conversion is not possible, naming why."""
     shards = shard_count(checkpoint)
     if shards is None or shards == world_size:
         return False
+    name = f"{checkpoint.name} ({role})" if role else checkpoint.name
     if "nvme" in offload:
         raise FinetuneError(
-            f"cannot resume {checkpoint.name} on {world_size} processes: it was written by {shards} under ZeRO-"
+            f"cannot resume {name} on {world_size} processes: it was written by {shards} under ZeRO-"
             f"{zero_stage} with NVMe offload, whose optimizer states lie in each rank's own swap files, which "
             "DeepSpeed's universal checkpoint conversion does not read",
-            hint=f"resume with --nproc {shards}",
+            hint=f"resume with --nproc {shards}" + (", or set training.keep_best = false" if role else ""),
         )
     if has_universal(checkpoint):
-        say(f"{checkpoint.name}: using its universal checkpoint (ZeRO-{zero_stage}, converted from {shards} shards)")
+        say(f"{name}: using its universal checkpoint (ZeRO-{zero_stage}, converted from {shards} shards)")
         return True
     folder = _zero_folder(checkpoint)
     assert folder is not None  # shard_count found shards in it
@@ -85,7 +116,7 @@ def prepare(checkpoint: Path, world_size: int, zero_stage: int, offload: tuple[s
     shutil.rmtree(output, ignore_errors=True)  # a conversion cut off before its manifest
     (checkpoint / LATEST).unlink(missing_ok=True)
     say(
-        f"{checkpoint.name}: converting ZeRO-{zero_stage} optimizer shards of {shards} processes to a DeepSpeed "
+        f"{name}: converting ZeRO-{zero_stage} optimizer shards of {shards} processes to a DeepSpeed "
         f"universal checkpoint, for {world_size}"
     )
     _convert(folder, output, zero_stage)
@@ -96,6 +127,9 @@ def prepare(checkpoint: Path, world_size: int, zero_stage: int, offload: tuple[s
 
 def _convert(folder: Path, output: Path, zero_stage: int) -> None:
     """Run DeepSpeed's ds_to_universal on one tag folder, its chatter kept unless it fails."""
+    from runner.distributed.quiet import name_cpu_accelerator
+
+    name_cpu_accelerator()  # else importing DeepSpeed warns that it guessed the CPU
     try:
         from deepspeed.checkpoint import ds_to_universal
     except ImportError as exc:

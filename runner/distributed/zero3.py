@@ -91,7 +91,13 @@ def _precision(mode: str) -> str:
 
 def register(recipe) -> bool:
     """Have transformers build the next models under zero.Init (see the module docstring); True
-    when it will. The config stays registered until the trainer registers its own."""
+    when it will. The config stays registered until the trainer registers its own. Every run
+    comes here before its model is built: for a DeepSpeed run, the print DeepSpeed's communication
+    backend makes when it starts is kept out of the output first (runner/distributed/quiet.py)."""
+    if recipe.distributed.name == "deepspeed":  # before DeepSpeed's communication backend starts
+        from runner.distributed.quiet import quiet_deepspeed_comm
+
+        quiet_deepspeed_comm()
     config = build_config(recipe)
     if config is None:
         return False

@@ -18,6 +18,9 @@ from typing import Any
 from runner.components import TrainJob
 
 FINAL_SPLITS = ("validation", "test")
+# Prompts per call of a task's `generate` while answering: after each chunk the reporters hear how
+# far it got. Two of the generating tasks' batches of 16 (which group prompts by length within it).
+ANSWER_CHUNK = 32
 
 
 class MetricsComputer:
@@ -135,17 +138,30 @@ class Evaluator:
         result = self.trainer.evaluate(job, self.splits[split].encoded)
         return scores_only(result), job.compute_metrics.last
 
-    def answers(self, model, split: str, shots: list[dict] | None = None) -> tuple[list[str], list[str]]:
-        """Greedy answers of `model` to the first `generation_rows` prompts of `split`, and the references."""
+    def answers(
+        self, model, split: str, shots: list[dict] | None = None, label: str = "answering"
+    ) -> tuple[list[str], list[str]]:
+        """Greedy answers of `model` to the first `generation_rows` prompts of `split`, and the
+        references. Generation is the slow part of an evaluation: it is asked for in chunks of
+        ANSWER_CHUNK prompts, and the reporters told after each one (`label`, e.g. "base model")."""
         limit = self.options.generation_rows
-        predictions, references = [], []
+        work = []
         for task, rows in self.splits[split].parts:
-            take = rows.select(range(min(len(rows), limit - len(references))))
+            take = rows.select(range(min(len(rows), limit - sum(len(p) for _, p in work))))
             if not len(take):
                 break
-            pairs = task.prompts(take, shots, tokenizer=self.tokenizer)
-            predictions += task.generate(model, self.tokenizer, [p for p, _ in pairs], self.max_length)
-            references += [r for _, r in pairs]
+            work.append((task, task.prompts(take, shots, tokenizer=self.tokenizer)))
+        total, predictions, references = sum(len(pairs) for _, pairs in work), [], []
+        what = f"{label}, {split}: answering"
+        if self.events is not None:
+            self.events.progress(what, 0, total)
+        for task, pairs in work:
+            for start in range(0, len(pairs), ANSWER_CHUNK):
+                chunk = pairs[start : start + ANSWER_CHUNK]
+                predictions += task.generate(model, self.tokenizer, [p for p, _ in chunk], self.max_length)
+                references += [r for _, r in chunk]
+                if self.events is not None:
+                    self.events.progress(what, len(predictions), total)
         return predictions, references
 
     def comparable(self, predictions: list[str], references: list[str]) -> tuple[list[str], list[str]]:
@@ -210,7 +226,7 @@ class Evaluator:
         for split in self._final_splits():
             base[split], _ = self.scores(job, split)
             if self.text_metrics:
-                base[split].update(self.text_scores(*self.answers(base_model, split)))
+                base[split].update(self.text_scores(*self.answers(base_model, split, label="base model")))
         rows = [base]
         shots = self._shots()
         if shots and self.text_metrics:
@@ -219,7 +235,7 @@ class Evaluator:
                 "note": f"{len(shots)} solved training rows before each prompt",
             }
             for split in self._final_splits():
-                few[split] = self.text_scores(*self.answers(base_model, split, shots))
+                few[split] = self.text_scores(*self.answers(base_model, split, shots, few["name"]))
             rows.append(few)
         majority = self._majority()
         if majority:
@@ -273,7 +289,7 @@ class Evaluator:
             final[split], last = self.scores(job, split)
             answers = None
             if self.text_metrics:
-                answers = self.comparable(*self.answers(job.model, split))
+                answers = self.comparable(*self.answers(job.model, split, label="fine-tuned model"))
                 final[split].update(self.text_scores(*answers))
             self.events.evaluated(split, None, final[split], final=True)
             if last is not None:

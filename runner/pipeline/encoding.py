@@ -1,8 +1,9 @@
 """Tokenization, done once and cached.
 
-The cache key is the content of the split (not its file name), the tokenizer's full definition,
-the task and its options, and the maximum length: change any of them and the split is encoded
-again; change nothing and a rerun or a resume reads the cached Arrow files instead.
+The cache key is the content of the split (not its file name), the tokenizer's full definition
+(its chat template included), the task and its options, and the maximum length: change any of
+them and the split is encoded again; change nothing and a rerun or a resume reads the cached
+Arrow files instead.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def tokenizer_hash(tokenizer) -> str:
         "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
         "padding_side": tokenizer.padding_side,
         "truncation_side": tokenizer.truncation_side,
+        # an instruction task with template = "tokenizer" formats rows with it: a changed template
+        # must not read rows formatted with the old one from the cache
+        "chat_template": getattr(tokenizer, "chat_template", None),
     }
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -15,6 +16,15 @@ PACKAGES = (
     "torch", "transformers", "datasets", "tokenizers", "accelerate", "peft", "evaluate", "deepspeed",
     "safetensors", "pluggy", "pydantic", "rich", "numpy", "pyarrow", "scikit-learn",
 )  # fmt: skip
+
+
+# `scheme://user:password@host`: the password part of any URL (a sweep's --storage, a tracker's URI).
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")  # as SQLAlchemy reads one: the password may hold "/"
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***: what is recorded or printed."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -55,7 +65,7 @@ def describe(recipe_dir: Path, plugins: dict[str, Any]) -> dict[str, Any]:
         "runner": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "command": sys.argv,
+        "command": [mask_passwords(arg) for arg in sys.argv],  # kept with the run, shown in its report
         "packages": package_versions(),
         "plugins": plugins,
         "torch_threads": torch.get_num_threads(),

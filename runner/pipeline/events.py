@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,11 @@ class Events:
                 getattr(reporter, method)(*args)
             except Exception as exc:
                 self.reporters.remove(reporter)
-                self.message(f"reporter '{reporter.name}' failed and was switched off: {exc!r}", "warning")
+                warning = f"reporter '{reporter.name}' failed and was switched off: {exc!r}"
+                if self.reporters:
+                    self.message(warning, "warning")
+                else:  # the last one: nothing else would say why the run went quiet
+                    print(f"warning: {warning}", file=sys.stderr)
 
     def _record(self, record: dict[str, Any]) -> None:
         if self.run_dir is not None:
@@ -63,6 +68,9 @@ class Events:
 
     def warn(self, text: str) -> None:
         self.message(text, "warning")
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        self._each("progress", label, done, total)
 
     def train_begin(self, total_steps: int, start_step: int) -> None:
         self._each("train_begin", total_steps, start_step)

@@ -24,10 +24,13 @@ from runner.plugins.manager import Plugins
 from runner.recipe.resolved import Recipe
 from runner.storage import checkpoints
 from runner.storage.rundir import ReadOnlyRunDir, RunDir
+from runner.toolkit.quantized import quiet_kernel_notice
 
 
 def quiet_libraries(debug: bool) -> None:
     """Library chatter (progress bars, info logs) would drown the reporter; --debug brings it back."""
+    if not debug:  # first: the imports below may bring bitsandbytes (see runner/toolkit/quantized.py)
+        quiet_kernel_notice()
     import datasets
     import torch
     import transformers
@@ -89,11 +92,11 @@ def execute(
     if resume_from is None:
         run_dir.write_recipe(resolved)
     run_dir.set_status("running", pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    if main:
-        plugins.hook.on_run_start(run=run_info)
-    events.start(run_info)
     status, final, baselines = "failed", {}, []
-    try:
+    try:  # from here on, whatever raises (a plugin's on_run_start included) leaves a truthful status
+        if main:
+            plugins.hook.on_run_start(run=run_info)
+        events.start(run_info)
         quiet_libraries(debug)
         if recipe.run.threads:
             import torch

@@ -32,6 +32,7 @@ from runner.toolkit.modeling import (
     match_special_tokens,
     read_last_real_token,
 )
+from runner.toolkit.quantized import keep_4bit_layout
 
 MODEL_META = "finetune.json"
 BASE_MODEL = "base_model"
@@ -185,6 +186,7 @@ class Pipeline(DataSteps):
                 model = self.model_component.build(self.ctx, self.spec)
                 if self.model_component.base_reference() is None:  # built from a config: the tokenizer's ids
                     match_special_tokens(model, self.tokenizer)
+        keep_4bit_layout(model)  # before any forward: see runner/toolkit/quantized.py
         check_positions(model, self.max_length, self.strategy.extra_positions())
         if packing:  # the samples of a packed row must not mix: the base's own attention, before measuring it
             check_packing(model, kernel)

@@ -30,6 +30,16 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def parse_file_reference(text: str) -> tuple[str, str] | None:
+    """`"acme-recipes:data/x.csv"` -> ("acme-recipes", "data/x.csv"): a file shipped in a pack's
+    folder; None for anything else, a path that climbs out of the folder (`..`) included."""
+    m = PACK_REFERENCE.match(text)
+    relative = m.group(2).strip("/") if m else ""
+    if not relative or ".." in Path(relative).parts:
+        return None
+    return m.group(1), relative
+
+
 def parse_reference(text: str) -> tuple[str, str] | None:
     """`"acme-recipes:llm/chat-base"` -> ("acme-recipes", "llm/chat-base"); None for anything else."""
     m = PACK_REFERENCE.match(text)
@@ -82,6 +92,14 @@ class RecipePack:
                     continue
                 found.setdefault(relative.with_suffix("").as_posix(), file)
         return dict(sorted(found.items()))
+
+    def file(self, relative: str) -> Path | None:
+        """A file or folder the pack ships, by its path inside one of the pack's folders."""
+        for folder in self.paths:
+            candidate = folder / relative
+            if folder.is_dir() and candidate.exists():
+                return candidate.resolve()
+        return None
 
     @property
     def label(self) -> str:
@@ -153,6 +171,19 @@ def resolve(pack_name: str, recipe: str, where: Location | None) -> tuple[Path, 
         message = f"pack '{pack.label}' has no recipe '{clip_name(recipe)}'"
         return Issue(message, where, ("extends",), hint=known_recipes(pack, recipe))
     return path, f"{pack.name}=={pack.version}:{recipe}"
+
+
+def resolve_file(pack_name: str, relative: str) -> Path | tuple[str, str | None]:
+    """The file `pack_name:relative` names in the installed packs (a recipe's file option, e.g.
+    `path = "finetune-runner:data/reviews.csv"`), or (message, hint) saying what is missing."""
+    from runner.plugins.manager import get_plugins
+
+    packs = get_plugins().packs
+    pack = packs.get(pack_name)
+    if pack is None:
+        return missing_pack(pack_name, packs), install_hint(pack_name)
+    found = pack.file(relative)
+    return found if found is not None else (f"pack '{pack.label}' ships no file '{clip_name(relative)}'", None)
 
 
 def clip_name(text: str) -> str:

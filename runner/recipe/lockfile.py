@@ -3,7 +3,8 @@
 `finetune lock recipe.toml` writes `recipe.lock` (JSON) beside the recipe. It records:
 
 - `resolved`: the recipe after `extends`, `--set` and defaults (paths inside the recipe's folder
-  relative to it, so the lock holds on another checkout);
+  relative to it, paths inside an installed recipe pack as `pack:path`, so the lock holds on
+  another checkout);
 - `inputs`: for every Hub model, tokenizer and dataset id the commit it resolves to (or
   "unresolved (offline)" when the Hub cannot be reached), for every local model or tokenizer
   path the SHA-256 of its bytes, and for every data source the fingerprint the run itself
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from runner.components import RunContext
 from runner.components.data import sha256_file
 from runner.errors import FinetuneError, clip, format_key
 from runner.options import _FileMarker
+from runner.plugins.packs import RecipePack
 from runner.plugins.registry import Registry
 from runner.recipe.paths import marker_of
 from runner.recipe.resolved import ComponentSpec, Recipe
@@ -157,26 +160,39 @@ def versions(recipe: Recipe, registry: Registry) -> tuple[dict[str, str], dict[s
 
 
 # -- the lock ------------------------------------------------------------------------------------------
-def _relative(value: Any, base: str) -> Any:
-    """`value` with absolute paths inside the recipe's folder made relative to it ("./data.csv")."""
+def _portable(value: Any, roots: list[tuple[str, str]]) -> Any:
+    """`value` with absolute paths under a root written from it: inside the recipe's folder relative
+    to it ("./data.csv"), inside an installed recipe pack as `pack:path` ("acme-recipes:data/x.csv"),
+    so that the lock holds on a colleague's checkout where the pack is installed somewhere else."""
     if isinstance(value, dict):
-        return {_relative(k, base): _relative(v, base) for k, v in value.items()}
+        return {_portable(k, roots): _portable(v, roots) for k, v in value.items()}
     if isinstance(value, list):
-        return [_relative(v, base) for v in value]
-    if isinstance(value, str) and (value == base or value.startswith(base + os.sep)):
-        return "./" + Path(os.path.relpath(value, base)).as_posix()
+        return [_portable(v, roots) for v in value]
+    if isinstance(value, str):
+        for root, prefix in roots:
+            if value == root or value.startswith(root + os.sep):
+                return prefix + Path(os.path.relpath(value, root)).as_posix()
     return value
 
 
-def build_lock(recipe: Recipe, registry: Registry, cache_dir: Path) -> dict[str, Any]:
-    base = str(recipe.source.base_dir.resolve())
+def _roots(recipe: Recipe, packs: Iterable[RecipePack]) -> list[tuple[str, str]]:
+    """The recipe's own folder first (a recipe kept inside a pack's folder is still read as "./")."""
+    roots = [(str(recipe.source.base_dir.resolve()), "./")]
+    for pack in packs:
+        roots += [(str(folder), f"{pack.name}:") for folder in pack.paths if folder.is_dir()]
+    return roots
+
+
+def build_lock(recipe: Recipe, registry: Registry, cache_dir: Path, packs: Iterable[RecipePack] = ()) -> dict[str, Any]:
+    """The lock of `recipe`; `packs`: the installed recipe packs, whose files it names portably."""
+    roots = _roots(recipe, packs)
     dists, components = versions(recipe, registry)
     return {
         "lock_format": LOCK_FORMAT,
         "recipe": recipe.source.path.name,
         "overrides": list(recipe.source.overrides),
-        "resolved": _relative(recipe.resolved(), base),
-        "inputs": _relative(inputs(recipe, cache_dir), base),
+        "resolved": _portable(recipe.resolved(), roots),
+        "inputs": _portable(inputs(recipe, cache_dir), roots),
         "versions": dists,
         "components": components,
     }

@@ -2,8 +2,10 @@
 
 An option typed `FilePath`, `DirPath` or `HubOrPath` (runner.options) names a file, a directory or
 a Hugging Face Hub id. Validation resolves it against the directory of the recipe file that set it
-(the working directory for `--set`) and reports, at its key, one that does not exist, is a directory
-where a file is wanted, or is no path the file system can take at all (a name over 255 bytes).
+(the working directory for `--set`), or, written `pack:path`, against the folder of an installed
+recipe pack (`"finetune-runner:data/reviews.csv"`), and reports, at its key, one that does not
+exist, is a directory where a file is wanted, or is no path the file system can take at all (a
+name over 255 bytes).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from runner.errors import KeyPath, clip
 from runner.options import Options, _FileMarker
+from runner.plugins.packs import parse_file_reference, resolve_file
 from runner.recipe.load import RecipeSource
 
 # A Hugging Face Hub repository id, "name" or "owner/name" (the Hub allows at most 96 characters).
@@ -80,6 +83,13 @@ def _checked_path(value: str, key: KeyPath, marker: _FileMarker, base: Path, iss
     path = Path(os.path.expanduser(value))
     looked = None if path.is_absolute() else f"looked in {base}"
     path = path if path.is_absolute() else base / path
+    reference = None if path.exists() else parse_file_reference(value)
+    if reference is not None:  # `pack:path`: a file an installed recipe pack ships
+        found = resolve_file(*reference)
+        if isinstance(found, tuple):
+            issue(key, found[0], hint=found[1])
+            return value
+        return str(found)
     if marker.hub:
         looks_local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
         if path.exists():

@@ -23,6 +23,7 @@ from runner.recipe.load import RecipeSource, parse_key_path
 from runner.recipe.paths import resolve_paths
 from runner.recipe.requires import requirement_problems
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
+from runner.recipe.sweep_check import check_space, metric_problem
 from runner.recipe.sweep_section import SweepOptions
 
 # section -> (component kind, default type)
@@ -255,6 +256,9 @@ class Validator:
                 self.component("metric", dict(m), ("metrics", i)) for i, m in enumerate(task.cls.default_metrics)
             ]
             metrics = [m for m in defaults if m is not None]
+        if "sweep" in data and isinstance(data["sweep"], dict):  # space keys checked as the same keys in the body
+            found = [s for s in (*specs.values(), *sources, *metrics, *reporters, *audits) if s is not None]
+            check_space(self, data["sweep"].get("space"), {s.key: s for s in found})
 
         if self.issues or None in (run, data_options, evaluation) or any(s is None for s in specs.values()):
             raise RecipeError(self.issues)
@@ -360,6 +364,8 @@ class Validator:
                 )
         self._unique(recipe, recipe.metrics, "metric")
         self._unique(recipe, recipe.audits, "audit", hint="give one of them a distinct `name`")
+        if recipe.sweep is not None and (problem := metric_problem(recipe, recipe.sweep)) is not None:
+            self.issue(*problem)
         for spec in recipe.components():
             try:
                 problems = list(spec.cls.check(spec.options, recipe))

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
+import random
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,21 @@ from typing import Any
 import tomli_w
 
 from runner.errors import FinetuneError
+from runner.pipeline.environment import mask_passwords
 from runner.recipe.resolved import Recipe
+from runner.recipe.sweep_check import sweep_objective
 from runner.recipe.sweep_section import SweepOptions
 from runner.storage.rundir import atomic_write, read_json, write_json
 from runner.sweep.space import absolute_paths
 
 JOURNAL = "study.journal"
-HEARTBEAT_S = 60  # database storage: a running trial's worker says it is alive this often
+# Database storage: a running trial's worker says it is alive this often (seconds), and a trial
+# silent for GRACE_BEATS beats is given up: failed, and its settings queued for another worker.
+HEARTBEAT_S = 60
+HEARTBEAT_ENV = "FINETUNE_SWEEP_HEARTBEAT"  # another interval, e.g. 1 in tests: a dead worker found in seconds
+GRACE_BEATS = 3
+SETUP_WAIT_S = 60  # how long a joining worker waits for the study's creator to store the recipe
+SCHEMA_TRIES = 5  # opening a new database: tries while other workers create its tables
 POINTER = "sweep.json"  # in the sweep's directory: which study it is, where it is stored
 # What may change between two sweeps of one study: how long it runs, not what it searches.
 ADJUSTABLE = ("trials", "seeds", "pruner", "startup_trials", "sampler")
@@ -60,31 +69,23 @@ class Setup:
 
 def masked(url: str) -> str:
     """A database URL without its password, for printing."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    return mask_passwords(url)
 
 
-def objective_of(recipe: Recipe, options: SweepOptions) -> tuple[str, str]:
-    """The validation metric a study optimises, and its direction; a recipe error when unknown."""
-    metric = options.metric or getattr(recipe.training.options, "best_metric", None) or "loss"
-    split, _, name = metric.rpartition(".")
-    if split == "test":
-        raise _sweep_error(recipe, "metric", "a sweep chooses on the validation split; choosing on test leaks it",
-                           "name the validation metric, e.g. 'accuracy'")  # fmt: skip
-    if split not in ("", "validation"):
-        raise _sweep_error(recipe, "metric", f"not a validation metric: '{metric}'", "e.g. 'accuracy' or 'loss'")
-    greater = {spec.create().key(): spec.cls.greater_is_better for spec in recipe.metrics}
-    if name != "loss" and name not in greater:
-        known = ", ".join(["loss", *greater])
-        raise _sweep_error(recipe, "metric", f"the recipe measures no '{name}'", f"one of: {known}")
-    direction = options.direction or ("maximize" if name != "loss" and greater.get(name, False) else "minimize")
-    return name, direction
+def without_password(url: str) -> str:
+    """A database URL with its password left out, for what is kept on disk (sweep.json): whoever
+    reads the study again gives it (--storage URL) or lets the driver find it (PGPASSWORD, ~/.pgpass)."""
+    return mask_passwords(url).replace(":***@", "@")
 
 
-def _sweep_error(recipe: Recipe, key: str, message: str, hint: str | None = None) -> FinetuneError:
-    from runner.errors import Issue, RecipeError
-
-    path = ("sweep", key) if key in (recipe.source.data.get("sweep") or {}) else ("sweep",)
-    return RecipeError([Issue(message, recipe.source.locate(path), path, hint)])
+def heartbeat_seconds() -> int:
+    """The heartbeat interval of a database study: HEARTBEAT_S, or FINETUNE_SWEEP_HEARTBEAT's whole seconds."""
+    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if not raw:
+        return HEARTBEAT_S
+    if not raw.isdigit() or int(raw) < 1:
+        raise FinetuneError(f"{HEARTBEAT_ENV}={raw!r}: expected whole seconds, at least 1")
+    return int(raw)
 
 
 def setup_from_recipe(recipe: Recipe, recipe_path: Path, output: Path | None, storage: str | None) -> Setup:
@@ -94,7 +95,7 @@ def setup_from_recipe(recipe: Recipe, recipe_path: Path, output: Path | None, st
             hint='add [sweep] and [sweep.space], e.g. "training.learning_rate" = { log_uniform = [1e-5, 1e-3] }',
         )
     name = recipe.sweep.name or recipe.name
-    metric, direction = objective_of(recipe, recipe.sweep)
+    metric, direction = sweep_objective(recipe, recipe.sweep)  # validation has checked the metric
     directory = (output or Path(recipe.run.output_dir) / "sweeps" / name).resolve()
     return Setup(
         name=name,
@@ -119,8 +120,17 @@ def quiet_optuna():
     return optuna
 
 
+_STORAGES: dict[str, Any] = {}  # one storage (one connection pool) per study location and process
+
+
 def open_storage(spec: str):
     """Optuna storage for a database URL or a journal file path; a clear error when it cannot open."""
+    if spec not in _STORAGES:
+        _STORAGES[spec] = _open_storage(spec)
+    return _STORAGES[spec]
+
+
+def _open_storage(spec: str):
     optuna = quiet_optuna()
     if "://" not in spec:
         from optuna.storages.journal import JournalFileBackend
@@ -129,36 +139,81 @@ def open_storage(spec: str):
         return optuna.storages.JournalStorage(JournalFileBackend(spec))
     from optuna.storages import RDBStorage
 
+    beat = heartbeat_seconds()
     try:
-        # Heartbeats let the study notice a worker that died (a machine lost): after the grace period
-        # its trial is failed and its settings queued again for another worker (worker.heartbeat).
-        return RDBStorage(
-            spec, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S, heartbeat_stale_trial_callback=requeue
-        )
+        for attempt in range(SCHEMA_TRIES):
+            try:
+                # Heartbeats let the study notice a worker that died (a machine lost): a trial silent for
+                # the grace period is failed by whichever worker looks first, which queues it again.
+                return RDBStorage(
+                    spec,
+                    heartbeat_interval=beat,
+                    grace_period=GRACE_BEATS * beat,
+                    heartbeat_stale_trial_callback=continue_later,
+                )
+            except Exception as exc:
+                # Workers started together on a new database all create Optuna's tables: all but one
+                # collide (a type or table that "already exists", a "duplicate key" of its version
+                # row); by the next try the tables are there.
+                racing = any(word in str(exc).lower() for word in ("already exists", "duplicate key"))
+                if attempt + 1 == SCHEMA_TRIES or not racing:
+                    raise
+                time.sleep(0.2 + random.random())
     except ImportError as exc:
         raise FinetuneError(
             f"--storage {masked(spec)}: the database driver is not installed ({exc.name or exc})",
-            hint="install it, e.g. pip install psycopg2-binary (PostgreSQL) or pymysql (mysql+pymysql://)",
+            hint="pip install 'finetune-runner[sweep]' brings psycopg (PostgreSQL); MySQL: pymysql (mysql+pymysql://)",
         ) from None
     except Exception as exc:  # a server that is down, a wrong password: the user's to fix
-        raise FinetuneError(f"--storage {masked(spec)}: cannot open the study's database: {exc}") from None
+        text = scrubbed(str(exc), spec)
+        hint = None
+        if "password" in text.lower() and masked(spec) == spec:  # as sweep.json keeps it: no password
+            hint = "give it: --storage URL with the password, or PGPASSWORD (or ~/.pgpass), which the driver reads"
+        raise FinetuneError(f"--storage {masked(spec)}: cannot open the study's database: {text}", hint=hint) from None
 
 
-def requeue(study, trial, resume: Path | None = None) -> None:
-    """Fail an interrupted trial (or one whose worker is gone) and queue its settings again; `resume`:
-    the run directory (with a checkpoint) the next worker continues."""
-    import optuna
+def scrubbed(text: str, url: str) -> str:
+    """A driver's message with the URL's password taken out, wherever it may quote it."""
+    from urllib.parse import unquote, urlsplit
 
-    # Optuna sets attributes through the live trial of its own process only; this may be another's.
-    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-    if trial.state == optuna.trial.TrialState.RUNNING:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    text = mask_passwords(text)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text
+
+
+def continue_later(study, trial) -> None:
+    """Queue the settings of a failed trial (interrupted, or abandoned by a worker that died) again.
+
+    The queued trial names the one it continues and its run directory by its name inside the sweep's
+    directory, never by a path of the machine that ran it: the worker that takes it runs it under its
+    own --output (runner.sweep.continuation). Optuna calls this for a trial whose heartbeats stopped,
+    after failing it: nothing may be written on the failed trial itself, so what it was is linked
+    from the new one (`continues`), which is also why it no longer counts toward `trials`."""
     attrs: dict[str, Any] = {"continues": trial.number}
-    if "best_trial" in trial.user_attrs:  # a seed repeat stays one
-        attrs["best_trial"] = trial.user_attrs["best_trial"]
-    if resume is not None:
-        attrs["resume"] = str(resume)
+    for key in ("best_trial", "seed"):  # a seed repeat stays one, of the same trial
+        if key in trial.user_attrs:
+            attrs[key] = trial.user_attrs[key]
+    if trial.user_attrs.get("run_name"):
+        attrs["resume"] = trial.user_attrs["run_name"]
     study.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def give_up(study, trial) -> bool:
+    """Fail a running trial of another process (its worker is gone) and queue it again; False when
+    another worker did so first."""
+    optuna = quiet_optuna()
+    try:
+        if not study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    continue_later(study, study._storage.get_trial(trial._trial_id))
+    return True
 
 
 def _stored(study) -> dict[str, Any]:
@@ -186,22 +241,27 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def open_study(setup: Setup, sampler, pruner):
-    """Create the study, or continue it after checking it searches what this recipe searches."""
+def open_study(setup: Setup, prepare=None) -> tuple[Any, bool]:
+    """Create the study, or continue it after checking it searches what this recipe searches.
+
+    Returns the study and whether this worker created it. Creating is atomic in the storage, so of
+    workers started together exactly one creates the study; it runs `prepare(study)` (queueing a
+    grid) before storing the recipe, and the others wait for the recipe, so that none of them asks
+    for a trial before the study is ready."""
     optuna = quiet_optuna()
     storage = open_storage(setup.storage)
-    study = optuna.create_study(
-        study_name=setup.name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction=setup.direction,
-        load_if_exists=True,
-    )
-    stored, record = _stored(study), _record(setup)
-    if not stored:
+    try:
+        study = optuna.create_study(study_name=setup.name, storage=storage, direction=setup.direction)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=setup.name, storage=storage), False
+    record = _record(setup)
+    stored = {} if created else _wait_for_setup(study)
+    if not stored:  # this worker created it (or its creator died before storing the recipe)
+        if prepare is not None:
+            prepare(study)
         study.set_user_attr("setup", record)
-        return study
+        return study, created
     changed = _differences(stored["base"], record["base"])
     changed += [key for key in ("metric", "direction") if stored.get(key) != record[key]]
     if changed:
@@ -211,7 +271,14 @@ def open_study(setup: Setup, sampler, pruner):
         )
     if stored["base"].get("sweep") != record["base"].get("sweep"):
         study.set_user_attr("setup", record)  # more trials or seeds: the study's length may grow
-    return study
+    return study, created
+
+
+def _wait_for_setup(study) -> dict[str, Any]:
+    deadline = time.monotonic() + SETUP_WAIT_S
+    while not (stored := _stored(study)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # user_attrs reads the storage anew
+    return stored
 
 
 def setup_from_study(name: str, storage: str | None, output: Path | None) -> Setup:
@@ -226,7 +293,7 @@ def setup_from_study(name: str, storage: str | None, output: Path | None) -> Set
         shown = ", ".join(n for n in names if not n.endswith(".seeds")) or "none"
         raise FinetuneError(f"no study '{name}' in {masked(spec)}", hint=f"studies there: {shown}")
     study = optuna.load_study(study_name=name, storage=open_storage(spec))
-    stored = _stored(study)
+    stored = _wait_for_setup(study)
     if not stored:
         raise FinetuneError(f"study '{name}' was not made by finetune sweep (it stores no recipe)")
     options = SweepOptions.model_validate(stored["base"]["sweep"])
@@ -248,7 +315,8 @@ def setup_from_study(name: str, storage: str | None, output: Path | None) -> Set
 def write_pointer(setup: Setup) -> None:
     """sweep.json and recipe.toml in the sweep's directory: `finetune sweep report DIR` reads them."""
     setup.directory.mkdir(parents=True, exist_ok=True)
-    pointer = {"name": setup.name, "storage": setup.storage, "recipe": setup.recipe}
+    storage = without_password(setup.storage) if "://" in setup.storage else setup.storage
+    pointer = {"name": setup.name, "storage": storage, "recipe": setup.recipe}
     previous = read_json(setup.directory / POINTER) if (setup.directory / POINTER).is_file() else {}
     if {k: previous.get(k) for k in pointer} != pointer:
         write_json(setup.directory / POINTER, pointer)
@@ -265,6 +333,7 @@ def read_pointer(directory: Path) -> dict[str, Any]:
 
 
 def worker_seed(setup: Setup, created: bool) -> int:
-    """The study's first worker samples with the recipe's seed (a sweep repeats); a joining one must
-    not draw the same settings, so it mixes in its process id."""
-    return setup.seed if created else (setup.seed * 1_000_003 + os.getpid()) % 2**32
+    """The worker that created the study samples with the recipe's seed (a sweep run by one worker
+    repeats); any other must not draw the same settings: workers started together, on one machine or
+    several (where process ids repeat, in containers), so it takes a seed of its own at random."""
+    return setup.seed if created else random.SystemRandom().randrange(2**32)

@@ -18,13 +18,16 @@ from runner.sweep.worker import SEEDS
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
-def _trial(t) -> dict[str, Any]:
+def _trial(t, continued_by: dict[int, int]) -> dict[str, Any]:
     attrs = t.user_attrs
     run_dir = attrs.get("run_dir")
     report = Path(run_dir) / "report.html" if run_dir else None
     error = attrs.get("error")
-    if attrs.get("interrupted"):
-        error = "interrupted; its settings were queued again" + (" (continued from its checkpoint)" if run_dir else "")
+    if t.number in continued_by:
+        why = "interrupted" if attrs.get("interrupted") else "its worker stopped (no heartbeat, or its process gone)"
+        error = f"{why}; its settings were queued again: trial {continued_by[t.number]} continues it"
+    elif attrs.get("interrupted"):
+        error = "interrupted; its settings were queued again"
     return {
         "number": t.number,
         "state": STATES.get(t.state.name, t.state.name.lower()),
@@ -59,12 +62,14 @@ def _spread(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _seeds(setup: Setup, storage) -> dict[str, Any] | None:
+def _seeds(setup: Setup, storage, best: int | None) -> dict[str, Any] | None:
+    """The repeats of the best trial (those of a trial that was best before do not mix in)."""
     optuna = quiet_optuna()
-    if setup.name + SEEDS not in optuna.study.get_all_study_names(storage):
+    if best is None or setup.name + SEEDS not in optuna.study.get_all_study_names(storage):
         return None
     study = optuna.load_study(study_name=setup.name + SEEDS, storage=storage)
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = [t for t in done if t.user_attrs.get("best_trial") == best]
     if not done:
         return None
     done.sort(key=lambda t: t.params.get("run.seed", 0))
@@ -82,7 +87,7 @@ def _seeds(setup: Setup, storage) -> dict[str, Any] | None:
         # only metrics every repeat measured: a mean over some of them would mislead
         "test": {k: _spread(v) for k, v in tests.items() if len(v) == len(done)},
         "runs": [t.user_attrs.get("run_dir") for t in done],
-        "best_trial": done[0].user_attrs.get("best_trial"),
+        "best_trial": best,
     }
 
 
@@ -90,7 +95,9 @@ def summarize(setup: Setup) -> dict[str, Any]:
     optuna = quiet_optuna()
     storage = open_storage(setup.storage)
     study = optuna.load_study(study_name=setup.name, storage=storage)
-    trials = [_trial(t) for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    every = study.get_trials(deepcopy=False)
+    continued_by = {int(t.user_attrs["continues"]): t.number for t in every if "continues" in t.user_attrs}
+    trials = [_trial(t, continued_by) for t in every if not t.user_attrs.get("surplus")]
     complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
     pick = max if setup.direction == "maximize" else min
     best = pick(complete, key=lambda t: t["value"]) if complete else None
@@ -110,7 +117,7 @@ def summarize(setup: Setup) -> dict[str, Any]:
         "best": {k: best[k] for k in ("number", "params", "value", "run_dir")} if best else None,
         "importances": importances,
         "importances_note": note,
-        "seeds": _seeds(setup, storage),
+        "seeds": _seeds(setup, storage, best["number"] if best else None),
         "best_recipe": str(setup.directory / "best.toml") if best else None,
     }
 

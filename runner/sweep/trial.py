@@ -1,8 +1,9 @@
 """One trial of a sweep: an ordinary run, in this process, whose validation scores feed the pruner.
 
 The run directory is like any other (`finetune report`, `compare`, `resume` work on it). A pruned
-trial stops after the step at which the pruner said so and is marked "stopped"; an interrupted one
-keeps its checkpoint, and the sweep resumes it from there rather than from step 0.
+trial stops right after the evaluation at which the pruner said so, at that step, and is marked
+"stopped"; an interrupted one keeps its checkpoint, and the sweep resumes it from there rather than
+from step 0.
 """
 
 from __future__ import annotations
@@ -45,10 +46,16 @@ class Pruning(Reporter):
         self.reported: set[int] = set()
 
     def report(self, step: int, value: float) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         if step in self.reported:  # Optuna keeps the first value of a step; a resume logs it again
             return
         self.reported.add(step)
-        self.trial.report(value, step)
+        try:
+            self.trial.report(value, step)
+        except UpdateFinishedTrialError:  # another worker gave the trial up (no heartbeat) and queued it
+            self.reason = "the study gave this trial up (its heartbeats stopped) and queued it again"
+            return
         if self.trial.should_prune():
             self.reason = f"validation {self.metric} {value:.4g} at step {step} trailed the other trials"
 
