@@ -205,14 +205,14 @@ def train_lengths(recipe: Path, overrides: list[str], run_dir: Path, max_length:
     os.environ["FINETUNE_CACHE"] = str(cache_dir)
     from transformers import AutoTokenizer
 
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
     from runner.components import RunContext
     from runner.pipeline.data import prepare_data
     from runner.pipeline.encoding import encode_splits
     from runner.pipeline.run import quiet_libraries
 
     quiet_libraries(debug=False)
-    validated = load_and_validate(recipe, overrides)
+    validated = load_recipe(recipe, overrides)
     task = validated.task.create()
     quiet = lambda text: None  # noqa: E731
     ctx = RunContext(seed=validated.run.seed, cache_dir=cache_dir, info=quiet, warn=quiet)

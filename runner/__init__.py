@@ -1,10 +1,15 @@
 """finetune-runner: a plugin-based, declarative runner for fine-tuning language models.
 
+For running recipes from Python (docs/python-api.md): `load_recipe`, `plan`, `run`, `resume`,
+`open_run` and what they return (`Recipe`, `Plan`, `RunOutcome`, `FinishedRun`), the same front
+door (runner/running) the command line goes through.
+
 The public API for plugin authors is what this module exports (and `runner.testing`, the kit for
 their tests): the hook marker, the component kinds with their option base classes, the error
 types, and the helpers the built-in plugins use themselves: collators, model helpers, Hub access,
-and, for trainers, the process-group and checkpoint calls. Everything else under `runner/` is the
-core's own and may change. Importing this module does not import torch.
+recipe key paths (`key_paths`, spelled as `--set` takes them), and, for trainers and engines, the
+process-group and checkpoint calls. Everything else under `runner/` is the core's own and may
+change. Importing this module does not import torch.
 """
 
 __version__ = "0.1.0"
@@ -38,7 +43,6 @@ from runner.components import (
 )
 from runner.components.data import sha256_file
 from runner.distributed.process_group import PeerFailed, any_rank, barrier, world_size
-from runner.distributed.universal import shard_count as zero_shard_count
 from runner.errors import DataError, FinetuneError, RecipeError, TrainingDiverged, clip
 from runner.hookspecs import hookimpl
 from runner.options import (
@@ -52,19 +56,52 @@ from runner.options import (
     Options,
     PositiveFloat,
 )
+from runner.recipe.keys import key_paths
+from runner.storage.checkpoints import MANIFEST as CHECKPOINT_MANIFEST
+from runner.storage.checkpoints import is_complete as checkpoint_is_complete
 from runner.storage.checkpoints import latest_complete as latest_checkpoint
 from runner.storage.checkpoints import mark_complete as mark_checkpoint_complete
 from runner.storage.checkpoints import rotate as rotate_checkpoints
+from runner.storage.checkpoints import step_of as checkpoint_step
+from runner.storage.checkpoints import written_by as checkpoint_written_by
 from runner.toolkit.collate import PackedCollator, PadCollator
 from runner.toolkit.hub import hub_load_error, is_offline
 from runner.toolkit.modeling import auto_class, token_losses
 
+# The Python API of the front door (runner/running, docs/python-api.md): loaded when first used, so
+# that importing runner (every plugin does, and `finetune --help`) stays as light as before.
+FRONT_DOOR = {
+    "FinishedRun": "runner.running.finished",
+    "InProcess": "runner.running.starting",
+    "Launch": "runner.distributed.launch",
+    "Plan": "runner.running.planning",
+    "Recipe": "runner.recipe.resolved",
+    "RunOutcome": "runner.running.starting",
+    "load_recipe": "runner.running.recipes",
+    "open_run": "runner.running.finished",
+    "plan": "runner.running.planning",
+    "resume": "runner.running.starting",
+    "run": "runner.running.starting",
+}
+
+
+def __getattr__(name: str):
+    module = FRONT_DOOR.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
+    *FRONT_DOOR,
     "Audit",
     "AuditData",
     "AuditOptions",
     "AuditResult",
     "AuditSubject",
+    "CHECKPOINT_MANIFEST",
     "Component",
     "DataError",
     "DataSource",
@@ -104,15 +141,18 @@ __all__ = [
     "any_rank",
     "auto_class",
     "barrier",
+    "checkpoint_is_complete",
+    "checkpoint_step",
+    "checkpoint_written_by",
     "clip",
     "hookimpl",
     "hub_load_error",
     "is_offline",
+    "key_paths",
     "latest_checkpoint",
     "mark_checkpoint_complete",
     "rotate_checkpoints",
     "sha256_file",
     "token_losses",
     "world_size",
-    "zero_shard_count",
 ]

@@ -42,14 +42,17 @@ def clip_lines(text: str, limit: int = LINE_CHARS) -> str:
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def format_key(path: Sequence[str | int]) -> str:
-    """Render a key path the way a user writes it: `data.sources[0].path`."""
+def format_key(path: Sequence[str | int], limit: int | None = 100) -> str:
+    """Render a key path the way a user writes it and `--set` takes it: `data.sources[0].path`
+    (runner.recipe.keys reads it back). Each key is clipped to `limit` characters for display;
+    `limit=None` spells it whole, as a key that must stay unique does."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:  # a key that is not a bare TOML key is quoted, as in the file: sweep.space."training.epochs"
-            shown = clip(part, 100) if _BARE_KEY.fullmatch(part) else json.dumps(clip(part, 100), ensure_ascii=False)
+            text = part if limit is None else clip(part, limit)
+            shown = text if _BARE_KEY.fullmatch(part) else json.dumps(text, ensure_ascii=False)
             out += ("." if out else "") + shown
     return out
 

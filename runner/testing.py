@@ -5,8 +5,9 @@ Installed with finetune-runner as a pytest plugin (entry point `pytest11`), so i
 Fixtures
 - `finetune_plugins`: a fresh plugin manager (built-ins and installed plugins) for this test only.
 - `write_recipe`: `write_recipe(text, name="recipe.toml")` writes a recipe into the test's tmp_path.
-- `run_recipe`: `run_recipe(path, overrides=[...])` runs it in this process and returns the result
-  (metrics, run directory, trained model and tokenizer).
+- `run_recipe`: `run_recipe(path, overrides=[...])` runs it in this process through the front door
+  (`runner.run`) and returns its `RunOutcome` (status, metrics, run directory, trained model and
+  tokenizer).
 
 Helpers
 - `load_run(path)`: a finished run directory's recipe, task, tokenizer and model, loaded the way
@@ -62,10 +63,9 @@ _CONFIGS: dict[str, dict[str, Any]] = {
 
 def load_run(path: Path | str):
     """The recipe, task, tokenizer and model of the finished run in `path` (`.model`, `.tokenizer`, ...)."""
-    from runner.cli.saved import load_finished
-    from runner.storage.rundir import RunDir
+    from runner.running.finished import open_run
 
-    return load_finished(RunDir(Path(path)))
+    return open_run(path).load()
 
 
 def tiny_spec(head: str = "sequence_classification"):
@@ -278,14 +278,8 @@ def write_recipe(tmp_path):
 @pytest.fixture
 def run_recipe(tmp_path):
     def run(path: Path, overrides: list[str] | None = None):
-        from runner.cli.commands import load_and_validate
-        from runner.pipeline.run import execute
-        from runner.plugins.manager import get_plugins
-        from runner.storage.rundir import RunDir
+        from runner.running.starting import run as run_recipe
 
-        recipe = load_and_validate(path, overrides)
-        output = tmp_path / "run"
-        output.mkdir(exist_ok=True)
-        return execute(recipe, RunDir(output), get_plugins())
+        return run_recipe(path, overrides=overrides, output=tmp_path / "run")
 
     return run

@@ -112,15 +112,11 @@ def with_pretrained(text: str, model_dir: Path, max_length: int = 32) -> str:
 
 
 def run_recipe(path: Path, output: Path, overrides: list[str] | None = None):
-    """Run a recipe in this process, as `finetune run` does; returns runner.pipeline.run.RunResult."""
-    from runner.cli.commands import load_and_validate
-    from runner.pipeline.run import execute
-    from runner.plugins.manager import get_plugins
-    from runner.storage.rundir import RunDir
+    """Run a recipe in this process, through the front door as `finetune run` does (runner.run);
+    returns its RunOutcome (metrics, run directory, trained model and tokenizer)."""
+    from runner import run
 
-    recipe = load_and_validate(path, overrides)
-    output.mkdir(parents=True, exist_ok=True)
-    return execute(recipe, RunDir(output), get_plugins())
+    return run(path, overrides=overrides, output=output)
 
 
 def cli(*args: str) -> int:

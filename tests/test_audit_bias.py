@@ -141,35 +141,35 @@ def test_malformed_term_groups_are_refused(groups, problem):
 
 
 def test_term_files_in_toml_and_json_and_the_recipe_checks(tmp_path):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
     from runner.errors import RecipeError
 
     (tmp_path / "names.json").write_text(json.dumps({"a": ["alice", "anna"], "b": ["bob", "ben"]}))
     (tmp_path / "bad.toml").write_text('x = ["one"]\ny = ["two", "three"]\n')
     good = tiny_recipe(tmp_path / "good.toml", extra='[[audits]]\ntype = "bias"\nterms_file = "names.json"\n')
-    recipe = load_and_validate(good)
+    recipe = load_recipe(good)
     audit = recipe.audits[0].create()
     assert audit.terms.rewrite("Alice met Ben", "b") == "Bob met Ben"
 
     bad = tiny_recipe(tmp_path / "bad-recipe.toml", extra='[[audits]]\ntype = "bias"\nterms_file = "bad.toml"\n')
     with pytest.raises(RecipeError, match="equal length"):
-        load_and_validate(bad)
+        load_recipe(bad)
     both = tiny_recipe(
         tmp_path / "both.toml", extra='[[audits]]\ntype = "bias"\nterms = "gender"\nterms_file = "names.json"\n'
     )
     with pytest.raises(RecipeError, match="not both"):
-        load_and_validate(both)
+        load_recipe(both)
 
 
 def test_reweighting_is_refused_where_there_is_no_label(tmp_path):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
     from runner.errors import RecipeError
 
     lm = tiny_recipe(tmp_path / "lm.toml", extra='[[audits]]\ntype = "bias"\nmitigation = ["reweight"]\n')
     with pytest.raises(RecipeError) as err:
-        load_and_validate(lm, ["task.type=causal_lm"])
+        load_recipe(lm, ["task.type=causal_lm"])
     assert "reweight" in str(err.value) and "classification" in str(err.value)
-    load_and_validate(lm)  # a classifier may reweight
+    load_recipe(lm)  # a classifier may reweight
 
 
 # -- classifiers -----------------------------------------------------------------------------------

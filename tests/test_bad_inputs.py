@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import RECIPES, cli, tiny_recipe, write
 
-from runner.cli.commands import load_and_validate
+from runner import load_recipe
 from runner.errors import FinetuneError, RecipeError
 from runner.storage import checkpoints
 
@@ -18,7 +18,7 @@ LONG = "a" * 300  # one path component longer than any file system allows (255)
 
 def issues_of(path, overrides=None) -> list[str]:
     with pytest.raises(RecipeError) as err:
-        load_and_validate(path, overrides)
+        load_recipe(path, overrides)
     return [issue.render() for issue in err.value.issues]
 
 
@@ -80,7 +80,7 @@ def test_model_configs_the_architecture_refuses_are_found_by_validate(tmp_path, 
 
 def test_a_config_only_the_architecture_can_judge_stops_the_run_before_any_data(tmp_path, capsys):
     path = edited(tiny_recipe(tmp_path / "r.toml"), "n_embd = 32,", "n_embd = 32, resid_pdrop = 2.0,")
-    load_and_validate(path)  # validate cannot tell without torch ...
+    load_recipe(path)  # validate cannot tell without torch ...
     output = tmp_path / "run"
     err = cli_error(capsys, "run", path, "--output", output)  # ... the run can, before reading data
     assert re.search(rf"{re.escape(str(path))}:17:\d+ model\.config\.resid_pdrop: the gpt2 architecture refuses", err)
@@ -199,7 +199,7 @@ def test_epochs_and_steps_beyond_any_machine_are_refused(tmp_path):
 
 
 def test_a_run_that_plans_more_than_a_billion_steps_is_refused_with_the_count(tmp_path):
-    recipe = load_and_validate(tiny_recipe(tmp_path / "r.toml"), ["training.epochs=1e9", "training.batch_size=1"])
+    recipe = load_recipe(tiny_recipe(tmp_path / "r.toml"), ["training.epochs=1e9", "training.batch_size=1"])
     with pytest.raises(FinetuneError) as err:
         recipe.training.create().planned_steps(train_rows=240)
     assert "training.epochs = 1e+09 plans 240,000,000,000 optimizer steps (240 per epoch)" in err.value.message
@@ -329,6 +329,6 @@ def test_a_template_slow_only_on_real_rows_is_stopped_during_the_run(tmp_path, m
     spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     template = f"{{% for m in messages %}}{{% if m['content']|length > 30 %}}{spin}{{% endif %}}{{{{ m['content'] }}}}"
     path = instruct_recipe(tmp_path, template + "{% endfor %}")
-    load_and_validate(path)  # the short sample conversation renders at once
+    load_recipe(path)  # the short sample conversation renders at once
     err = cli_error(capsys, "run", path, "--output", tmp_path / "run", "--set", "data.sources[0].rows=100")
     assert "task.template: the chat template failed to render: RenderStopped: stopped after 0.5 s" in err

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 from conftest import tiny_recipe, write
 
-from runner.cli.commands import load_and_validate
+from runner import load_recipe
 from runner.components import RunContext
 from runner.pipeline.data import prepare_data
 from runner.pipeline.encoding import encode_splits
@@ -13,7 +13,7 @@ from runner.toolkit.collate import PadCollator
 
 
 def prepared(recipe_path, overrides=None, seed=7):
-    recipe = load_and_validate(recipe_path, overrides)
+    recipe = load_recipe(recipe_path, overrides)
     task = recipe.task.create()
     return prepare_data(recipe, task, RunContext(seed=seed, cache_dir=None)), task
 

@@ -197,23 +197,23 @@ def test_lora_run_shows_no_library_chatter(tmp_path):
 
 def test_hub_probe_only_for_recipes_that_read_the_hub(tmp_path, monkeypatch, capsys):
     """No probe, no note for a recipe that reads nothing from the Hub: it just works offline."""
-    from runner.cli import commands
+    from runner.running import recipes
     from runner.toolkit import hub
 
     probes = []
     monkeypatch.setattr(hub, "go_offline_if_unreachable", lambda: probes.append(1) or "hub.example is unreachable")
-    offline = commands.load_and_validate(tiny_recipe(tmp_path / "tiny.toml"))
-    online = commands.load_and_validate(ROOT / "recipes" / "gpt2-tweet-sentiment-lora.toml")
-    assert commands.hub_ids(offline) == []
-    assert "gpt2" in commands.hub_ids(online) and "mteb/tweet_sentiment_extraction" in commands.hub_ids(online)
+    offline = recipes.load_recipe(tiny_recipe(tmp_path / "tiny.toml"))
+    online = recipes.load_recipe(ROOT / "recipes" / "gpt2-tweet-sentiment-lora.toml")
+    assert recipes.hub_ids(offline) == []
+    assert "gpt2" in recipes.hub_ids(online) and "mteb/tweet_sentiment_extraction" in recipes.hub_ids(online)
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name)
-    commands._offline(recipe=offline)
+    recipes.go_offline(recipe=offline)
     assert probes == [] and os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's own setting stays
-    commands._offline(recipe=offline)
+    recipes.go_offline(recipe=offline)
     assert os.environ["HF_HUB_OFFLINE"] == "0" and probes == []
-    commands._offline(recipe=online)
+    recipes.go_offline(recipe=online)
     assert probes == [1] and "unreachable" in capsys.readouterr().err
 
 

@@ -237,7 +237,7 @@ def test_a_stalled_process_fails_the_run_within_the_timeout_naming_rank_and_step
 LIBRARY_NOISE = ("FutureWarning", "real_accelerator", "built successfully", "[transformers]", "kernels-community")
 # What `finetune resume --nproc M` does first for a DeepSpeed checkpoint of another number of processes.
 CONVERT = (
-    "from pathlib import Path\nfrom runner.distributed import universal\nuniversal._convert(Path('x'), Path('y'), 2)"
+    "from pathlib import Path\nfrom plugins.engines import _universal\n_universal._convert(Path('x'), Path('y'), 2)"
 )
 
 

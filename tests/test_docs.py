@@ -20,14 +20,14 @@ def test_the_readme_recipe_validates(tmp_path):
     import re
     import shutil
 
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     recipe = re.search(r"## A recipe\n\n```toml\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "data").mkdir()
     shutil.copy(ROOT / "recipes" / "data" / "reviews.csv", tmp_path / "data" / "reviews.csv")
     (tmp_path / "readme.toml").write_text(recipe, encoding="utf-8")
-    loaded = load_and_validate(tmp_path / "readme.toml")
+    loaded = load_recipe(tmp_path / "readme.toml")
     assert loaded.strategy.name == "lora" and loaded.sources[0].options.columns == {"text": "review", "label": "rating"}
 
 
@@ -35,7 +35,7 @@ def test_the_readme_qlora_lines_validate_in_the_readme_recipe(tmp_path):
     import re
     import shutil
 
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     recipe = re.search(r"## A recipe\n\n```toml\n(.*?)```", readme, re.S).group(1)
@@ -45,6 +45,22 @@ def test_the_readme_qlora_lines_validate_in_the_readme_recipe(tmp_path):
     (tmp_path / "data").mkdir()
     shutil.copy(ROOT / "recipes" / "data" / "reviews.csv", tmp_path / "data" / "reviews.csv")
     (tmp_path / "qlora.toml").write_text(qlora + "\n".join(kept) + "\n", encoding="utf-8")
-    loaded = load_and_validate(tmp_path / "qlora.toml")
+    loaded = load_recipe(tmp_path / "qlora.toml")
     assert loaded.model.create().quantization_bits() == 4
     assert loaded.strategy.options.target_modules == "all-linear" and loaded.task.options.format == "sharegpt"
+
+
+def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/python-api.md's notebook example, run as it is (its run directories under tmp_path)."""
+    import re
+
+    text = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+    example = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    monkeypatch.chdir(ROOT)  # the example names recipes/quickstart.toml from the repository's root
+    scope: dict = {}
+    exec(compile(example.replace('"runs/', f'"{tmp_path}/'), "python-api.md", "exec"), scope)
+    assert scope["outcome"].status == "completed" and scope["outcome"].exit_code == 0
+    assert scope["plan"].facts["optimizer steps"].isdigit()
+    assert (scope["merged"] / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "completed 0" in printed and "'label': " in printed

@@ -21,8 +21,8 @@ def evaluation(run) -> dict:
 
 
 def test_the_baseline_is_the_untouched_base_model(classifier):
-    from runner.cli.saved import load_finished
     from runner.pipeline.data import prepare_data
+    from runner.running.saved import load_finished
 
     base_row = evaluation(classifier)["baselines"][0]
     assert base_row["name"] == "base model" and "randomly initialised" in base_row["note"]
@@ -38,8 +38,8 @@ def test_the_baseline_is_the_untouched_base_model(classifier):
 def test_the_majority_class_is_a_baseline(classifier):
     from collections import Counter
 
-    from runner.cli.saved import load_finished
     from runner.pipeline.data import prepare_data
+    from runner.running.saved import load_finished
 
     row = next(b for b in evaluation(classifier)["baselines"] if b["name"] == "majority class")
     done = load_finished(classifier.run_dir)

@@ -128,13 +128,13 @@ def test_host_memory_is_known_and_bytes_format():
 def plan_text(path, accelerator, monkeypatch, world_size=1, overrides=(), nnodes=1):
     from rich.console import Console
 
-    from runner.cli.commands import load_and_validate
-    from runner.cli.plan import plan
+    from runner import plan
+    from runner.cli.plan import show_plan
 
     monkeypatch.setattr(memory, "detect_accelerator", lambda: accelerator)
     out = io.StringIO()
-    recipe = load_and_validate(path, list(overrides))
-    plan(recipe, Console(file=out, width=400), False, 0, world_size=world_size, nnodes=nnodes)
+    found = plan(path, overrides=list(overrides), samples=0, nproc=world_size // nnodes, nnodes=nnodes)
+    show_plan(found, Console(file=out, width=400))
     return " ".join(out.getvalue().split())
 
 

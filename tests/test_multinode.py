@@ -130,11 +130,11 @@ def node(rank: int, output: Path, *more: str) -> list[str]:
 
 
 def test_a_node_whose_recipe_differs_from_node_0s_is_refused_naming_the_difference(recipe, tmp_path, capsys):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
 
     output = tmp_path / "run"
     output.mkdir()
-    RunDir(output).write_recipe(load_and_validate(recipe, ["training.learning_rate=1e-3"]).resolved())  # node 0's
+    RunDir(output).write_recipe(load_recipe(recipe, ["training.learning_rate=1e-3"]).resolved())  # node 0's
     assert cli("run", recipe, *node(1, output)) == 2
     err = capsys.readouterr().err
     assert f"node 0's recipe in {output / 'recipe.resolved.toml'} is not the one this node resolved" in err
@@ -143,10 +143,10 @@ def test_a_node_whose_recipe_differs_from_node_0s_is_refused_naming_the_differen
 
 
 def test_a_node_refuses_a_run_directory_whose_run_has_started(recipe, tmp_path, capsys):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
 
     run = RunDir(tmp_path / "run")
-    run.write_recipe(load_and_validate(recipe).resolved())
+    run.write_recipe(load_recipe(recipe).resolved())
     run.set_status("completed")  # node 0 writes a status only once every node has joined: an earlier run
     assert cli("run", recipe, *node(1, run.path)) == 2
     assert f"--output {run.path} holds another run: its status.json says 'completed'" in capsys.readouterr().err

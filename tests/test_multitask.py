@@ -3,7 +3,7 @@
 import pytest
 from conftest import run_recipe, write
 
-from runner.cli.commands import load_and_validate
+from runner import load_recipe
 from runner.errors import RecipeError
 
 MIXED = """
@@ -87,7 +87,7 @@ def test_per_source_options_weights_and_names_are_validated(tmp_path):
     )
     bad = bad.replace("weight = 1.0\n", "")
     with pytest.raises(RecipeError) as err:
-        load_and_validate(write(tmp_path / "bad.toml", bad))
+        load_recipe(write(tmp_path / "bad.toml", bad))
     rendered = "\n".join(i.render() for i in err.value.issues)
     assert "data.sources[1].task.formt: unknown key (did you mean 'format'?)" in rendered
     assert "data.sources[1].name: a second source named 'alpaca'" in rendered

@@ -120,26 +120,26 @@ def test_the_probe_refuses_prompt_tuning_which_puts_its_tokens_once_a_row():
 
 
 def test_packing_on_a_mixing_architecture_is_a_recipe_error(tmp_path):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
     from runner.errors import RecipeError
 
     path = write(tmp_path / "r.toml", RECIPE.format(architecture="opt", config=OPT_CONFIG, task=TASK))
     with pytest.raises(RecipeError) as err:
-        load_and_validate(path)
+        load_recipe(path)
     [issue] = err.value.issues
     assert issue.render().startswith(f"{path}:") and " task.packing: packing would mix samples" in issue.render()
     assert "opt architecture" in issue.message and "task.packing = false" in issue.hint
-    load_and_validate(path, ["task.packing=false"])  # the same model without packing is fine
-    load_and_validate(write(tmp_path / "ok.toml", RECIPE.format(architecture="llama", config=LLAMA_CONFIG, task=TASK)))
+    load_recipe(path, ["task.packing=false"])  # the same model without packing is fine
+    load_recipe(write(tmp_path / "ok.toml", RECIPE.format(architecture="llama", config=LLAMA_CONFIG, task=TASK)))
 
 
 def test_packing_with_virtual_tokens_is_a_recipe_error(tmp_path, local_opt):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
     from runner.errors import RecipeError
 
     path = write(tmp_path / "r.toml", pretrained_recipe(local_opt))
     with pytest.raises(RecipeError) as err:
-        load_and_validate(path, ["strategy.type=prompt_tuning"])
+        load_recipe(path, ["strategy.type=prompt_tuning"])
     assert [i.key for i in err.value.issues] == [("task", "packing")]
     assert "virtual tokens" in err.value.issues[0].message
 

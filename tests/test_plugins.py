@@ -3,8 +3,7 @@
 import pytest
 from conftest import cli, tiny_recipe
 
-from runner import Metric, Options, Strategy, hookimpl
-from runner.cli.commands import load_and_validate
+from runner import Metric, Options, Strategy, hookimpl, load_recipe
 from runner.errors import RecipeError
 from runner.plugins.manager import Plugins, get_plugins, reset_plugins
 from runner.plugins.registry import Registry
@@ -92,10 +91,10 @@ def test_two_plugins_with_one_name_is_an_error_naming_both(tmp_path):
     assert "shiny" in plugins.registry.names("strategy")  # the rest of the plugin still registers
     path = tiny_recipe(tmp_path / "r.toml")
     with pytest.raises(RecipeError) as err:
-        load_and_validate(path, ["strategy.type=full"])
+        load_recipe(path, ["strategy.type=full"])
     message = err.value.issues[0].render()
     assert "registered by two plugins: 'strategy_full' and 'conflicting'" in message
-    load_and_validate(path, ["strategy.type=shiny"])  # unrelated names keep working
+    load_recipe(path, ["strategy.type=shiny"])  # unrelated names keep working
 
 
 def test_plugins_command_shows_conflicts_and_failures(capsys):
@@ -109,7 +108,7 @@ def test_plugins_command_shows_conflicts_and_failures(capsys):
 
 def test_a_failing_plugin_does_not_break_other_runs(tmp_path):
     reset_plugins(Plugins(extra=[BrokenPlugin()]))
-    load_and_validate(tiny_recipe(tmp_path / "r.toml"))
+    load_recipe(tiny_recipe(tmp_path / "r.toml"))
 
 
 def test_disable_a_builtin_plugin(monkeypatch, tmp_path):
@@ -119,7 +118,7 @@ def test_disable_a_builtin_plugin(monkeypatch, tmp_path):
     assert "strategy_peft" not in plugins.registry.plugins
     reset_plugins(plugins)
     with pytest.raises(RecipeError) as err:
-        load_and_validate(tiny_recipe(tmp_path / "r.toml"), ["strategy.type=lora"])
+        load_recipe(tiny_recipe(tmp_path / "r.toml"), ["strategy.type=lora"])
     assert "unknown strategy 'lora'" in err.value.message
 
 
@@ -179,7 +178,7 @@ def test_a_plugin_named_like_a_builtin_is_refused_not_shadowing_it(tmp_path):
     refused = plugins.registry.plugins["metrics (in-process)"]
     assert "already taken by built-in plugin 'metrics'" in refused.error
     reset_plugins(plugins)
-    load_and_validate(tiny_recipe(tmp_path / "r.toml"))
+    load_recipe(tiny_recipe(tmp_path / "r.toml"))
 
 
 def test_every_component_accepts_its_own_resolved_options():

@@ -74,7 +74,7 @@ def test_pickled_weights_are_refused(local_model, tmp_path, capsys):
 def test_virtual_tokens_on_a_pretrained_base_predict_a_row_alike_alone_and_batched(
     local_model, tmp_path, capsys, strategy
 ):
-    from runner.cli.saved import load_finished
+    from runner.running.saved import load_finished
 
     extra = f'[strategy]\ntype = "{strategy}"\nnum_virtual_tokens = 4\n'
     result = run_recipe(pretrained_recipe(tmp_path, local_model, extra), tmp_path / "run")
@@ -94,7 +94,7 @@ def test_virtual_tokens_on_a_pretrained_base_predict_a_row_alike_alone_and_batch
 def test_prefix_tuning_trains_on_two_processes_under_zero3_and_checkpoints(local_model, tmp_path):
     from safetensors.torch import load_file
 
-    from runner.cli.saved import load_finished
+    from runner.running.saved import load_finished
     from runner.storage.rundir import RunDir
 
     extra = '[strategy]\ntype = "prefix_tuning"\nnum_virtual_tokens = 4\n'

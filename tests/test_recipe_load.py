@@ -4,7 +4,7 @@ import pytest
 from conftest import write
 
 from runner.errors import Location, RecipeError
-from runner.recipe.load import load_recipe, parse_key_path, parse_override_value
+from runner.recipe.load import parse_key_path, parse_override_value, read_recipe
 
 
 def test_extends_merges_tables_and_replaces_arrays(tmp_path):
@@ -34,7 +34,7 @@ def test_extends_merges_tables_and_replaces_arrays(tmp_path):
         type = "recall"
         """,
     )
-    src = load_recipe(tmp_path / "child.toml")
+    src = read_recipe(tmp_path / "child.toml")
     assert src.data["training"] == {"learning_rate": 1e-4, "epochs": 5}
     assert src.data["metrics"] == [{"type": "recall"}]  # arrays replace, never append
     assert "extends" not in src.data
@@ -48,7 +48,7 @@ def test_extends_chain_of_three(tmp_path):
     write(tmp_path / "a.toml", '[run]\nname = "a"\nseed = 1\n')
     write(tmp_path / "sub" / "b.toml", 'extends = "../a.toml"\n[run]\nseed = 2\n')
     write(tmp_path / "c.toml", 'extends = "sub/b.toml"\n[run]\nname = "c"\n')
-    src = load_recipe(tmp_path / "c.toml")
+    src = read_recipe(tmp_path / "c.toml")
     assert src.data["run"] == {"name": "c", "seed": 2}
 
 
@@ -56,21 +56,21 @@ def test_extends_cycle_is_an_error_naming_the_chain(tmp_path):
     write(tmp_path / "a.toml", 'extends = "b.toml"\n')
     write(tmp_path / "b.toml", 'extends = "a.toml"\n')
     with pytest.raises(RecipeError) as err:
-        load_recipe(tmp_path / "a.toml")
+        read_recipe(tmp_path / "a.toml")
     assert "cycle" in err.value.message and "a.toml -> " in err.value.message and "b.toml" in err.value.message
 
 
 def test_extends_missing_file_names_the_line(tmp_path):
     write(tmp_path / "a.toml", '# comment\nextends = "nope.toml"\n')
     with pytest.raises(RecipeError) as err:
-        load_recipe(tmp_path / "a.toml")
+        read_recipe(tmp_path / "a.toml")
     issue = err.value.issues[0]
     assert issue.location.line == 2 and "nope.toml" in issue.message
 
 
 def test_overrides_use_toml_value_syntax(tmp_path):
     write(tmp_path / "r.toml", '[training]\nlearning_rate = 1e-4\n[[data.sources]]\ntype = "files"\n')
-    src = load_recipe(
+    src = read_recipe(
         tmp_path / "r.toml",
         [
             "training.learning_rate=3e-4",
@@ -93,7 +93,7 @@ def test_overrides_use_toml_value_syntax(tmp_path):
 def test_bad_overrides_are_reported_together(tmp_path):
     write(tmp_path / "r.toml", "[training]\nepochs = 1\n")
     with pytest.raises(RecipeError) as err:
-        load_recipe(tmp_path / "r.toml", ["no_equals_sign", "training.epochs.x=1", "a=[1,"])
+        read_recipe(tmp_path / "r.toml", ["no_equals_sign", "training.epochs.x=1", "a=[1,"])
     assert len(err.value.issues) == 3
 
 
@@ -108,7 +108,7 @@ def test_key_path_and_value_parsing():
 def test_toml_syntax_error_has_line_and_column(tmp_path):
     write(tmp_path / "r.toml", '[run]\nname = "x"\nseed = = 3\n')
     with pytest.raises(RecipeError) as err:
-        load_recipe(tmp_path / "r.toml")
+        read_recipe(tmp_path / "r.toml")
     issue = err.value.issues[0]
     assert (issue.location.line, issue.location.col) == (3, 8)
     assert "TOML syntax error" in issue.message
@@ -117,5 +117,5 @@ def test_toml_syntax_error_has_line_and_column(tmp_path):
 def test_non_utf8_recipe_names_the_line(tmp_path):
     (tmp_path / "r.toml").write_bytes(b'[run]\nname = "caf\xe9"\n')
     with pytest.raises(RecipeError) as err:
-        load_recipe(tmp_path / "r.toml")
+        read_recipe(tmp_path / "r.toml")
     assert err.value.issues[0].location.line == 2 and "UTF-8" in err.value.issues[0].message

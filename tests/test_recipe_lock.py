@@ -52,7 +52,8 @@ def test_locked_refuses_after_a_data_file_changes(tmp_path, capsys):
     assert cli("run", recipe, "--locked", "--output", run) == 2
     err = capsys.readouterr().err
     assert "--locked: 1 difference from" in err
-    assert 'inputs.data.sources[0].files["./data.csv"]: locked "' in err
+    # the key path spelled as `--set` takes it: a file's path is a quoted key
+    assert 'inputs.data.sources[0].files."./data.csv": locked "' in err
     assert "Traceback" not in err
     assert not run.exists()  # refused before anything was written
 

@@ -9,13 +9,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli, run_recipe, write
+from conftest import ROOT, cli, run_recipe, tiny_recipe, write
 
-from runner import hookimpl
-from runner.cli.commands import load_and_validate
+from runner import hookimpl, load_recipe
 from runner.errors import FinetuneError, RecipeError
 from runner.plugins.manager import Plugins, get_plugins, reset_plugins
-from runner.recipe.load import display_path, load_recipe
+from runner.recipe.load import display_path, read_recipe
 
 PACK = "finetune-recipes-example"
 PACK_DIR = ROOT / "docs" / "examples" / PACK / "finetune_recipes_example" / "recipes"
@@ -85,11 +84,11 @@ def test_recipes_lists_every_pack_with_version_description_and_components(exampl
 
 def test_a_recipe_extending_a_pack_recipe_validates_plans_and_runs(example_pack, tmp_path, capsys):
     recipe = write(tmp_path / "mine.toml", f'extends = "{PACK}:sentiment-fast"\n' + TINY_OVERRIDES)
-    source = load_recipe(recipe)
+    source = read_recipe(recipe)
     packs = source.data["run"]["packs"]
     assert packs == [f"{PACK}==0.1.0:sentiment-fast", "finetune-runner==0.1.0:quickstart"]
     assert str(source.provenance[("run", "packs")]) == f"{display_path(recipe)}:1:1"  # the `extends` line
-    validated = load_and_validate(recipe)
+    validated = load_recipe(recipe)
     assert validated.training.options.learning_rate == 4e-3  # from sentiment-fast
     assert validated.model.options.config["n_layer"] == 1  # from sentiment-base
 
@@ -103,13 +102,13 @@ def test_a_recipe_extending_a_pack_recipe_validates_plans_and_runs(example_pack,
     resolved = tomllib.loads((tmp_path / "run" / "recipe.resolved.toml").read_text())
     assert resolved["run"]["packs"][0] == f"{PACK}==0.1.0:sentiment-fast"
     # The run directory's recipe validates as it is (as `finetune resume` reads it).
-    assert load_and_validate(tmp_path / "run" / "recipe.resolved.toml").run.packs == resolved["run"]["packs"]
+    assert load_recipe(tmp_path / "run" / "recipe.resolved.toml").run.packs == resolved["run"]["packs"]
 
 
 def test_a_missing_pack_is_a_recipe_error_at_extends_naming_the_pack(tmp_path, capsys):
     recipe = write(tmp_path / "mine.toml", 'extends = "acme-recipes:llm/chat-base"\n')
     with pytest.raises(RecipeError) as caught:
-        load_recipe(recipe)
+        read_recipe(recipe)
     (issue,) = caught.value.issues
     assert issue.key == ("extends",) and issue.location.line == 1
     rendered = issue.render()
@@ -123,13 +122,13 @@ def test_uninstalling_the_pack_turns_its_recipes_into_errors(example_pack, tmp_p
     monkeypatch.setenv("FINETUNE_DISABLE_PLUGINS", "recipes-example")  # as if pip uninstalled it
     reset_plugins()
     with pytest.raises(RecipeError, match=f"no recipe pack '{PACK}' is installed"):
-        load_recipe(recipe)
+        read_recipe(recipe)
 
 
 def test_an_unknown_recipe_of_a_pack_lists_the_recipes_it_has(example_pack, tmp_path):
     recipe = write(tmp_path / "mine.toml", f'extends = "{PACK}:sentiment-fats"\n')
     with pytest.raises(RecipeError) as caught:
-        load_recipe(recipe)
+        read_recipe(recipe)
     rendered = caught.value.issues[0].render()
     assert "mine.toml:1:1 extends" in rendered and "has no recipe 'sentiment-fats'" in rendered
     assert "did you mean sentiment-fast" in rendered and "sentiment-base" in rendered
@@ -138,7 +137,7 @@ def test_an_unknown_recipe_of_a_pack_lists_the_recipes_it_has(example_pack, tmp_
 def test_a_file_path_that_looks_like_a_pack_is_still_a_path(tmp_path):
     write(tmp_path / "base:v1.toml", "[run]\nseed = 3\n")
     recipe = write(tmp_path / "mine.toml", 'extends = "base:v1.toml"\n')
-    assert load_recipe(recipe).data == {"run": {"seed": 3}}
+    assert read_recipe(recipe).data == {"run": {"seed": 3}}
 
 
 def test_a_pack_recipe_can_extend_another_packs_recipe(example_pack, tmp_path):
@@ -147,7 +146,7 @@ def test_a_pack_recipe_can_extend_another_packs_recipe(example_pack, tmp_path):
     ).parent.parent
     reset_plugins(Plugins(extra=[OtherTeam(folder)]))
     recipe = write(tmp_path / "mine.toml", 'extends = "other-team:team/tiny"\n')
-    validated = load_and_validate(recipe)
+    validated = load_recipe(recipe)
     assert validated.run.packs == ["other-team==in-process:team/tiny", f"{PACK}==0.1.0:sentiment-base",
                                    "finetune-runner==0.1.0:quickstart"]  # fmt: skip
     assert validated.sources[0].options.rows == 200
@@ -169,7 +168,7 @@ def test_recipes_copy_keeps_extends_pointing_at_the_pack(example_pack, tmp_path,
     assert cli("recipes", "copy", "sentiment-fast") == 0
     copied = (tmp_path / "sentiment-fast.toml").read_text()
     assert tomllib.loads(copied)["extends"] == f"{PACK}:sentiment-base"
-    assert load_and_validate(tmp_path / "sentiment-fast.toml").training.options.learning_rate == 4e-3
+    assert load_recipe(tmp_path / "sentiment-fast.toml").training.options.learning_rate == 4e-3
     assert cli("recipes", "copy", "sentiment-fast") == 2  # no overwrite without --force
     assert cli("recipes", "copy", "sentiment-fast", "--force") == 0
 
@@ -180,7 +179,7 @@ def test_recipes_copy_flatten_writes_a_resolved_recipe_that_validates(example_pa
     data = tomllib.loads(dest.read_text())
     assert "extends" not in data and data["training"]["learning_rate"] == 4e-3
     assert data["run"]["packs"][0] == f"{PACK}==0.1.0:sentiment-fast"
-    assert load_and_validate(dest).model.options.config["n_layer"] == 1
+    assert load_recipe(dest).model.options.config["n_layer"] == 1
 
 
 def test_a_copied_recipe_still_finds_the_data_file_its_pack_ships(tmp_path, monkeypatch, capsys):
@@ -189,7 +188,7 @@ def test_a_copied_recipe_still_finds_the_data_file_its_pack_ships(tmp_path, monk
     copied = tmp_path / "local-csv.toml"
     source = tomllib.loads(copied.read_text())["data"]["sources"][0]
     assert source["path"] == "finetune-runner:data/reviews.csv"  # was "data/reviews.csv": nothing beside the copy
-    assert Path(load_and_validate(copied).sources[0].options.path) == ROOT / "recipes" / "data" / "reviews.csv"
+    assert Path(load_recipe(copied).sources[0].options.path) == ROOT / "recipes" / "data" / "reviews.csv"
     # a pack file that is not there, or a pack that is not installed: an error at the key's line
     copied.write_text(copied.read_text().replace("data/reviews.csv", "data/nope.csv"))
     wrong = write(tmp_path / "wrong.toml", '[[data.sources]]\ntype = "files"\npath = "acme-recipes:data/x.csv"\n')
@@ -199,3 +198,20 @@ def test_a_copied_recipe_still_finds_the_data_file_its_pack_ships(tmp_path, monk
     assert "local-csv.toml:13:1 data.sources[0].path: pack 'finetune-runner" in out
     assert "ships no file 'data/nope.csv'" in out
     assert "wrong.toml:3:1 data.sources[0].path: no recipe pack 'acme-recipes' is installed" in out
+
+
+def test_loading_and_validating_use_the_packs_they_are_given_not_the_process_wide_ones(tmp_path):
+    from runner.recipe.validate import validate
+
+    team = tmp_path / "team"
+    tiny_recipe(team / "tiny.toml")
+    write(team / "data" / "rows.csv", "text,label\n" + "".join(f"day {i},{'ab'[i % 2]}\n" for i in range(40)))
+    plugins = Plugins(extra=[OtherTeam(team)])  # not the process's: get_plugins() knows no "other-team"
+    assert get_plugins().packs.get("other-team") is None
+    recipe = write(
+        tmp_path / "r.toml",
+        'extends = "other-team:tiny"\n\n[[data.sources]]\ntype = "files"\npath = "other-team:data/rows.csv"\n',
+    )
+    loaded = validate(read_recipe(recipe, packs=plugins.packs), plugins.registry)
+    assert loaded.sources[0].options.path == str(team / "data" / "rows.csv")
+    assert loaded.run.packs == ["other-team==in-process:tiny"]

@@ -19,12 +19,12 @@ from conftest import RECIPES, ROOT
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
-from runner.cli.commands import load_and_validate
+from runner import load_recipe
 from runner.cli.main import main
 from runner.cli.schema import recipe_schema
 from runner.errors import RecipeError
 from runner.plugins.manager import get_plugins
-from runner.recipe.load import load_recipe
+from runner.recipe.load import read_recipe
 
 SHIPPED = sorted(RECIPES.glob("*.toml"))
 
@@ -44,8 +44,8 @@ def _errors(validator: Draft7Validator, data: dict) -> list[str]:
 def test_every_shipped_recipe_fits_the_schema_as_written_merged_and_resolved(validator, path):
     written = tomllib.loads(path.read_text(encoding="utf-8"))
     assert _errors(validator, written) == []
-    assert _errors(validator, load_recipe(path).data) == []
-    assert _errors(validator, load_and_validate(path).resolved()) == []  # recipe.resolved.toml
+    assert _errors(validator, read_recipe(path).data) == []
+    assert _errors(validator, load_recipe(path).resolved()) == []  # recipe.resolved.toml
 
 
 def test_a_shipped_recipe_extends_another():
@@ -92,7 +92,7 @@ def test_what_validation_refuses_the_schema_refuses(validator, tmp_path, path, v
 
     recipe.write_text(tomli_w.dumps(data), encoding="utf-8")
     with pytest.raises(RecipeError):  # and the runner refuses it too: the two agree
-        load_and_validate(recipe)
+        load_recipe(recipe)
 
 
 def test_a_bad_enum_value_is_refused_with_the_choices(validator):

@@ -245,11 +245,11 @@ def fake_run(tmp_path, recipe, started: int, checkpoint_world_size: int | None =
 
 
 def test_a_global_batch_the_new_world_size_cannot_keep_is_refused(recipe, tmp_path, capsys):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
     from runner.distributed import resize
 
     run, checkpoint = fake_run(tmp_path, recipe, started=2)
-    loaded = load_and_validate(run.recipe)
+    loaded = load_recipe(run.recipe)
     with pytest.raises(FinetuneError) as caught:
         resize.plan(run, loaded, 3, checkpoint)  # 16 rows over 3 processes of 8
     message = caught.value.render()
@@ -262,11 +262,11 @@ def test_a_global_batch_the_new_world_size_cannot_keep_is_refused(recipe, tmp_pa
 
 
 def test_the_accumulation_follows_the_start_through_a_chain_of_resumes(recipe, tmp_path):
-    from runner.cli.commands import load_and_validate
+    from runner import load_recipe
     from runner.distributed import resize
 
     run, checkpoint = fake_run(tmp_path, recipe, started=1, checkpoint_world_size=2)
-    loaded = load_and_validate(run.recipe, [ACCUMULATE])  # started on 1 process: 8 x 2 x 1 = 16 rows
+    loaded = load_recipe(run.recipe, [ACCUMULATE])  # started on 1 process: 8 x 2 x 1 = 16 rows
     on_one = resize.plan(run, loaded, 1, checkpoint)  # written by two processes, back on the start's one
     assert on_one.overrides == [] and on_one.changed
     note = "resuming on 1 process instead of 2: gradient accumulation 1 -> 2, global batch 16 unchanged"
@@ -278,23 +278,32 @@ def test_the_accumulation_follows_the_start_through_a_chain_of_resumes(recipe, t
     assert "pass --nproc 1 or 2" in caught.value.render()
 
 
-def test_sharded_optimizer_states_never_load_on_another_world_size_unconverted(tmp_path):
-    from plugins.trainers.hf import universal_load
-    from runner.distributed import universal
+def deepspeed_engine(stage: int = 2, **options):
+    """The `deepspeed` engine component, as a recipe's `[distributed]` creates it."""
+    from plugins.engines.deepspeed_zero import DeepSpeed, DeepSpeedOptions
+
+    return DeepSpeed(DeepSpeedOptions(zero_stage=stage, **options))
+
+
+def test_sharded_optimizer_states_never_load_on_another_world_size_unconverted(tmp_path, monkeypatch):
+    from plugins.engines import _universal
 
     checkpoint = tmp_path / "checkpoint-4"
     for rank in (0, 1):
         write(checkpoint / "global_step4" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", "")
     write(checkpoint / "latest", "global_step4")
-    config = {"zero_optimization": {"stage": 2}}
-    assert universal.shard_count(checkpoint) == 2
-    assert universal_load(config, checkpoint, 2) is config  # the same world size: DeepSpeed's own load
-    with pytest.raises(FinetuneError, match="holds the ZeRO optimizer shards of 2 processes, and this run has 1"):
-        universal_load(config, checkpoint, 1)
+    engine = deepspeed_engine()
+    assert engine.checkpoint_world_size(checkpoint) == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the same world size: DeepSpeed's own load
+    assert "checkpoint" not in engine.trainer_settings("transformers", checkpoint)["deepspeed"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(FinetuneError, match="holds the ZeRO shards of 2 processes and no universal checkpoint that 1"):
+        engine.trainer_settings("transformers", checkpoint)
     write(checkpoint / "latest_universal", "global_step4_universal")
-    assert universal_load(config, checkpoint, 1)["checkpoint"] == {"load_universal": True}
+    settings = engine.trainer_settings("transformers", checkpoint)["deepspeed"]
+    assert settings["checkpoint"] == {"load_universal": True} and settings["zero_optimization"]["stage"] == 2
     with pytest.raises(FinetuneError, match="ZeRO-3 with NVMe offload"):
-        universal.prepare(checkpoint, 1, 3, ("nvme", "none"))
+        _universal.prepare(checkpoint, 1, 3, ("nvme", "none"))
 
 
 def zero_checkpoint(path, ranks: int, universal: bool = False):
@@ -331,6 +340,7 @@ def load_best(best, engine):
 
     trainer = object.__new__(make_trainer_class())  # only what the load reads
     trainer.is_deepspeed_enabled, trainer.model_wrapped, trainer.model = True, engine, torch.nn.Linear(1, 1)
+    trainer.run_engine = deepspeed_engine()  # the run's engine, which says how to load the checkpoint
     trainer.state = TrainerState(best_model_checkpoint=str(best))
     trainer._load_best_model()
 
@@ -369,16 +379,16 @@ def test_the_best_checkpoint_loads_as_it_was_written_whatever_the_engine_was_bui
 
 
 def test_the_best_checkpoint_a_resume_converts_is_found_in_the_run_directory(tmp_path):
-    from runner.distributed import universal
+    from plugins.trainers._hf_trainer import recorded_best
 
     resumed, best = tmp_path / "checkpoints" / "checkpoint-8", tmp_path / "checkpoints" / "checkpoint-4"
     moved_from = "/elsewhere/checkpoints/checkpoint-4"  # the path recorded is where the run was
     write(resumed / "trainer_state.json", json.dumps({"best_global_step": 4, "best_model_checkpoint": moved_from}))
-    assert universal.recorded_best(resumed) is None  # checkpoint-4 is not complete
+    assert recorded_best(resumed) is None  # checkpoint-4 is not complete
     write(best / "trainer_state.json", "{}")
     checkpoints.mark_complete(best, 2)
-    assert universal.recorded_best(resumed) == best
+    assert recorded_best(resumed) == best
     write(resumed / "trainer_state.json", json.dumps({"best_model_checkpoint": moved_from}))  # older states
-    assert universal.recorded_best(resumed) == best
+    assert recorded_best(resumed) == best
     write(resumed / "trainer_state.json", json.dumps({"best_global_step": None}))
-    assert universal.recorded_best(resumed) is None
+    assert recorded_best(resumed) is None

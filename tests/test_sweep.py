@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, cli, finetune_subprocess, write
 
-from runner.recipe.load import load_recipe
+from runner.recipe.load import read_recipe
 from runner.recipe.validate import validate
 from runner.storage import checkpoints
 from runner.storage.rundir import RunDir
@@ -62,7 +62,7 @@ trails = 4
 """,
     )
     with pytest.raises(RecipeError) as caught:
-        validate(load_recipe(path), get_plugins().registry)
+        validate(read_recipe(path), get_plugins().registry)
     text = caught.value.render()
     lines = path.read_text().splitlines()
 
@@ -128,7 +128,7 @@ def test_a_sweep_runs_its_trials_and_writes_report_and_best_recipe(finished):
     best = min(values, key=values.get)  # the objective defaults to the validation loss, minimised
     for t in trials:
         run = RunDir(Path(t.user_attrs["run_dir"]))
-        recipe = load_recipe(run.recipe).data
+        recipe = read_recipe(run.recipe).data
         settings = t.user_attrs["settings"]
         assert recipe["training"]["learning_rate"] == settings["training.learning_rate"]
         assert recipe["strategy"]["r"] == settings["strategy.r"]
@@ -137,7 +137,7 @@ def test_a_sweep_runs_its_trials_and_writes_report_and_best_recipe(finished):
         else:
             assert run.status()["state"] == "stopped"
 
-    best_recipe = load_recipe(directory / "best.toml")
+    best_recipe = read_recipe(directory / "best.toml")
     assert "sweep" not in best_recipe.data
     assert (
         best_recipe.data["training"]["learning_rate"] == trials[best].user_attrs["settings"]["training.learning_rate"]
@@ -152,7 +152,7 @@ def test_a_sweep_runs_its_trials_and_writes_report_and_best_recipe(finished):
     assert sorted(t.params["run.seed"] for t in seeds) == [8, 9]  # the recipe's seed is 7
     for t in seeds:
         assert t.state.name == "COMPLETE"
-        assert load_recipe(RunDir(Path(t.user_attrs["run_dir"])).recipe).data["run"]["seed"] == t.params["run.seed"]
+        assert read_recipe(RunDir(Path(t.user_attrs["run_dir"])).recipe).data["run"]["seed"] == t.params["run.seed"]
 
 
 def test_sweep_report_is_rebuilt_from_the_study(finished, capsys):
@@ -280,8 +280,8 @@ def test_a_database_study_is_joined_by_name_without_the_recipe(tmp_path, capsys)
     assert "studies there: swept" in capsys.readouterr().err
     # another machine: no recipe file, another folder; the recipe and the results come from the database
     assert cli("sweep", "--join", "swept", "--storage", url, "--output", tmp_path / "second") == 0
-    stored = load_recipe(tmp_path / "second" / "recipe.toml").data
+    stored = read_recipe(tmp_path / "second" / "recipe.toml").data
     assert stored["sweep"]["space"] == {"training.weight_decay": {"choice": [0.0, 0.1]}}
-    best = load_recipe(tmp_path / "second" / "best.toml").data
-    first = load_recipe(tmp_path / "first" / "best.toml").data
+    best = read_recipe(tmp_path / "second" / "best.toml").data
+    first = read_recipe(tmp_path / "first" / "best.toml").data
     assert best == first and "best: trial 0" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from conftest import ROOT, TINY, cli, write
 
 from runner.errors import RecipeError
 from runner.plugins.manager import get_plugins
-from runner.recipe.load import load_recipe
+from runner.recipe.load import read_recipe
 from runner.recipe.validate import validate
 
 BODY = TINY.format(rows=100, epochs=1, eval_every=2)
@@ -18,7 +18,7 @@ BODY = TINY.format(rows=100, epochs=1, eval_every=2)
 
 def problems(path: Path) -> str:
     with pytest.raises(RecipeError) as caught:
-        validate(load_recipe(path), get_plugins().registry)
+        validate(read_recipe(path), get_plugins().registry)
     return caught.value.render()
 
 
@@ -46,7 +46,7 @@ def test_the_docs_sweep_example_validates_and_its_old_batch_size_key_does_not(tm
     docs = (ROOT / "docs" / "experiments.md").read_text()
     example = re.search(r"```toml\n(\[sweep\]\n.*?)```", docs, re.S).group(1)
     path = write(tmp_path / "docs.toml", BODY + '\n[strategy]\ntype = "lora"\n\n' + example)
-    validate(load_recipe(path), get_plugins().registry)
+    validate(read_recipe(path), get_plugins().registry)
     old = write(
         tmp_path / "old.toml", path.read_text().replace('"training.batch_size"', '"training.per_device_batch_size"')
     )
@@ -57,7 +57,7 @@ def test_a_key_that_some_choices_of_the_component_take_is_allowed_one_none_takes
     some = (
         '[sweep]\n[sweep.space]\n"strategy.type" = { choice = ["lora", "ia3"] }\n"strategy.r" = { choice = [2, 4] }\n'
     )
-    validate(load_recipe(write(tmp_path / "some.toml", BODY + some)), get_plugins().registry)
+    validate(read_recipe(write(tmp_path / "some.toml", BODY + some)), get_plugins().registry)
     # no [strategy]: every trial fine-tunes fully, and `full` has no `r`
     none = write(tmp_path / "none.toml", BODY + '[sweep]\n[sweep.space]\n"strategy.r" = { choice = [2, 4] }\n')
     said = problems(none)

@@ -79,7 +79,14 @@ def test_tensorboard_curves_match_the_run_directory(tracked):
         recipe = events.Tensors("recipe/text_summary")[0].tensor_proto.string_val[0].decode()
         assert 'architecture = "gpt2"' in recipe
         assert events.Tensors("status/text_summary")[-1].tensor_proto.string_val[0] == b"completed"
-        assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+        hparams = events.PluginTagToContent("hparams")
+        assert "_hparams_/experiment" in hparams
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+        settings = start.session_start_info.hparams  # the recipe's key paths, as --set takes them
+        assert settings["data.sources[0].type"].string_value == "synthetic"
+        assert settings["training.learning_rate"].number_value == pytest.approx(3e-3)
 
 
 def _mlflow_run(output: Path, experiment: str = "r"):
@@ -109,7 +116,8 @@ def test_mlflow_run_holds_params_metrics_tags_and_artefacts(tracked, tmp_path):
     assert "baseline_majority_class/test/accuracy" in run.data.metrics
     params = run.data.params
     assert params["training.learning_rate"] == "0.003" and params["model.config.n_layer"] == "1"
-    assert params["data.sources.0.type"] == "synthetic"
+    # the key path as --set takes it (`data.sources[0].type`), with what MLflow refuses in a name as "_"
+    assert params["data.sources_0_.type"] == "synthetic"
     tags = run.data.tags
     assert tags["team"] == "nlp" and tags["finetune.status"] == "completed"
     assert tags["finetune.run_dir"] == str(run_dir.resolve())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import RECIPES, cli, run_recipe, tiny_recipe, write
 
-from runner.cli.commands import load_and_validate
+from runner import load_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,8 @@ def test_run_directory_is_self_describing(quickstart):
     records = run.read_metrics_log()
     assert [r["step"] for r in records if r["split"] == "train"][:3] == [1, 20, 40]
     assert any(r["split"] == "test" and r.get("final") for r in records)
-    again = load_and_validate(run.recipe)  # the resolved recipe is a valid recipe
-    assert again.resolved()["training"] == load_and_validate(RECIPES / "quickstart.toml").resolved()["training"]
+    again = load_recipe(run.recipe)  # the resolved recipe is a valid recipe
+    assert again.resolved()["training"] == load_recipe(RECIPES / "quickstart.toml").resolved()["training"]
     model_files = {p.name for p in run.model.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "finetune.json"} <= model_files
     assert not [n for n in model_files if n.endswith((".bin", ".pt", ".pth"))]

@@ -3,13 +3,13 @@
 import pytest
 from conftest import RECIPES, tiny_recipe, write
 
-from runner.cli.commands import load_and_validate
+from runner import load_recipe
 from runner.errors import RecipeError
 
 
 def issues_of(path, overrides=None):
     with pytest.raises(RecipeError) as err:
-        load_and_validate(path, overrides)
+        load_recipe(path, overrides)
     return {issue.render() for issue in err.value.issues}, err.value.issues
 
 
@@ -23,7 +23,7 @@ def test_every_shipped_recipe_validates():
     recipes = sorted(RECIPES.glob("*.toml"))
     assert len(recipes) >= 5
     for path in recipes:
-        load_and_validate(path)
+        load_recipe(path)
 
 
 def test_all_errors_reported_at_once_with_line_and_suggestion(tmp_path):
@@ -152,16 +152,16 @@ def test_data_paths_are_relative_to_the_recipe_that_sets_them(tmp_path):
     start = text.index("[[data.sources]]")
     end = text.index("[tokenizer]")
     child.write_text('extends = "../shared/base.toml"\n' + text[:start] + text[end:])
-    recipe = load_and_validate(child)
+    recipe = load_recipe(child)
     assert recipe.sources[0].options.train == str((tmp_path / "shared" / "data" / "train.csv").resolve())
 
 
 def test_resolved_recipe_validates_again(tmp_path):
     import tomli_w
 
-    recipe = load_and_validate(RECIPES / "quickstart.toml", ["training.epochs=1"])
+    recipe = load_recipe(RECIPES / "quickstart.toml", ["training.epochs=1"])
     again = write(tmp_path / "resolved.toml", tomli_w.dumps(recipe.resolved()))
-    assert load_and_validate(again).resolved() == recipe.resolved()
+    assert load_recipe(again).resolved() == recipe.resolved()
 
 
 def test_two_metrics_or_audits_with_one_name_are_refused(tmp_path):

@@ -25,10 +25,10 @@ ZERO3 = ["--set", 'distributed.engine="deepspeed"', "--set", "distributed.zero_s
 # the model is built and while it is saved, one JSON file per rank; the save streams 64 MB shards.
 MEASURE = """
 import json, os
-from runner.distributed import zero3
+from plugins.engines import _zero3
 from runner.pipeline import steps
 
-zero3.SHARD_BYTES = 64 * 2**20
+_zero3.SHARD_BYTES = 64 * 2**20
 figures = {}
 
 def status(key):

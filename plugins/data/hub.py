@@ -24,6 +24,10 @@ class Hub(DataSource):
 
     name = "hub"
     Options = HubOptions
+    fingerprint_downloads = True  # the fingerprint is the splits' own, read from the data
+
+    def hub_datasets(self) -> list[tuple[str, str | None]]:
+        return [(self.options.path, self.options.revision)]
 
     def _load(self):
         from datasets import load_dataset

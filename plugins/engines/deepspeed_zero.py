@@ -4,15 +4,24 @@ The DeepSpeed config is generated from the recipe: batch sizes, gradient accumul
 clipping and precision come from `[training]` (DeepSpeed's "auto" values, which the trainer fills
 in), so they cannot disagree. A `deepspeed_config` table extends it for settings the recipe has no
 key for; it is checked by DeepSpeed's own config model before any process starts.
+
+Everything DeepSpeed needs from a run is reached through the `Engine` methods below, and done by
+this plugin's own modules: the launch environment and the quieting of DeepSpeed's prints
+(`_quiet`), ZeRO-3's partitioned build and streamed save (`_zero3`, `_zero_init`), and resuming
+on another number of processes through universal checkpoints (`_universal`). It trains with
+trainers built on transformers, which takes the config as `TrainingArguments(deepspeed=...)`.
 """
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from runner import Engine, EngineOptions, FinetuneError, Sharding, hookimpl
+from plugins.engines import _quiet, _universal
+from runner import Engine, EngineOptions, FinetuneError, Sharding, hookimpl, world_size
 
 Offload = Literal["none", "cpu", "nvme"]
 
@@ -102,6 +111,8 @@ class DeepSpeed(Engine):
 
     name = "deepspeed"
     Options = DeepSpeedOptions
+    frameworks = ("transformers",)  # the config goes to transformers' DeepSpeed integration
+    casts_weights = True  # 16-bit weights, fp32 masters in the optimizer states (the ZeRO paper's accounting)
     aliases = {
         "stage": "zero_stage",
         "zero": "zero_stage",
@@ -153,6 +164,12 @@ class DeepSpeed(Engine):
             config["optimizer"] = {"type": "AdamW", "params": adam}
         return _merge(config, o.deepspeed_config)
 
+    # -- launch ----------------------------------------------------------------------------------
+    def launch_environment(self) -> dict[str, str]:
+        """DS_ACCELERATOR=cpu on a machine without GPUs: else every import of DeepSpeed warns that
+        it guessed the CPU (`_quiet`)."""
+        return _quiet.cpu_accelerator()
+
     def check_launch(self, world_size: int) -> None:
         """Let DeepSpeed's own config model judge the merged config (unknown keys, bad values)."""
         if not self.options.deepspeed_config:
@@ -177,6 +194,56 @@ class DeepSpeed(Engine):
                 f"distributed.deepspeed_config is not a valid DeepSpeed config: {' '.join(first[:3])}",
                 hint="see https://www.deepspeed.ai/docs/config-json/",
             ) from None
+
+    # -- resume: ZeRO shards cut for another number of processes ----------------------------------
+    def checkpoint_world_size(self, checkpoint: Path) -> int | None:
+        """The ranks whose ZeRO optimizer shards the checkpoint holds (None: whole states)."""
+        return _universal.shard_count(checkpoint)
+
+    def prepare_checkpoint(self, checkpoint: Path, world_size: int, say, why: str = "", instead: str = "") -> bool:
+        """Convert a checkpoint of another number of processes to a universal one (`_universal`)."""
+        sharding = self.sharding()
+        offload = (sharding.offload_optimizer, sharding.offload_params)
+        return _universal.prepare(checkpoint, world_size, sharding.zero_stage, offload, say, why, instead)
+
+    # -- build, train, save ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def building(self, model, trainer):
+        """DeepSpeed's communication backend starts quietly; under ZeRO-3 the model is built
+        partitioned, a random-init one with one process's draws (`_zero3`, `_zero_init`)."""
+        from plugins.engines import _zero3
+
+        _quiet.quiet_collectives()  # before DeepSpeed's first collective (zero.Init's, or the trainer's)
+        _quiet.quiet_deepspeed_comm()  # before DeepSpeed's communication backend starts
+        config = _zero3.build_config(self.deepspeed_config(), self.options.zero_stage, model, trainer.options)
+        if config is None:
+            yield
+            return
+        from plugins.engines._zero_init import seeded_from_config
+
+        _zero3.register(config)
+        with _zero3.freed_layers_returned(), seeded_from_config():
+            yield
+
+    def trainer_settings(self, framework: str, checkpoint: Path | None) -> dict[str, Any]:
+        """`TrainingArguments(deepspeed=...)`: the config, set to load `checkpoint` as universal when
+        it holds the shards of another number of processes (a FinetuneError when not converted)."""
+        if framework not in self.frameworks:
+            raise FinetuneError(f"engine 'deepspeed' cannot set up a trainer built on {framework or 'no framework'}")
+        return {"deepspeed": _universal.universal_load(self.deepspeed_config(), checkpoint, world_size())}
+
+    def whole_model(self, model):
+        from plugins.engines import _zero3
+
+        return _zero3.gathered(list(model.parameters()))  # only ZeRO-3's partitioned weights: else nothing
+
+    def save_model(self, model, strategy, directory: Path, write_rest, publish) -> None:
+        """Under ZeRO-3, gathered to rank 0 one layer at a time (`_zero3.save`)."""
+        from plugins.engines import _zero3
+
+        if not _zero3.partitioned(model):
+            return super().save_model(model, strategy, directory, write_rest, publish)
+        _zero3.save(model, strategy, directory, write_rest, publish, lambda: self.whole_model(model))
 
 
 @hookimpl

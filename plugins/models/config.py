@@ -75,6 +75,9 @@ class FromConfig(Loading, Model):
         weights). Needs torch, so `finetune run` and `plan` call it, not `validate`."""
         yield from built_problems(options.architecture, options.config)
 
+    def architecture(self) -> str | None:
+        return self.options.architecture
+
     def max_positions(self) -> int | None:
         for key in POSITION_KEYS:
             if key in self.options.config:
@@ -125,15 +128,9 @@ class FromConfig(Loading, Model):
             return cls.from_pretrained(directory, **loading_kwargs(self.options))
 
     def _from_config(self, cls, config):
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        kernel = self.options.attn_implementation
-        if self.options.quantization is None and is_deepspeed_zero3_enabled():
-            # ZeRO-3: partitioned as it is built, with the weights one process draws
-            from plugins.models._zero_init import build_partitioned
-
-            return build_partitioned(cls, config, attn_implementation=kernel)
-        return cls.from_config(config, attn_implementation=kernel)
+        # An engine that partitions the weights builds them partitioned here, with the weights one
+        # process draws (its `Engine.building` context: DeepSpeed's ZeRO-3).
+        return cls.from_config(config, attn_implementation=self.options.attn_implementation)
 
     def build_empty(self, ctx: RunContext, spec: ModelSpec):
         import torch

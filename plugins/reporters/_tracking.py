@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from plugins.reporters.rich_panels import shown as worth_showing
+from runner import key_paths
 
 
 def missing_extra(reporter: str, modules: tuple[str, ...], extra: str) -> str | None:
@@ -109,27 +110,12 @@ def baselines(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested recipe as key paths: {"training.learning_rate": 3e-3, "data.sources.0.type": ...}.
-    Tables of tables (sources, metrics, reporters) are indexed; lists of plain values stay lists."""
-    out: dict[str, Any] = {}
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        for i, v in enumerate(value):
-            out.update(flatten(v, f"{prefix}.{i}"))
-    elif prefix:
-        out[prefix] = value
-    return out
-
-
 def recipe_toml(recipe: dict[str, Any]) -> str:
     """The resolved recipe as TOML, as recipe.resolved.toml holds it."""
     try:
         return tomli_w.dumps(recipe)
     except (TypeError, ValueError):  # a value TOML cannot hold: show it, but never fail the run
-        return "\n".join(f"{k} = {v!r}" for k, v in flatten(recipe).items()) + "\n"
+        return "\n".join(f"{k} = {v!r}" for k, v in key_paths(recipe).items()) + "\n"
 
 
 def scalar(value: Any) -> str | int | float | bool:

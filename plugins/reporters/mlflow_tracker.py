@@ -4,11 +4,13 @@ By default every run of an output folder goes to `sqlite:///<output_dir>/mlflow.
 under `<output_dir>/mlartifacts/` (MLflow 3 no longer takes plain file stores, hence SQLite). Set
 `tracking_uri` to reach a team's server ("http://mlflow.internal:5000") or database.
 
-What it logs: the resolved recipe as params (flattened key paths, `training.learning_rate`) and as
-the artefact `recipe.toml`; `train/<figure>` at each logged step and `<split>/<metric>` at each
-evaluation (after-training ones at the last step); baselines (`baseline_<name>/<split>/<metric>`,
-step 0); audits as tags and `audits/<name>` metrics; tags with the run directory, status and sweep
-trial; and, for a completed run, the model folder and report.html as artefacts.
+What it logs: the resolved recipe as params and as the artefact `recipe.toml` (a param's name is
+the value's key path as `--set` takes it, `training.learning_rate`, with each character MLflow
+refuses in a name replaced by "_": `data.sources[0].type` is `data.sources_0_.type`);
+`train/<figure>` at each logged step and `<split>/<metric>` at each evaluation (after-training
+ones at the last step); baselines (`baseline_<name>/<split>/<metric>`, step 0); audits as tags and
+`audits/<name>` metrics; tags with the run directory, status and sweep trial; and, for a completed
+run, the model folder and report.html as artefacts.
 
 It talks to MLflow through an explicit `MlflowClient`, never the fluent `mlflow.start_run` API: no
 global active run that another library (or a second reporter) could end or log into.
@@ -23,7 +25,7 @@ from pathlib import Path
 from pydantic import Field
 
 from plugins.reporters import _tracking as tracking
-from runner import Options, Reporter, hookimpl
+from runner import Options, Reporter, hookimpl, key_paths
 
 # MLflow's limits (mlflow.utils.validation), kept here so that no private module is imported:
 # the longest param key and value a store takes, and the most params or tags in one request.
@@ -173,7 +175,7 @@ class MLflow(Reporter):
 
         params = [
             Param(_clip(tracking.key(k), MAX_KEY), _clip(str(tracking.scalar(v)), MAX_PARAM_VALUE))
-            for k, v in tracking.flatten(recipe).items()
+            for k, v in key_paths(recipe).items()
         ]
         params = list({p.key: p for p in params}.values())  # two keys clipped alike: keep one
         for i in range(0, len(params), PARAMS_PER_BATCH):

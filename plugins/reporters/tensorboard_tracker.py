@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field
 
 from plugins.reporters import _tracking as tracking
-from runner import Options, Reporter, hookimpl
+from runner import Options, Reporter, hookimpl, key_paths
 
 
 class TensorBoardOptions(Options):
@@ -131,7 +131,7 @@ class TensorBoard(Reporter):
         """The recipe's settings and final metrics in the HParams tab (runs compared side by side)."""
         from torch.utils.tensorboard.summary import hparams
 
-        settings = {k: tracking.scalar(v) for k, v in tracking.flatten(self.recipe).items()}
+        settings = {k: tracking.scalar(v) for k, v in key_paths(self.recipe).items()}
         settings["status"] = status
         final = {
             tracking.key(split, name): value

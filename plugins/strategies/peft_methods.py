@@ -43,6 +43,13 @@ class PeftStrategy(Strategy):
 
     can_merge = True
     quantized_bases = (4, 8)
+    quiet_warnings = (
+        # LoRA on GPT-2's Conv1D layers (weights stored transposed): peft notices and sets
+        # fan_in_fan_out=True itself, which is the right setting.
+        "fan_in_fan_out is set to False but the target module is `Conv1D`",
+        # peft reads transformers' old property name while preparing a quantized base.
+        "`is_gradient_checkpointing` is deprecated",
+    )
 
     def peft_config(self, model, ctx, spec, task_type: str):
         raise NotImplementedError

@@ -32,6 +32,7 @@ class Trained(Tokenizer):
 
     name = "trained"
     Options = TrainedTokenizerOptions
+    trains_on_data = True
 
     def build(self, ctx: RunContext, texts):
         from tokenizers import Tokenizer as RawTokenizer

@@ -5,14 +5,18 @@ use so that importing the plugin imports neither torch nor transformers:
   resumed run takes the batches the uninterrupted one would have), a loss checked for NaN or
   infinity before backward (`NonFiniteLoss`), per-row weights, checkpoints marked complete
   before rotation (and, under ZeRO-3, virtual tokens gathered on every rank before one saves them),
-  and the best checkpoint found in this run directory and loaded as it was written (a DeepSpeed
-  checkpoint of another number of processes through its universal conversion, any other natively);
+  and the best checkpoint found in this run directory and loaded as it was written: the engine says
+  how (`Engine.trainer_settings` for that checkpoint: under DeepSpeed, one of another number of
+  processes through its universal conversion, any other natively);
+- `recorded_best`: the best checkpoint a checkpoint's trainer state records, which a resume on
+  another number of processes has the engine make loadable too;
 - `bridge_events`: the callback that passes progress to the run's events and stops at the end of the
   step when the job is asked to stop (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +26,14 @@ from runner import (
     PeerFailed,
     any_rank,
     barrier,
+    checkpoint_is_complete,
+    checkpoint_step,
     clip,
     mark_checkpoint_complete,
     rotate_checkpoints,
-    world_size,
-    zero_shard_count,
 )
+
+TRAINER_STATE = "trainer_state.json"  # the Hugging Face Trainer's record, in each of its checkpoints
 
 
 class NonFiniteLoss(Exception):
@@ -138,9 +144,10 @@ def make_trainer_class():
             # on in a resume on another number of processes, for the checkpoint resumed from. The
             # best checkpoint may be one written before the resize (another number of processes:
             # loadable only through the universal conversion `finetune resume` made) or after it
-            # (this number: only its own files, `latest`); the setting follows the one loaded here.
+            # (this number: only its own files, `latest`); the setting follows the one the run's
+            # engine gives for the checkpoint loaded here.
             best = Path(self.state.best_model_checkpoint)
-            universal = _loads_as_universal(best)
+            universal = _loads_as_universal(best, getattr(self, "run_engine", None))
             built_with = engine._config.load_universal_checkpoint
             engine._config.load_universal_checkpoint = universal
             try:
@@ -171,20 +178,39 @@ def make_trainer_class():
     return _Trainer
 
 
-def _loads_as_universal(best: Path) -> bool:
-    """Whether DeepSpeed must load the checkpoint `best` as universal: it holds the ZeRO shards of
-    another number of processes. A FinetuneError when it does and has no universal conversion."""
-    shards, processes = zero_shard_count(best), world_size()
-    if not shards or shards == processes:
-        return False
-    if not (best / "latest_universal").is_file():
+def _loads_as_universal(best: Path, engine) -> bool:
+    """Whether DeepSpeed must load the checkpoint `best` as universal, as the run's `engine` sets it
+    up for that checkpoint; when it cannot be loaded on this number of processes, every rank stops."""
+    try:
+        settings = engine.trainer_settings("transformers", best) if engine is not None else {}
+    except FinetuneError as exc:
         stop_every_rank(
-            f"training is done, but the best checkpoint, {best}, holds the ZeRO shards of {shards} processes "
-            f"and no universal checkpoint that {processes} can load",
-            hint=f"`finetune resume RUN --nproc {processes}` converts it and ends the run; or set "
-            "training.keep_best = false",
+            f"training is done, but the best checkpoint cannot be loaded: {exc.message}",
+            hint=f"{exc.hint + '; or ' if exc.hint else ''}set training.keep_best = false",
         )
-    return True
+    config = settings.get("deepspeed") or {}
+    return bool(isinstance(config, dict) and config.get("checkpoint", {}).get("load_universal", False))
+
+
+def recorded_best(checkpoint: Path) -> Path | None:
+    """The checkpoint that the trainer state saved in `checkpoint` records as the best evaluation so
+    far, looked for beside `checkpoint` by its step: the path recorded is where the run directory
+    was then, which a copied or moved run no longer is. None when none is recorded, or it is not a
+    complete checkpoint of this run."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    step = state.get("best_global_step")
+    if not isinstance(step, int) or isinstance(step, bool):  # older states record only the path
+        path = state.get("best_model_checkpoint")
+        step = checkpoint_step(Path(path)) if isinstance(path, str) else None
+    if step is None:
+        return None
+    best = checkpoint.parent / f"checkpoint-{step}"
+    return best if checkpoint_is_complete(best) else None
 
 
 def stop_every_rank(message: str, hint: str | None = None, cause: BaseException | None = None):

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from plugins.trainers._hf_trainer import NonFiniteLoss, bridge_events, make_trainer_class
+from plugins.trainers._hf_trainer import NonFiniteLoss, bridge_events, make_trainer_class, recorded_best
 from runner import (
     MAX_BATCH,
     MAX_STEPS,
@@ -34,7 +34,6 @@ from runner import (
     hookimpl,
     latest_checkpoint,
     world_size,
-    zero_shard_count,
 )
 
 Interval = Literal["epoch"] | int
@@ -133,7 +132,8 @@ class HF(Trainer):
 
     name = "hf"
     Options = HFTrainerOptions
-    engines = ("ddp", "deepspeed")
+    # The engine's settings are keyword arguments of transformers' TrainingArguments (deepspeed=...).
+    framework = "transformers"
     aliases = {
         "lr": "learning_rate",
         "num_train_epochs": "epochs",
@@ -238,8 +238,8 @@ class HF(Trainer):
             full_determinism=job.deterministic,
             activation_checkpointing=self._checkpointing(job.model),
             dataloader_num_workers=o.dataloader_workers,
-            deepspeed=universal_load(job.deepspeed, job.resume_from, world_size()),
             **self._precision(),
+            **(job.engine.trainer_settings(self.framework, job.resume_from) if job.engine else {}),
         )
 
     def _trainer(self, job, has_eval: bool, callbacks=()):
@@ -255,6 +255,7 @@ class HF(Trainer):
             callbacks=list(callbacks),
         )
         trainer.keep_checkpoints = self.options.keep_checkpoints
+        trainer.run_engine = job.engine  # asked again for the best checkpoint, at the end
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # the run's reporters show progress instead
@@ -323,14 +324,12 @@ class HF(Trainer):
             del job.model._is_accelerate_prepared
         return {k.removeprefix("eval_"): v for k, v in metrics.items()}
 
-    def whole_model(self, job):
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        if job.deepspeed is None or not is_deepspeed_zero3_enabled():
-            return contextlib.nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(list(job.model.parameters()), modifier_rank=None)
+    def resume_checkpoints(self, checkpoint: Path) -> list[tuple[Path, str, str]]:
+        """With keep_best, the best checkpoint so far: the run ends by loading its weights."""
+        best = recorded_best(checkpoint) if self.options.keep_best else None
+        if best is None:
+            return []
+        return [(best, "the best evaluation so far, whose weights the run ends with", "set training.keep_best = false")]
 
     def planned_steps(self, train_rows: int, world_size: int = 1) -> int | None:
         """The run's optimizer steps; a FinetuneError when they are more than MAX_STEPS."""
@@ -356,28 +355,6 @@ def divergence_hint(options: HFTrainerOptions) -> str:
         f"lower training.learning_rate (gradients are already clipped to norm {options.max_grad_norm:g}); "
         "check the data for extreme or empty rows"
     )
-
-
-def universal_load(deepspeed: dict | None, checkpoint: Path | None, processes: int) -> dict | None:
-    """The DeepSpeed config for resuming from `checkpoint` on `processes` processes.
-
-    ZeRO optimizer shards are cut for the number of processes that wrote them; on another number
-    each rank would load another's slice. `finetune resume --nproc M` converts such a checkpoint to
-    a universal one first (runner/distributed/universal.py), which DeepSpeed loads on any number
-    of processes when `checkpoint.load_universal` is on; without that conversion, refuse."""
-    if deepspeed is None or checkpoint is None:
-        return deepspeed
-    shards = zero_shard_count(checkpoint)
-    if not shards or shards == processes:
-        return deepspeed
-    if not (checkpoint / "latest_universal").is_file():
-        raise FinetuneError(
-            f"{checkpoint} holds the ZeRO optimizer shards of {shards} processes, and this run has {processes}: "
-            "each process would load another's slice",
-            hint=f"resume with `finetune resume RUN --nproc {processes}`, which converts the checkpoint to a "
-            "DeepSpeed universal checkpoint first",
-        )
-    return {**deepspeed, "checkpoint": {**deepspeed.get("checkpoint", {}), "load_universal": True}}
 
 
 @contextlib.contextmanager

@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from runner.cli.commands import _console
+from runner.cli.console import console
 from runner.errors import FinetuneError, RecipeError, clip
 from runner.plugins.manager import get_plugins
 from runner.plugins.packs import RecipePack, parse_reference
-from runner.recipe.load import display_path, load_recipe
+from runner.recipe.load import display_path, read_recipe
 from runner.recipe.toml_positions import key_positions
+from runner.running.recipes import load_recipe
 
 
 def cmd_recipes(args) -> int:
@@ -29,7 +30,7 @@ def cmd_recipes(args) -> int:
 def summary(path: Path) -> tuple[str, list[str]]:
     """A recipe's description and the components it needs (the `type =` values of its sections,
     and the distributed engine), with `extends` followed. Raises RecipeError when it cannot load."""
-    data = load_recipe(path).data
+    data = read_recipe(path).data
     run = data.get("run")
     description = run.get("description", "") if isinstance(run, dict) else ""
     types: list[str] = []
@@ -67,7 +68,7 @@ def _list() -> int:
             except RecipeError as exc:
                 description, components = "", f"[red]does not load: {escape(exc.issues[0].render())}[/]"
             table.add_row(pack.label, name, escape(description), components)
-    _console().print(table)
+    console().print(table)
     return 0
 
 
@@ -95,9 +96,7 @@ def _copy(name: str, dest: Path | None, flatten: bool, force: bool) -> int:
     if flatten:
         import tomli_w
 
-        from runner.cli.commands import load_and_validate
-
-        resolved = load_and_validate(path).resolved()
+        resolved = load_recipe(path).resolved()
         # The copy no longer extends anything: its provenance names the recipe it was copied from.
         resolved["run"]["packs"] = [f"{pack.name}=={pack.version}:{recipe}", *resolved["run"].get("packs", [])]
         text = f"{header} --flatten: every value resolved.\n" + tomli_w.dumps(resolved)
@@ -134,10 +133,9 @@ def _files_in_pack(text: str, path: Path, pack: RecipePack) -> str:
     file beside the recipe) written `pack:path`, which finds it from anywhere the pack is installed."""
     import tomllib
 
-    from runner.cli.commands import load_and_validate
     from runner.recipe.paths import file_marker
 
-    raw, recipe = tomllib.loads(text), load_and_validate(path)
+    raw, recipe = tomllib.loads(text), load_recipe(path)
     folders = [folder for folder in pack.paths if folder.is_dir()]
     lines, positions = text.splitlines(keepends=True), key_positions(text)
     for spec in recipe.components():

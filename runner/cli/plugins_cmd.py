@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.cli.commands import _console
+from runner.cli.console import console as new_console
 from runner.plugins.manager import get_plugins
 
 
@@ -65,7 +65,7 @@ def cmd_plugins(args) -> int:
     plugins = get_plugins()
     registry = plugins.registry
     empty = registered_nothing(plugins)
-    console = _console()
+    console = new_console()
     table = Table(title="plugins")
     for column in ("plugin", "version", "source", "components"):
         table.add_column(column)

@@ -20,20 +20,13 @@ from runner.errors import FinetuneError
 from runner.options import Options
 from runner.plugins.registry import Registry
 from runner.recipe.resolved import DataOptions, EvaluationOptions, RunOptions, SplitOptions
+from runner.recipe.sections import LISTS, SECTIONS, TAGS
 from runner.recipe.sweep_section import SpaceEntry, SweepOptions
-from runner.recipe.validate import TAGS
 
 SECTION_OF_KIND = {
     "data_source": "[[data.sources]]",
-    "tokenizer": "[tokenizer]",
-    "model": "[model]",
-    "task": "[task]",
-    "strategy": "[strategy]",
-    "trainer": "[training]",
-    "engine": "[distributed]",
-    "metric": "[[metrics]]",
-    "reporter": "[[reporters]]",
-    "audit": "[[audits]]",
+    **{kind: f"[{section}]" for section, (kind, _default) in SECTIONS.items()},
+    **{kind: f"[[{section}]]" for section, kind in LISTS.items()},
 }
 assert set(SECTION_OF_KIND) == set(KINDS)
 

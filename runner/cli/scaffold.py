@@ -148,3 +148,9 @@ def new_plugin(name: str, parent: Path) -> Path:
     (root / "tests" / f"test_{module}.py").write_text(TEST.format(**values), encoding="utf-8")
     (root / "README.md").write_text(README.format(**values), encoding="utf-8")
     return root
+
+
+def cmd_new(args) -> int:
+    root = new_plugin(args.name, args.dir)
+    print(f"created {root}: pip install -e {root}, then pytest {root / 'tests'}")
+    return 0

@@ -39,8 +39,8 @@ from runner import __version__
 from runner.errors import FinetuneError
 from runner.plugins.registry import Registry
 from runner.recipe.resolved import DataOptions, EvaluationOptions, RunOptions
+from runner.recipe.sections import LISTS, REQUIRED, SECTIONS, TAGS, TOP_LEVEL
 from runner.recipe.sweep_section import SweepOptions
-from runner.recipe.validate import LISTS, REQUIRED, SECTIONS, TAGS, TOP_LEVEL
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 

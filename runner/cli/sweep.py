@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from runner.cli.commands import _console
+from runner.cli.console import console as new_console
 from runner.errors import FinetuneError, RunInterrupted
 from runner.plugins.manager import get_plugins
 
@@ -26,32 +26,33 @@ def cmd_sweep(args) -> int:
     _needs_optuna()
     from runner.sweep import study as studies
 
-    console = _console()
+    console = new_console()
     if args.target[:1] == ["report"] and len(args.target) == 2 and not Path("report").is_file():
         return _report(Path(args.target[1]), args, console)
     if args.join and args.target:
         raise FinetuneError("--join takes the recipe from the study: give no recipe", hint=USAGE)
     if not args.join and len(args.target) != 1:
         raise FinetuneError("expected one recipe", hint=USAGE)
-    from runner.cli.commands import _offline, load_and_validate
+    from runner.running.recipes import go_offline, load_recipe
 
     recipe = None  # a joining worker has no Recipe object: the Hub is probed as for any command
     if args.join:
         setup = studies.setup_from_study(args.join, args.storage, args.output)
     else:
         path = Path(args.target[0])
-        recipe = load_and_validate(path, args.overrides)
+        recipe = load_recipe(path, args.overrides)
         setup = studies.setup_from_recipe(recipe, path, args.output, args.storage)
     # A searched text value may name a Hub model or dataset the base recipe does not: probe then.
     texts = recipe is not None and any(
         isinstance(value, str) for entry in recipe.sweep.space.values() for value in entry.choice or ()
     )
-    _offline(recipe=None if texts else recipe)
+    go_offline(recipe=None if texts else recipe)
     studies.write_pointer(setup)
     return _work(setup, args, console)
 
 
 def _work(setup, args, console) -> int:
+    from runner.sweep.seeds import run_seed_repeats
     from runner.sweep.summary import write_outputs
     from runner.sweep.worker import Worker
 
@@ -63,6 +64,8 @@ def _work(setup, args, console) -> int:
     worker = Worker(setup, plugins, console.print, trust_remote_code=args.trust_remote_code, debug=args.debug)
     try:
         worker.run()
+        if setup.options.seeds:  # the best settings again with other seeds, once the search is over
+            run_seed_repeats(worker)
     except RunInterrupted:
         write_outputs(setup, plugins.registry)
         raise

@@ -38,6 +38,11 @@ class Component:
     # Names other tools use for our options, e.g. {"num_train_epochs": "epochs"}: an unknown key
     # found here is answered with the name this component uses instead of a bare "unknown key".
     aliases: ClassVar[dict[str, str]] = {}
+    # Warnings the libraries this component drives give that ask nothing of the user (a notice that
+    # the library fixed a setting itself, say): the start of each message, a regular expression as
+    # `warnings.filterwarnings(message=...)` takes it. A run that uses the component ignores them
+    # (`--debug` shows them).
+    quiet_warnings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Options):
         self.options = options

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
@@ -55,6 +55,9 @@ class DataSource(Component):
 
     kind = "data_source"
     Options = DataSourceOptions
+    # True when `fingerprint` reads the data itself, downloading the datasets `hub_datasets` names:
+    # `finetune lock` then pins those datasets' Hub commits instead of computing it.
+    fingerprint_downloads: ClassVar[bool] = False
 
     def load(self, ctx: RunContext) -> dict[str, RawSplit]:
         """Return the splits this source provides: keys among "train", "validation", "test", or
@@ -63,8 +66,17 @@ class DataSource(Component):
 
     def fingerprint(self, ctx: RunContext) -> dict[str, Any]:
         """Identify the data exactly (file hashes, a content hash); recorded in environment.json and
-        compared on resume."""
+        compared on resume. Data from the Hugging Face Hub is named under `hub` (the dataset id, or
+        a list of ids) beside its `revision`: the model card lists those ids as the model's
+        datasets, as the Hub's metadata asks."""
         raise NotImplementedError
+
+    def hub_datasets(self) -> list[tuple[str, str | None]]:
+        """The Hub datasets this source reads, as (dataset id, revision or None), known from the
+        options alone (nothing read, no network). The core asks whether the Hub is reachable only
+        before a run that reads something from it, and `finetune lock` pins these datasets' commits
+        where the fingerprint would download them (`fingerprint_downloads`)."""
+        return []
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -32,6 +32,9 @@ class Tokenizer(Component):
 
     kind = "tokenizer"
     Options = TokenizerOptions
+    # True when `build` learns its vocabulary from the training texts: the model's size then
+    # depends on the data, which `finetune plan --offline` must load before it can count parameters.
+    trains_on_data: ClassVar[bool] = False
 
     def build(self, ctx: RunContext, texts: Callable[[], Iterator[str]]) -> PreTrainedTokenizerBase:
         """Return a ready tokenizer. `texts()` iterates the training texts, for tokenizers that are
@@ -93,7 +96,16 @@ class Model(Component):
 
     def base_reference(self) -> str | None:
         """A hub id or path that loads the untouched base model; None when it exists only in this run
-        (random init), in which case the core saves it next to an adapter."""
+        (random init), in which case the core saves it next to an adapter. This is how a model says
+        it is randomly initialised: the baselines, the strategies that need a pretrained base and
+        the model card (model/finetune.json records it as `base_model`) read it so."""
+        return None
+
+    def architecture(self) -> str | None:
+        """The transformers model type `build` makes ('gpt2', 'llama': its `config.model_type`),
+        when the options alone say so (a model built from a config); None when only reading the
+        model's files would tell. Validation refuses packing on architectures known to mix packed
+        samples with it, before anything is built."""
         return None
 
     def max_positions(self) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from runner.components.base import Component, RunContext
-from runner.components.models import ModelSpec
+from runner.components.models import Model, ModelSpec
 from runner.components.tasks import Task
 from runner.options import Options
 
@@ -25,7 +26,7 @@ class Strategy(Component):
 
     kind = "strategy"
     can_merge: ClassVar[bool] = False
-    # The highest DeepSpeed ZeRO stage the method works under (3 partitions the weights themselves).
+    # The highest ZeRO stage the method works under (`Engine.sharding()`; 3 partitions the weights themselves).
     max_zero_stage: ClassVar[int] = 3
     # The bit widths of a quantized base (`[model] quantization`) the method trains on: only methods
     # whose own weights (adapters) train can leave the base's weights quantized.
@@ -86,7 +87,9 @@ class TrainJob:
     events: Any  # runner.pipeline.events.Events
     resume_from: Path | None = None
     deterministic: bool = False
-    deepspeed: dict[str, Any] | None = None  # the engine's DeepSpeed config, if it uses DeepSpeed
+    # The run's engine: the trainer asks it for its settings (`Engine.trainer_settings`). None where
+    # the core only evaluates a model on this process (a baseline, `finetune eval`).
+    engine: Engine | None = None
     greater_is_better: dict[str, bool] = field(default_factory=dict)  # metric key -> direction
     stop_requested: Callable[[], bool] = lambda: False
     collective_timeout: int | None = None  # seconds a collective may wait for the other processes
@@ -105,11 +108,16 @@ class Trainer(Component):
     """Runs the optimisation loop, evaluation and checkpoints."""
 
     kind = "trainer"
-    # The `[distributed] engine` names this trainer can train under. Under any of them the trainer
-    # is started once per process (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK).
-    engines: ClassVar[tuple[str, ...]] = ("ddp",)
+    # The library whose training loop this trainer drives ("" : none named). It is started once per
+    # process (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK) and trains under every engine
+    # that asks nothing of it (`Engine.frameworks` None, as DDP), and under the engines that list
+    # its framework: those give it their settings in that framework's terms (`Engine.trainer_settings`).
+    framework: ClassVar[str] = ""
 
     def fit(self, job: TrainJob) -> TrainOutcome:
+        """Train `job.model` on `job.train` (from `job.resume_from` when set), evaluating, writing
+        checkpoints and reporting through `job.events`; every rank calls it. Under an engine that
+        sets it up, train with `job.engine.trainer_settings(self.framework, job.resume_from)`."""
         raise NotImplementedError
 
     def evaluate(self, job: TrainJob, dataset: Dataset) -> dict[str, float]:
@@ -121,10 +129,12 @@ class Trainer(Component):
         processes (for `finetune plan`)."""
         return None
 
-    def whole_model(self, job: TrainJob) -> AbstractContextManager:
-        """A context in which `job.model` holds all its weights on this process, for saving it
-        after `fit`. Every rank enters it. An engine that shards the weights (ZeRO-3) gathers them."""
-        return nullcontext()
+    def resume_checkpoints(self, checkpoint: Path) -> list[tuple[Path, str, str]]:
+        """The checkpoints a run resumed from `checkpoint` loads besides it, as (checkpoint, why it
+        is loaded, the setting that avoids loading it): the engine makes each loadable on the new
+        number of processes before any starts (`Engine.prepare_checkpoint`). None by default; a
+        trainer that ends with its best evaluation's weights names the best checkpoint so far."""
+        return []
 
 
 # -- distributed engines -----------------------------------------------------------------------
@@ -140,6 +150,11 @@ class Sharding:
     offload_optimizer: str = "none"
     offload_params: str = "none"
 
+    @property
+    def shards_weights(self) -> bool:
+        """Whether no process holds all the weights (stage 3): a whole model is gathered to save it."""
+        return self.zero_stage >= 3
+
 
 class EngineOptions(Options):
     """Options every engine has; an engine's own options subclass it."""
@@ -153,15 +168,49 @@ class EngineOptions(Options):
     )
 
 
+def _is_main() -> bool:
+    """Rank 0 (torchrun and DeepSpeed's launcher set RANK in every worker; one process is rank 0)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class Engine(Component):
     """How training spreads over processes and devices (`[distributed] engine = ...`).
 
-    The core launches one process per device (`finetune run --nproc N`) with torchrun or
-    DeepSpeed's launcher; the engine says what each process's trainer is told. Options subclass
-    `EngineOptions` (adds `timeout`)."""
+    The core launches one process per device (`finetune run --nproc N`) and runs the same steps in
+    each; at every point where spreading the work matters it asks the engine, never which engine it
+    is. In the order of a run:
+
+    - launch, in the `finetune` process, before any worker starts: `needs_launcher`,
+      `launch_environment()`, `check_launch(world_size)`;
+    - resume, in the same process (node 0's): `checkpoint_world_size(checkpoint)`,
+      `prepare_checkpoint(...)` for the checkpoint resumed from and each one the trainer loads besides
+      it (`Trainer.resume_checkpoints`);
+    - build, on every rank: the model is created inside `building(model, trainer)`;
+    - train: the trainer asks `trainer_settings(framework, checkpoint)` (`TrainJob.engine`);
+    - after training, on every rank: `whole_model(model)` around the model audits, and
+      `save_model(...)` for the final model (and the random-init base an adapter keeps).
+
+    Every method has a default that suits an engine whose processes each hold the whole model (DDP).
+    Options subclass `EngineOptions` (adds `timeout`)."""
 
     kind = "engine"
     Options = EngineOptions
+    # Whether a run on one process is started through the launcher too, in a worker process with
+    # torchrun's environment, rather than trained in the `finetune` process itself.
+    needs_launcher: ClassVar[bool] = True
+    # The trainer frameworks (`Trainer.framework`) this engine gives settings to; None: any trainer,
+    # the engine asking nothing of it but to run once per process. A recipe pairing a trainer with
+    # an engine that cannot set it up is a recipe error at `[distributed] engine`.
+    frameworks: ClassVar[tuple[str, ...] | None] = None
+    # Whether the engine holds the weights in the training precision (16-bit under mixed precision)
+    # with fp32 master copies in the optimizer states, instead of the trainer autocasting the model's
+    # own weights: what `finetune plan` counts.
+    casts_weights: ClassVar[bool] = False
+
+    @classmethod
+    def trains_with(cls, trainer: type[Trainer]) -> bool:
+        """Whether a trainer of this class can train under this engine."""
+        return cls.frameworks is None or trainer.framework in cls.frameworks
 
     def collective_timeout(self) -> int:
         """Seconds a collective may wait for the other processes (process group and trainer)."""
@@ -171,11 +220,76 @@ class Engine(Component):
         """How model states are sharded, for memory estimates and checks."""
         return Sharding()
 
-    def deepspeed_config(self) -> dict[str, Any] | None:
-        """The DeepSpeed config for the trainer, or None when the engine does not use DeepSpeed.
-        Values the trainer decides (batch sizes, clipping, precision) are "auto": it fills them in."""
-        return None
+    # -- launch: in the `finetune` process, before any worker starts ------------------------------
+    def launch_environment(self) -> dict[str, str]:
+        """Environment variables the engine's library needs from its first import on: set in the
+        launching process (where the user has not set them) before `check_launch`, and inherited
+        by every worker."""
+        return {}
 
     def check_launch(self, world_size: int) -> None:
         """Checks that need the launch (imports allowed): raise FinetuneError before any process
         starts. Called once, in the launching process."""
+
+    # -- resume: in node 0's `finetune` process, before any worker starts --------------------------
+    def checkpoint_world_size(self, checkpoint: Path) -> int | None:
+        """How many processes wrote `checkpoint`, read from the engine's own files, for a checkpoint
+        whose manifest does not record it (one written before manifests did); None: they do not say."""
+        return None
+
+    def prepare_checkpoint(
+        self, checkpoint: Path, world_size: int, say: Callable[[str], None], why: str = "", instead: str = ""
+    ) -> bool:
+        """Make `checkpoint` loadable by a run on `world_size` processes (it may have been written by
+        another number); True when it will be loaded other than as written (converted), which
+        `environment.json` records. `why` says why a checkpoint other than the one resumed from is
+        needed and `instead` the setting that avoids it (`Trainer.resume_checkpoints`), for what is
+        printed (`say`) and for the hint of a FinetuneError when it cannot be made loadable. By
+        default nothing: every process's checkpoint holds whole states, which any number loads."""
+        return False
+
+    # -- build and train: on every rank ----------------------------------------------------------
+    def building(self, model: Model, trainer: Trainer) -> AbstractContextManager:
+        """The context the core builds `model`'s model in (`Model.build`, or a saved base loaded
+        again). An engine that partitions the weights as they are created sets that up here; what it
+        registers for the model may stay after the context (until the trainer sets up its own).
+        `trainer`'s options say how training will run (precision, batch sizes)."""
+        return nullcontext()
+
+    def trainer_settings(self, framework: str, checkpoint: Path | None) -> dict[str, Any]:
+        """What a trainer built on `framework` (one of `frameworks`) passes to it to train under this
+        engine and load `checkpoint` (the one resumed from, the best one at the end; None: no
+        checkpoint) on this run's processes: for "transformers", keyword arguments of its
+        `TrainingArguments`. Raise FinetuneError when `checkpoint` cannot be loaded here."""
+        return {}
+
+    # -- after training: on every rank -----------------------------------------------------------
+    def whole_model(self, model: PreTrainedModel) -> AbstractContextManager:
+        """A context in which `model` holds all its weights on this process (the model audits run
+        in it). Every rank enters it. An engine that shards the weights gathers them."""
+        return nullcontext()
+
+    def save_model(
+        self,
+        model: PreTrainedModel,
+        strategy: Strategy | None,
+        directory: Path,
+        write_rest: Callable[[Path], None],
+        publish: Callable[[Path, Callable[[Path], None]], Any],
+    ) -> None:
+        """Save `model` into `directory`, as `strategy.save` writes it (None: the whole model, as
+        `save_pretrained` writes it), and `write_rest(folder)` beside it. Every rank calls this;
+        `publish(directory, write)` runs `write(folder)` into a new folder that becomes `directory`
+        once complete, and is called once, on one rank. An engine that shards the weights gathers
+        them first (`save` never has to know about sharding)."""
+        if not _is_main():
+            return
+
+        def write(folder: Path) -> None:
+            if strategy is None:
+                model.save_pretrained(folder)
+            else:
+                strategy.save(model, folder)
+            write_rest(folder)
+
+        publish(directory, write)

@@ -3,9 +3,12 @@
 `finetune run recipe.toml --nproc N` (and `resume`) starts N worker processes on this machine with
 torchrun (`torch.distributed.run`); `--nnodes/--node-rank/--master-addr` spread them over several
 machines, each running the same command; `--hostfile` hands the launch to DeepSpeed's launcher,
-which starts every machine's processes over ssh. Every worker runs `finetune worker RUN_DIR`: it
+which starts every machine's processes over ssh (for any engine: the hostfile chooses it, it runs as
+a command and sets the environment torchrun sets). Every worker runs `finetune worker RUN_DIR`: it
 reads the recipe the launching process wrote into the run directory, so all ranks train exactly
-the same recipe. Everything that can be checked before a process starts is checked here.
+the same recipe. Everything that can be checked before a process starts is checked here. The engine
+is asked, never named: whether one process needs the launcher too, the environment its library
+needs, and its own checks.
 
 On several machines node 0 owns the shared run directory; the other nodes join it
 (`distributed.join_run_dir`) and take the run's outcome from what rank 0 records there.
@@ -23,7 +26,6 @@ from pathlib import Path
 
 from runner.distributed import resize
 from runner.distributed.process_group import exit_code_of, join_timeout, recorded_outcome, status_text
-from runner.distributed.quiet import name_cpu_accelerator
 from runner.errors import FinetuneError
 from runner.recipe.resolved import Recipe
 from runner.storage import checkpoints
@@ -100,8 +102,9 @@ class Launch:
         return self.nproc * self.nnodes
 
     def needed(self, recipe: Recipe) -> bool:
-        """Whether worker processes are started; a plain single-process run trains in this process."""
-        return self.world_size() > 1 or recipe.distributed.name != "ddp"
+        """Whether worker processes are started; a single-process run trains in this process unless
+        its engine needs the launcher's environment even then (`Engine.needs_launcher`)."""
+        return self.world_size() > 1 or recipe.distributed.cls.needs_launcher
 
     def check(self, recipe: Recipe, output_given: bool) -> None:
         """Everything that would otherwise fail after the processes started (or hang them)."""
@@ -121,9 +124,11 @@ class Launch:
                 hint="checkpoints are written by every rank, and every machine must name the same run directory",
             )
         self._check_devices()
-        if recipe.distributed.name == "deepspeed":  # before DeepSpeed is imported, here or in the workers
-            name_cpu_accelerator()
-        recipe.distributed.create().check_launch(self.world_size())
+        engine = recipe.distributed.create()
+        # before the engine's library is imported, here (check_launch) or in the workers, which inherit it
+        for key, value in engine.launch_environment().items():
+            os.environ.setdefault(key, value)  # the user's own setting wins
+        engine.check_launch(self.world_size())
 
     def _check_devices(self) -> None:
         import torch

@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from runner.distributed.quiet import quiet_collectives
 from runner.errors import FinetuneError, format_key
 from runner.storage.rundir import RunDir
 
@@ -69,10 +68,8 @@ def is_main() -> bool:
 
 def init(timeout: int | None = None) -> None:
     """Join the process group (once), before any data is prepared. `timeout`: seconds a collective
-    waits for the other processes before it fails (None: PyTorch's 30 minutes). torch's notices
-    about the collectives DeepSpeed calls are kept out of the output (runner/distributed/quiet.py)."""
+    waits for the other processes before it fails (None: PyTorch's 30 minutes)."""
     global _prepare_group
-    quiet_collectives()  # a DeepSpeed run on one process calls them too
     if world_size() == 1:
         return
     import torch

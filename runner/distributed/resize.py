@@ -10,6 +10,12 @@ processes cannot divide is refused, naming the numbers of processes that can kee
 
 The reference is the run's start (environment.json's `world_size` and the recipe's accumulation,
 neither of which a resume rewrites), so that any chain of resumes, 2 -> 1 -> 4, keeps one batch.
+
+What the checkpoints hold is the engine's business: it says how many processes wrote a checkpoint
+whose manifest does not (`Engine.checkpoint_world_size`) and makes each checkpoint the resume loads
+loadable on the new number (`Engine.prepare_checkpoint`: DeepSpeed converts sharded optimizer states
+to a universal checkpoint); the trainer names the checkpoints it loads besides the one resumed from
+(`Trainer.resume_checkpoints`: the best one, for a run that ends with its weights).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.components import Engine
 from runner.errors import FinetuneError
 from runner.recipe.resolved import Recipe
 from runner.storage import checkpoints
@@ -77,17 +84,15 @@ def started_world_size(run_dir: RunDir) -> int | None:
     return int(read_json(run_dir.environment).get("world_size", 1))
 
 
-def checkpoint_world_size(checkpoint: Path | None, default: int) -> int:
-    """The processes that wrote `checkpoint`: its manifest says so (older ones: its DeepSpeed shards;
-    else the run's start)."""
+def checkpoint_world_size(checkpoint: Path | None, default: int, engine: Engine) -> int:
+    """The processes that wrote `checkpoint`: its manifest says so (older ones: the engine's own
+    files, as DeepSpeed's shards; else the run's start)."""
     if checkpoint is None:
         return default
     recorded = checkpoints.written_by(checkpoint)
     if recorded is not None:
         return recorded
-    from runner.distributed.universal import shard_count
-
-    return shard_count(checkpoint) or default
+    return engine.checkpoint_world_size(checkpoint) or default
 
 
 def plan(run_dir: RunDir, recipe: Recipe, world_size: int, checkpoint: Path | None, force: bool = False):
@@ -100,7 +105,7 @@ def plan(run_dir: RunDir, recipe: Recipe, world_size: int, checkpoint: Path | No
     started = started_world_size(run_dir)
     if started is None:
         return None
-    previous = checkpoint_world_size(checkpoint, started)
+    previous = checkpoint_world_size(checkpoint, started, recipe.distributed.create())
     if started == world_size == previous:
         return None
     options = recipe.training.options
@@ -130,9 +135,10 @@ def _either(values: list[int]) -> str:
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
-def record(run_dir: RunDir, resize: Resize, checkpoint: Path | None, universal: bool) -> None:
+def record(run_dir: RunDir, resize: Resize, checkpoint: Path | None, converted: bool) -> None:
     """Note the change in environment.json (which otherwise describes how the run started), so that
-    the run directory says on how many processes each part of the run trained."""
+    the run directory says on how many processes each part of the run trained. `converted`: the
+    checkpoint is loaded through the engine's conversion (`Engine.prepare_checkpoint`)."""
     if not run_dir.environment.is_file():
         return
     environment = read_json(run_dir.environment)
@@ -145,7 +151,9 @@ def record(run_dir: RunDir, resize: Resize, checkpoint: Path | None, universal: 
             "checkpoint_world_size": resize.previous,
             ACCUMULATION: resize.new_accumulation,
             "global_batch": resize.global_batch,
-            "deepspeed_universal_checkpoint": universal,
+            # named when DeepSpeed's universal checkpoints were the only conversion; kept, so that
+            # run directories read as before
+            "deepspeed_universal_checkpoint": converted,
         }
     )
     write_json(run_dir.environment, environment)
@@ -155,9 +163,9 @@ def prepare(run_dir: RunDir, recipe: Recipe, world_size: int, checkpoint: Path |
             owner: bool = True, say=print) -> list[str]:  # fmt: skip
     """Ready a resume from `checkpoint` on `world_size` processes; the recipe `--set`s it trains with.
 
-    Says the adjustment, converts a DeepSpeed checkpoint written by another number of processes to
-    a universal one (and the best checkpoint, when the run ends with its weights), and records the
-    change. Only the process that owns the run directory (node 0's `finetune`, `owner`) converts
+    Says the adjustment, has the engine make the checkpoint loadable on `world_size` processes (and
+    every other one the trainer loads, as the best checkpoint a run ends with), and records the
+    change. Only the process that owns the run directory (node 0's `finetune`, `owner`) prepares
     and records; the others compute the same overrides."""
     resized = plan(run_dir, recipe, world_size, checkpoint, force)
     if not owner:
@@ -169,24 +177,13 @@ def prepare(run_dir: RunDir, recipe: Recipe, world_size: int, checkpoint: Path |
             f"on {_plural(world_size)}, as the checkpoint was written (the run started on {resized.started}): "
             f"gradient accumulation {resized.new_accumulation}, global batch {resized.global_batch}"
         )
-    universal = False
-    if checkpoint is not None and recipe.distributed.name == "deepspeed":
-        from runner.distributed import universal as ds_universal
-
-        sharding = recipe.distributed.create().sharding()
-        offload = (sharding.offload_optimizer, sharding.offload_params)
-        universal = ds_universal.prepare(checkpoint, world_size, sharding.zero_stage, offload, say)
-        # A run that keeps its best evaluation ends with the best checkpoint's weights: one written
-        # before this resume, by another number of processes, is made loadable now too.
-        best = ds_universal.recorded_best(checkpoint) if _keeps_best(recipe) else None
-        if best is not None and best != checkpoint:
-            role = "the best evaluation so far, whose weights the run ends with"
-            ds_universal.prepare(best, world_size, sharding.zero_stage, offload, say, role)
+    converted = False
+    if checkpoint is not None:
+        engine = recipe.distributed.create()
+        converted = engine.prepare_checkpoint(checkpoint, world_size, say)
+        for other, why, instead in recipe.training.create().resume_checkpoints(checkpoint):
+            if other != checkpoint:
+                engine.prepare_checkpoint(other, world_size, say, why, instead)
     if resized is not None and resized.changed:
-        record(run_dir, resized, checkpoint, universal)
+        record(run_dir, resized, checkpoint, converted)
     return resized.overrides if resized else []
-
-
-def _keeps_best(recipe: Recipe) -> bool:
-    """Whether the run ends with the weights of its best evaluation (trainer `hf`'s keep_best)."""
-    return bool(getattr(recipe.training.options, "keep_best", False))

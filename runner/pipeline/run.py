@@ -24,13 +24,14 @@ from runner.plugins.manager import Plugins
 from runner.recipe.resolved import Recipe
 from runner.storage import checkpoints
 from runner.storage.rundir import ReadOnlyRunDir, RunDir
-from runner.toolkit.quantized import quiet_kernel_notice
+from runner.toolkit.quantized import quiet_notices
 
 
-def quiet_libraries(debug: bool) -> None:
-    """Library chatter (progress bars, info logs) would drown the reporter; --debug brings it back."""
+def quiet_libraries(debug: bool, recipe: Recipe | None = None) -> None:
+    """Library chatter (progress bars, info logs) would drown the reporter; --debug brings it back.
+    With the `recipe`, the warnings its components declare harmless (`quiet_warnings`) go too."""
     if not debug:  # first: the imports below may bring bitsandbytes (see runner/toolkit/quantized.py)
-        quiet_kernel_notice()
+        quiet_notices()
     import datasets
     import torch
     import transformers
@@ -46,13 +47,9 @@ def quiet_libraries(debug: bool) -> None:
     datasets.logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes' 8-bit matmul says on every call that it casts its inputs to fp16 (its design).
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-    # peft reads transformers' old property name while preparing a quantized base; nothing to act on.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-    # peft's LoRA on GPT-2's Conv1D layers (weights stored transposed): peft notices and sets
-    # fan_in_fan_out=True itself, which is the right setting; the warning asks nothing of the user.
-    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
+    for spec in recipe.components() if recipe is not None else ():
+        for message in spec.cls.quiet_warnings:  # e.g. peft fixing a setting itself (plugins/strategies)
+            warnings.filterwarnings("ignore", message=message)
     # The trained tokenizer's progress bars (the `tokenizers` library draws its own, on stdout) are
     # switched off where it is trained: plugins/tokenizers/trained.py passes show_progress=False.
 
@@ -97,7 +94,7 @@ def execute(
         if main:
             plugins.hook.on_run_start(run=run_info)
         events.start(run_info)
-        quiet_libraries(debug)
+        quiet_libraries(debug, recipe)
         if recipe.run.threads:
             import torch
 

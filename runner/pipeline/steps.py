@@ -7,7 +7,6 @@ reads back what its start already measured.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.components import RunContext, TrainJob, TrainOutcome
-from runner.distributed import process_group, zero3
+from runner.distributed import process_group
 from runner.errors import FinetuneError, RunInterrupted, RunStopped
 from runner.evaluation.evaluator import Evaluator, MetricsComputer, SplitRows
 from runner.pipeline.encoding import default_cache_dir
@@ -93,6 +92,7 @@ class Pipeline(DataSteps):
         self.task = recipe.task.create()
         self.model_component = recipe.model.create()
         self.strategy = recipe.strategy.create()
+        self.engine = recipe.distributed.create()  # asked wherever spreading the work matters
         self.recipe_sha256 = hashlib.sha256(run_dir.recipe.read_bytes()).hexdigest()
 
     def run(self) -> RunResult:
@@ -177,9 +177,8 @@ class Pipeline(DataSteps):
         # Absolute: an adapter names its base by this path, and must load from any folder.
         base_dir = (self.run_dir.path / BASE_MODEL).resolve()
         had_base = base_dir.is_dir()  # read once: under ZeRO-3 every rank must take the same branch below
-        # ZeRO-3: the model is created and loaded partitioned (zero.Init), never whole on a process.
-        partitioning = zero3.register(self.recipe)
-        with zero3.freed_layers_returned() if partitioning else contextlib.nullcontext():
+        # An engine that shards the weights builds them sharded (ZeRO-3: zero.Init), never whole on a process.
+        with self.engine.building(self.model_component, self.trainer):
             if had_base:  # resuming an adapter run whose base exists only here
                 model = auto_class(self.spec.head).from_pretrained(base_dir)
             else:
@@ -196,11 +195,8 @@ class Pipeline(DataSteps):
         set_seed(self.seed)  # adapters initialise alike whether or not the base was measured
         if self.strategy.saves_adapter() and self.model_component.base_reference() is None:
             # A random-init base exists only in this run: keep it, so that the adapter can be loaded.
-            if zero3.partitioned(model):
-                if not had_base:  # every rank gathers layer by layer; rank 0 writes
-                    zero3.save_whole(model, base_dir, self.tokenizer.save_pretrained, publish)
-            elif self.main and not had_base:
-                publish(base_dir, lambda d: (model.save_pretrained(d), self.tokenizer.save_pretrained(d)))
+            if not had_base:  # every rank comes (a sharded model is gathered); one writes
+                self.engine.save_model(model, None, base_dir, self.tokenizer.save_pretrained, publish)
             model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
         self.model = read_last_real_token(self.strategy.apply(model, self.ctx, self.spec))
         if packing:  # and what the strategy wraps around it
@@ -236,7 +232,7 @@ class Pipeline(DataSteps):
         wanted = self.recipe.evaluation.baseline and self.evaluator.splits
         if not (wanted or self.audits.model_audits):
             return
-        if self.recipe.distributed.create().sharding().zero_stage == 3:
+        if self.engine.sharding().shards_weights:
             self.events.warn("no baseline under ZeRO-3: every process would hold the whole base model")
             return
         self.events.stage("measuring the base model")
@@ -275,8 +271,8 @@ class Pipeline(DataSteps):
             resume_from=self.resume_from,
             deterministic=self.recipe.run.deterministic,
             greater_is_better={m.key(): m.greater_is_better for m in self.metrics},
-            deepspeed=self.recipe.distributed.create().deepspeed_config(),
-            collective_timeout=self.recipe.distributed.create().collective_timeout(),
+            engine=self.engine,
+            collective_timeout=self.engine.collective_timeout(),
         )
         self.events.stage("training")
         with graceful_stop(self.events.warn) as stop:
@@ -311,7 +307,7 @@ class Pipeline(DataSteps):
         if not self.audits.model_audits:
             return
         self.events.stage("auditing the fine-tuned model")
-        with self.trainer.whole_model(self.job):
+        with self.engine.whole_model(self.model):
             figures = self.audits.measure(
                 "finetuned", self.model, self.tokenizer, self.task, self.max_length, self.audit_rows
             )
@@ -376,13 +372,9 @@ class Pipeline(DataSteps):
             write_json(directory / MODEL_META, meta)
             write_model_card(self.run_dir.path, directory)
 
-        # Under ZeRO-3 each rank holds a shard of every weight: saving then would write empty
-        # tensors (a known failure of other tools), so the weights are gathered first, one layer at
-        # a time to rank 0 (zero3.save), never the whole model on every process.
-        if zero3.partitioned(self.model):
-            whole = lambda: self.trainer.whole_model(self.job)  # noqa: E731
-            zero3.save(self.model, self.strategy, self.run_dir.model, write_rest, publish, whole)
-        elif self.main:
-            publish(self.run_dir.model, lambda d: (self.strategy.save(self.model, d), write_rest(d)))
+        # Every rank comes: an engine that shards the weights gathers them first, else saving would
+        # write empty tensors (a known failure of other tools); DeepSpeed's ZeRO-3 gathers one layer
+        # at a time to rank 0, never the whole model on every process.
+        self.engine.save_model(self.model, self.strategy, self.run_dir.model, write_rest, publish)
         process_group.barrier()
         return self.run_dir.model

@@ -19,7 +19,7 @@ import pluggy
 
 from runner import __version__, hookspecs
 from runner.components import KINDS
-from runner.plugins.packs import BUILTIN_PACK, Packs, shipped_recipes_dir
+from runner.plugins.packs import BUILTIN_PACK, shipped_recipes_dir
 from runner.plugins.registry import PluginInfo, Registry
 
 GROUP = "finetune"
@@ -58,7 +58,7 @@ class Plugins:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.registry = Registry()
-        self.packs = Packs()  # recipe packs: the shipped recipes first, then the installed ones
+        self.packs = self.registry.packs  # recipe packs: the shipped recipes first, then the installed ones
         self.packs.add(BUILTIN_PACK, __version__, "built-in").register(shipped_recipes_dir())
         disabled = _env_list("FINETUNE_DISABLE_PLUGINS") or set()
         only = _env_list("FINETUNE_LOAD_PLUGINS")

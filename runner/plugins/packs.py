@@ -156,34 +156,26 @@ class Packs:
         hint = f"did you mean {', '.join(close)}?" if close else "`finetune recipes` lists them"
         raise FinetuneError(f"no pack has a recipe '{clip_name(name)}'", hint=hint)
 
+    def resolve(self, pack_name: str, recipe: str, where: Location | None) -> tuple[Path, str] | Issue:
+        """The file of `pack_name:recipe` (what `extends` names) and its record for provenance
+        (`acme-recipes==0.3.1:llm/chat-base`), or the issue at `extends` saying what is missing."""
+        pack = self.get(pack_name)
+        if pack is None:
+            return Issue(missing_pack(pack_name, self), where, ("extends",), hint=install_hint(pack_name))
+        path = pack.recipes().get(recipe)
+        if path is None:
+            message = f"pack '{pack.label}' has no recipe '{clip_name(recipe)}'"
+            return Issue(message, where, ("extends",), hint=known_recipes(pack, recipe))
+        return path, f"{pack.name}=={pack.version}:{recipe}"
 
-def resolve(pack_name: str, recipe: str, where: Location | None) -> tuple[Path, str] | Issue:
-    """The file of `pack_name:recipe` in the installed packs and its record for provenance
-    (`acme-recipes==0.3.1:llm/chat-base`), or the issue at `extends` saying what is missing."""
-    from runner.plugins.manager import get_plugins
-
-    packs = get_plugins().packs
-    pack = packs.get(pack_name)
-    if pack is None:
-        return Issue(missing_pack(pack_name, packs), where, ("extends",), hint=install_hint(pack_name))
-    path = pack.recipes().get(recipe)
-    if path is None:
-        message = f"pack '{pack.label}' has no recipe '{clip_name(recipe)}'"
-        return Issue(message, where, ("extends",), hint=known_recipes(pack, recipe))
-    return path, f"{pack.name}=={pack.version}:{recipe}"
-
-
-def resolve_file(pack_name: str, relative: str) -> Path | tuple[str, str | None]:
-    """The file `pack_name:relative` names in the installed packs (a recipe's file option, e.g.
-    `path = "finetune-runner:data/reviews.csv"`), or (message, hint) saying what is missing."""
-    from runner.plugins.manager import get_plugins
-
-    packs = get_plugins().packs
-    pack = packs.get(pack_name)
-    if pack is None:
-        return missing_pack(pack_name, packs), install_hint(pack_name)
-    found = pack.file(relative)
-    return found if found is not None else (f"pack '{pack.label}' ships no file '{clip_name(relative)}'", None)
+    def resolve_file(self, pack_name: str, relative: str) -> Path | tuple[str, str | None]:
+        """The file `pack_name:relative` names (a recipe's file option, e.g. `path =
+        "finetune-runner:data/reviews.csv"`), or (message, hint) saying what is missing."""
+        pack = self.get(pack_name)
+        if pack is None:
+            return missing_pack(pack_name, self), install_hint(pack_name)
+        found = pack.file(relative)
+        return found if found is not None else (f"pack '{pack.label}' ships no file '{clip_name(relative)}'", None)
 
 
 def clip_name(text: str) -> str:

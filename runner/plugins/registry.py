@@ -1,4 +1,4 @@
-"""The components registered by plugins, by kind and name."""
+"""What plugins registered: components by kind and name, and recipe packs (runner.plugins.packs)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from runner.components import KINDS, Component
 from runner.errors import PluginError
+from runner.plugins.packs import Packs
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Registry:
         self._components: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
         self.conflicts: dict[tuple[str, str], list[Registration]] = {}
         self.plugins: dict[str, PluginInfo] = {}
+        # Recipe packs by name: what `extends = "pack:recipe"` and `pack:path` file options reach.
+        self.packs = Packs()
 
     def add(self, kind: str, cls: type, plugin: str) -> None:
         base = KINDS[kind]

@@ -48,11 +48,12 @@ MEASURED_KERNELS = (None, "eager", "sdpa", "flex_attention")
 def engine_problems(recipe: Recipe) -> Iterator[Problem]:
     """The trainer must train under the engine, and the strategy under its ZeRO stage."""
     engine, trainer, strategy = recipe.distributed, recipe.training, recipe.strategy
-    if engine.name not in trainer.cls.engines:
+    if not engine.cls.trains_with(trainer.cls):  # declared by the engine class: Engine.frameworks
         yield (
             (*engine.key, "engine"),
             f"trainer '{trainer.name}' cannot train under engine '{engine.name}'",
-            f"it knows: {', '.join(trainer.cls.engines)}",
+            f"the engine sets up trainers built on {', '.join(engine.cls.frameworks or ())}; "
+            f"'{trainer.name}' is built on {trainer.cls.framework or 'none of them'}",
         )
     stage = engine.create().sharding().zero_stage
     if stage > strategy.cls.max_zero_stage:
@@ -112,8 +113,8 @@ def packing_problems(recipe: Recipe) -> Iterator[Problem]:
             "row attend to one another",
             "set task.packing = false, or use an adapter strategy such as lora",
         )
-    architecture = getattr(model.options, "architecture", None) if model.name == "config" else None
-    kernel = model.create().attention_kernel()
+    component = model.create()
+    architecture, kernel = component.architecture(), component.attention_kernel()
     if architecture in MIXES_PACKED and kernel in MEASURED_KERNELS:
         shown = f"'{kernel}'" if kernel else "its default"
         yield (

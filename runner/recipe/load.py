@@ -16,6 +16,8 @@ from pathlib import Path
 
 from runner.errors import Issue, KeyPath, Location, RecipeError, clip, format_key
 from runner.plugins import packs as recipe_packs
+from runner.plugins.packs import Packs
+from runner.recipe.keys import parse_key_path
 from runner.recipe.toml_positions import key_positions
 
 _TOML_ERROR_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -224,9 +226,14 @@ def _file_problem(path: Path) -> str | None:
 
 
 def _load_chain(
-    path: Path, issues: list[Issue], seen: list[Path], packs: list[tuple[str, Location | None]]
+    path: Path,
+    issues: list[Issue],
+    seen: list[Path],
+    packs: list[tuple[str, Location | None]],
+    installed: Packs | None,
 ) -> tuple[dict, dict, list[Path]] | None:
-    """`path` merged over the recipes it extends; `packs` collects the pack recipes reached."""
+    """`path` merged over the recipes it extends; `packs` collects the pack recipes reached among
+    the `installed` ones (None: the process's plugins' packs, loaded when a recipe names one)."""
     path = path.resolve()
     loaded = read_toml(path, issues)
     if loaded is None:
@@ -246,7 +253,11 @@ def _load_chain(
     if reference is not None:
         # Not a file beside the recipe but `pack:recipe`: a recipe of an installed pack. A file that
         # exists is still taken as a path, so every `extends` that worked before means the same.
-        in_pack = recipe_packs.resolve(*reference, where)
+        if installed is None:
+            from runner.plugins.manager import get_plugins
+
+            installed = get_plugins().packs
+        in_pack = installed.resolve(*reference, where)
         if isinstance(in_pack, Issue):
             issues.append(in_pack)
             return None
@@ -261,7 +272,7 @@ def _load_chain(
         issues.append(Issue(f"`extends` cycle: {cycle}", where, ("extends",)))
         return None
     found: list[Issue] = []
-    base = _load_chain(parent_path, found, [*seen, path], packs)
+    base = _load_chain(parent_path, found, [*seen, path], packs, installed)
     # A problem inside the extended file names the `extends` that led there: that file may be far
     # from the recipe the user named (`extends = "../../x.toml"`).
     via = f"reached through extends at {where}"
@@ -274,24 +285,6 @@ def _load_chain(
     drop_under(prov, ("extends",))
     merge(base_data, base_prov, data, prov)
     return base_data, base_prov, chain + base_chain
-
-
-_SET_KEY = re.compile(r"([A-Za-z0-9_-]+)|\[(\d+)\]")
-
-
-def parse_key_path(text: str) -> KeyPath | None:
-    """`data.sources[0].path` -> ("data", "sources", 0, "path"); None when malformed."""
-    parts: list[str | int] = []
-    pos = 0
-    while pos < len(text):
-        if parts and text[pos] == "." and not text.startswith(".[", pos):
-            pos += 1
-        m = _SET_KEY.match(text, pos)
-        if not m:
-            return None
-        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
-        pos = m.end()
-    return tuple(parts) or None
 
 
 def parse_override_value(text: str) -> object:
@@ -370,19 +363,22 @@ def _walk_keys(value: object, prefix: KeyPath):
             yield from _walk_keys(v, (*prefix, i))
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> RecipeSource:
-    """Read a recipe, follow its `extends` chain and apply `--set` overrides.
+def read_recipe(
+    path: str | os.PathLike, overrides: list[str] | None = None, packs: Packs | None = None
+) -> RecipeSource:
+    """Read a recipe, follow its `extends` chain and apply `--set` overrides. `packs`: the recipe
+    packs an `extends = "pack:recipe"` may name (`Plugins.packs`); by default the process's.
 
     Raises RecipeError with every problem found (syntax errors, cycles, bad overrides).
     """
     issues: list[Issue] = []
     overrides = list(overrides or [])
-    packs: list[tuple[str, Location | None]] = []
-    loaded = _load_chain(Path(path), issues, [], packs)
+    reached: list[tuple[str, Location | None]] = []
+    loaded = _load_chain(Path(path), issues, [], reached, packs)
     if loaded is None:
         raise RecipeError(issues)
     data, prov, chain = loaded
-    _record_packs(data, prov, packs)
+    _record_packs(data, prov, reached)
     for override in overrides:
         apply_override(data, prov, override, issues)
     if issues:

@@ -30,10 +30,11 @@ from typing import Any
 from runner import __version__
 from runner.components import RunContext
 from runner.components.data import sha256_file
-from runner.errors import FinetuneError, clip, format_key
+from runner.errors import FinetuneError, KeyPath, clip, format_key
 from runner.options import _FileMarker
 from runner.plugins.packs import RecipePack
 from runner.plugins.registry import Registry
+from runner.recipe.keys import leaves, parse_key_path
 from runner.recipe.paths import marker_of
 from runner.recipe.resolved import ComponentSpec, Recipe
 
@@ -89,12 +90,12 @@ def file_options(spec: ComponentSpec) -> list[tuple[str, Any, Any]]:
         value = getattr(spec.options, name)
         if marker is None or value is None:
             continue
-        key = format_key((*spec.key, name))
+        key = (*spec.key, name)
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
         if items is None:
-            out.append((key, value, marker))
+            out.append((format_key(key, None), value, marker))
         else:
-            out += [(f"{key}.{k}" if isinstance(k, str) else f"{key}[{k}]", v, marker) for k, v in items]
+            out += [(format_key((*key, k), None), v, marker) for k, v in items]
     return out
 
 
@@ -114,13 +115,14 @@ def inputs(recipe: Recipe, cache_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ctx = RunContext(seed=recipe.run.seed, cache_dir=cache_dir, info=lambda _: None, warn=lambda _: None)
     for spec in recipe.components():
-        key = format_key(spec.key)
+        key = format_key(spec.key, None)
         if spec.kind == "data_source":
-            if spec.name == "hub":  # its fingerprint would download the data: pin the commit instead
-                o = spec.options
-                out[key] = {"hub": o.path, "revision": hub_revision(o.path, getattr(o, "revision", None), "dataset")}
+            source = spec.create()
+            if source.fingerprint_downloads:  # computing it would download the data: pin the commits instead
+                pinned = [{"hub": d, "revision": hub_revision(d, rev, "dataset")} for d, rev in source.hub_datasets()]
+                out[key] = pinned[0] if len(pinned) == 1 else pinned
             else:  # the same fingerprint the run writes into environment.json
-                out[key] = spec.create().fingerprint(ctx)
+                out[key] = source.fingerprint(ctx)
             continue
         for option_key, value, marker in file_options(spec):
             if isinstance(value, str):
@@ -222,21 +224,26 @@ def read_lock(path: Path, recipe_path: Path) -> dict[str, Any]:
 
 
 # -- comparing -----------------------------------------------------------------------------------------
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Leaves of nested tables and arrays by their key path (`resolved.training.epochs`)."""
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            # a file's path as a key is quoted: `files["./data.csv"]`, not `files../data.csv`
-            part = f'["{k}"]' if "/" in str(k) else f".{k}" if prefix else str(k)
-            out.update(flatten(v, f"{prefix}{part}"))
-        return out
-    if isinstance(value, list) and value:
-        out = {}
-        for i, v in enumerate(value):
-            out.update(flatten(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: value}
+def input_leaves(inputs: Any, prefix: KeyPath = ()) -> list[tuple[KeyPath, Any]]:
+    """The leaves of a lock's `inputs` by key path. Each input is filed under the recipe key that
+    names it (`"data.sources[0]"`), so its path continues that key's: ("data", "sources", 0, "files",
+    "./data.csv"), spelled `data.sources[0].files."./data.csv"`."""
+    if not isinstance(inputs, dict) or not inputs:
+        return list(leaves(inputs, prefix))
+    found = []
+    for key, entry in inputs.items():
+        found += leaves(entry, (*prefix, *(parse_key_path(str(key)) or (str(key),))))
+    return found
+
+
+def flatten(lock: dict[str, Any]) -> dict[str, Any]:
+    """The compared parts of a lock by spelled key path (`resolved.training.epochs`,
+    `inputs.model.path.revision`), the spelling `--set` takes."""
+    found: list[tuple[KeyPath, Any]] = []
+    for part in COMPARED:
+        value = lock.get(part, {})
+        found += input_leaves(value, (part,)) if part == "inputs" else leaves(value, (part,))
+    return {format_key(path, None): value for path, value in found}
 
 
 _ABSENT = object()
@@ -248,8 +255,7 @@ def is_unresolved(value: Any) -> bool:
 
 def compare(locked: dict[str, Any], current: dict[str, Any]) -> tuple[list[tuple[str, Any, Any]], list[str]]:
     """(differences as (key, locked value, current value), notes on what could not be verified)."""
-    old = flatten({part: locked.get(part, {}) for part in COMPARED})
-    new = flatten({part: current.get(part, {}) for part in COMPARED})
+    old, new = flatten(locked), flatten(current)
     differences, notes = [], []
     for key in [*old, *(k for k in new if k not in old)]:
         was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)

@@ -19,7 +19,7 @@ from typing import Any
 
 from runner.errors import KeyPath, clip
 from runner.options import Options, _FileMarker
-from runner.plugins.packs import parse_file_reference, resolve_file
+from runner.plugins.packs import Packs, parse_file_reference
 from runner.recipe.load import RecipeSource
 
 # A Hugging Face Hub repository id, "name" or "owner/name" (the Hub allows at most 96 characters).
@@ -47,45 +47,47 @@ def file_marker(field: Any) -> _FileMarker | None:
     return marker_of(field.annotation) or next((m for m in field.metadata if isinstance(m, _FileMarker)), None)
 
 
-def resolve_paths(options: Options, key: KeyPath, source: RecipeSource, issue: Report) -> None:
-    """Make file options absolute, relative to the recipe file that set them, and check they exist."""
+def resolve_paths(options: Options, key: KeyPath, source: RecipeSource, issue: Report, packs: Packs) -> None:
+    """Make file options absolute, relative to the recipe file that set them (or to the folder of
+    one of the recipe `packs`), and check they exist."""
     for name, field in type(options).model_fields.items():
         value = getattr(options, name)
         marker = file_marker(field)
         fkey = (*key, name)
         if marker is not None:
             if isinstance(value, str):
-                setattr(options, name, _path(value, fkey, marker, source, issue))
+                setattr(options, name, _path(value, fkey, marker, source, issue, packs))
             elif isinstance(value, dict):
-                resolved = {k: _path(v, (*fkey, k), marker, source, issue) for k, v in value.items()}
+                resolved = {k: _path(v, (*fkey, k), marker, source, issue, packs) for k, v in value.items()}
                 setattr(options, name, resolved)
             elif isinstance(value, list):
-                setattr(options, name, [_path(v, (*fkey, i), marker, source, issue) for i, v in enumerate(value)])
+                paths = [_path(v, (*fkey, i), marker, source, issue, packs) for i, v in enumerate(value)]
+                setattr(options, name, paths)
         elif isinstance(value, Options):
-            resolve_paths(value, fkey, source, issue)
+            resolve_paths(value, fkey, source, issue, packs)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, Options):
-                    resolve_paths(item, (*fkey, i), source, issue)
+                    resolve_paths(item, (*fkey, i), source, issue, packs)
 
 
-def _path(value: str, key: KeyPath, marker: _FileMarker, source: RecipeSource, issue: Report) -> str:
+def _path(value: str, key: KeyPath, marker: _FileMarker, source: RecipeSource, issue: Report, packs: Packs) -> str:
     base = source.directory_of(key)
     try:
-        return _checked_path(value, key, marker, base, issue)
+        return _checked_path(value, key, marker, base, issue, packs)
     except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte, ...
         reason = getattr(exc, "strerror", None) or str(exc)
         issue(key, f"not a usable path ({reason}): {clip(value)}")
         return value
 
 
-def _checked_path(value: str, key: KeyPath, marker: _FileMarker, base: Path, issue: Report) -> str:
+def _checked_path(value: str, key: KeyPath, marker: _FileMarker, base: Path, issue: Report, packs: Packs) -> str:
     path = Path(os.path.expanduser(value))
     looked = None if path.is_absolute() else f"looked in {base}"
     path = path if path.is_absolute() else base / path
     reference = None if path.exists() else parse_file_reference(value)
     if reference is not None:  # `pack:path`: a file an installed recipe pack ships
-        found = resolve_file(*reference)
+        found = packs.resolve_file(*reference)
         if isinstance(found, tuple):
             issue(key, found[0], hint=found[1])
             return value

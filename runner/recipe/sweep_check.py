@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import Issue, KeyPath, RecipeError, clip
-from runner.recipe.load import parse_key_path
+from runner.errors import Issue, KeyPath, RecipeError, clip, format_key
+from runner.recipe.keys import parse_key_path
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
+from runner.recipe.sections import LISTS, SECTIONS, TAGS, suggest
 from runner.recipe.sweep_section import SweepOptions
 
 _PLAIN = {"run": RunOptions, "evaluation": EvaluationOptions, "data": DataOptions}
@@ -21,9 +22,8 @@ _PLAIN = {"run": RunOptions, "evaluation": EvaluationOptions, "data": DataOption
 
 def check_space(validator, raw_space: Any, components: dict[KeyPath, ComponentSpec]) -> None:
     """Add an issue for every space key that names no option of the recipe, through `validator` (the
-    recipe's runner.recipe.validate.Validator, which imports this module: its names are imported
-    where used). `components`: the recipe's validated components by key path ((section,),
-    ("metrics", 0), ("data", "sources", 0))."""
+    recipe's runner.recipe.validate.Validator, which imports this module). `components`: the
+    recipe's validated components by key path ((section,), ("metrics", 0), ("data", "sources", 0))."""
     if not isinstance(raw_space, dict):
         return
     parsed = {parse_key_path(key): entry for key, entry in raw_space.items()}
@@ -40,8 +40,6 @@ def check_space(validator, raw_space: Any, components: dict[KeyPath, ComponentSp
 def _node(path: tuple) -> tuple[tuple, str | None, str] | str | None:
     """Where the options a key sets live: (key path of the component or plain section, its component
     kind or None, the key naming the component); a problem's text; None: nothing to check."""
-    from runner.recipe.validate import LISTS, SECTIONS, TAGS
-
     section = path[0]
     if section in SECTIONS:
         return (section,), SECTIONS[section][0], TAGS.get(section, "type")
@@ -56,21 +54,19 @@ def _node(path: tuple) -> tuple[tuple, str | None, str] | str | None:
 
 
 def _problem(validator, path, entry, space, components) -> tuple[str, str | None] | None:
-    from runner.recipe.validate import suggest
-
     node = _node(path)
     if node is None:
         return None
     if isinstance(node, str):
-        return node, f'e.g. "{key_text(path[:1] if path[0] != "data" else path[:2])}[0].<option>"'
+        return node, f'e.g. "{format_key(path[:1] if path[0] != "data" else path[:2])}[0].<option>"'
     prefix, kind, tag = node
     rel = path[len(prefix) :]
     if not rel:
-        return "names a whole table, not one of its options", f'e.g. "{key_text(prefix)}.<option>"'
+        return "names a whole table, not one of its options", f'e.g. "{format_key(prefix)}.<option>"'
     if kind is None:
         return _unknown(validator, _PLAIN[prefix[0]], None, prefix, rel, entry)
     if len(prefix) > 1 and prefix not in components and not _present(validator.source.data, prefix):
-        return f"the recipe has no {key_text(prefix)} to search", "a space key sets options of entries the recipe has"
+        return f"the recipe has no {format_key(prefix)} to search", "a space key sets options of entries the recipe has"
     if rel == (tag,):
         names = validator.registry.names(kind)
         for value in (entry.get("choice") or []) if isinstance(entry, dict) else []:
@@ -113,15 +109,13 @@ def _candidates(validator, kind: str, tag_entry: Any, spec: ComponentSpec | None
 def _unknown(validator, model, aliases, prefix: tuple, rel: tuple, entry: Any) -> tuple[str, str | None] | None:
     """The recipe body's verdict on the key: its options model validates a table holding just the
     key, and an "unknown key" issue on the way to it is the key's."""
-    from runner.recipe.validate import Validator
-
     value = _example(entry)
     raw: Any = value
     for part in reversed(rel):
         raw = [raw] if isinstance(part, int) else {part: raw}
     if not isinstance(raw, dict):
         return None
-    probe = Validator(validator.source, validator.registry)
+    probe = type(validator)(validator.source, validator.registry)  # a fresh validator of the same recipe
     probe.options(model, raw, prefix, aliases or {})
     on_the_way = {(*prefix, *rel[:n]) for n in range(1, len(rel) + 1)}
     for issue in probe.issues:
@@ -137,11 +131,6 @@ def _example(entry: Any) -> Any:
             if isinstance(values, list) and values:
                 return values[0]
     return None
-
-
-def key_text(path: tuple) -> str:
-    """A key path as a space key writes it: `data.sources[0].rows`."""
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
 # -- the metric ----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ feed). Nothing in a recipe can name code: a `type` is looked up among registered
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from typing import Any
@@ -19,28 +18,22 @@ from runner.errors import Issue, KeyPath, PluginError, RecipeError, clip
 from runner.options import Options
 from runner.plugins.registry import Registry
 from runner.recipe.combinations import engine_problems, packing_problems, quantization_problems
-from runner.recipe.load import RecipeSource, parse_key_path
+from runner.recipe.keys import parse_key_path
+from runner.recipe.load import RecipeSource
 from runner.recipe.paths import resolve_paths
 from runner.recipe.requires import requirement_problems
 from runner.recipe.resolved import ComponentSpec, DataOptions, EvaluationOptions, Recipe, RunOptions
+from runner.recipe.sections import (
+    DEFAULT_REPORTERS,
+    LISTS,  # noqa: F401 - runner.cli.schema reads it from here
+    REQUIRED,
+    SECTIONS,
+    TAGS,
+    TOP_LEVEL,
+    suggest,
+)
 from runner.recipe.sweep_check import check_space, metric_problem
 from runner.recipe.sweep_section import SweepOptions
-
-# section -> (component kind, default type)
-SECTIONS: dict[str, tuple[str, str | None]] = {
-    "tokenizer": ("tokenizer", None),
-    "model": ("model", None),
-    "task": ("task", None),
-    "strategy": ("strategy", "full"),
-    "training": ("trainer", "hf"),
-    "distributed": ("engine", "ddp"),
-}
-# The key that names a section's component, where it is not `type`: `[distributed] engine = "deepspeed"`.
-TAGS: dict[str, str] = {"distributed": "engine"}
-LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter", "audits": "audit"}
-DEFAULT_REPORTERS = [{"type": "rich"}]
-TOP_LEVEL = ["run", "data", *SECTIONS, "evaluation", *LISTS, "sweep"]
-REQUIRED = ["data", "tokenizer", "model", "task"]
 
 _TYPE_WORDS = {
     "string_type": "a string",
@@ -52,11 +45,6 @@ _TYPE_WORDS = {
     "model_attributes_type": "a table",
     "list_type": "an array",
 }
-
-
-def suggest(word: str, choices: list[str]) -> str | None:
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return match[0] if match else None
 
 
 def _show(value: Any) -> str:
@@ -210,7 +198,7 @@ class Validator:
         options = self.options(cls.Options, {k: v for k, v in raw.items() if k != tag}, key, cls.aliases)
         if options is None:
             return None
-        resolve_paths(options, key, self.source, self.issue)
+        resolve_paths(options, key, self.source, self.issue, self.registry.packs)
         return ComponentSpec(kind=kind, name=name, cls=cls, options=options, key=key, tag=tag)
 
     def component_list(self, kind: str, raw: Any, key: KeyPath) -> list[ComponentSpec]:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import FinetuneError
+from runner.recipe.keys import key_paths
 from runner.report.run_record import (
     arrow,
     as_number,
-    flatten,
     greater_is_better,
     metric_text,
     read_run,
@@ -57,7 +57,7 @@ def compare_runs(paths: list[str | Path]) -> dict[str, Any]:
         for rec in records
     ]
 
-    flat = [dict(flatten(rec.recipe or {})) for rec in records]
+    flat = [key_paths(rec.recipe or {}) for rec in records]
     keys = list(dict.fromkeys(k for table in flat for k in table))
     recipe = []
     for key in keys:

@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.components.models import HEADS
+from runner.errors import format_key
+from runner.recipe.keys import leaves
+from runner.report.card_loading import how_to_load
 from runner.report.card_text import md, md_code, md_fenced, md_table, to_yaml
 from runner.report.run_record import (
     RunRecord,
@@ -60,7 +62,19 @@ def _meta(rec: RunRecord, model_dir: Path) -> dict[str, Any]:
 
 
 def _hub_datasets(rec: RunRecord) -> list[str]:
-    return [str(s["path"]) for s in data_sources(rec) if s.get("type") == "hub" and isinstance(s.get("path"), str)]
+    """The Hub datasets the run read, as its data sources recorded them: under `hub` in their
+    fingerprints (environment.json), an id or a list of ids (runner.components.DataSource)."""
+    ids: list[str] = []
+    for _source, fingerprint in source_fingerprints(rec):
+        named = (fingerprint or {}).get("hub")
+        ids += [i for i in ([named] if isinstance(named, str) else named or []) if isinstance(i, str)]
+    return ids
+
+
+def _random_init(meta: dict[str, Any]) -> bool:
+    """Whether the base model was randomly initialised in the run: its model component named nothing
+    that loads it (`Model.base_reference()` None), which finetune.json records as `base_model` null."""
+    return "base_model" in meta and meta["base_model"] is None
 
 
 def _data_words(rec: RunRecord) -> str:
@@ -106,10 +120,14 @@ def _description(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     model = rec.section("model")
     if meta.get("base_model"):
         base = md_code(meta["base_model"])
-    elif model.get("type") == "config":
-        config = ", ".join(f"{k}={v}" for k, v in (model.get("config") or {}).items())
-        architecture = md_code(model.get("architecture", "?"))
-        base = f"a {architecture} model built from a config ({md(config)}), randomly initialised"
+    elif _random_init(meta):
+        config = model.get("config")  # a model built from a config names its architecture and values
+        what = md_code(model.get("architecture") or model.get("type") or "?")
+        if isinstance(config, dict):
+            what += f" model built from a config ({md(', '.join(f'{k}={v}' for k, v in config.items()))})"
+        else:
+            what += " model"
+        base = f"a {what}, randomly initialised"
     else:
         base = "not recorded"
     strategy = rec.section("strategy")
@@ -177,16 +195,13 @@ def _training_data(rec: RunRecord) -> list[str]:
     return lines
 
 
-def _hashes(fingerprint: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """The content hashes and revisions of a fingerprint (its other keys repeat the recipe)."""
-    out = []
-    for key, value in fingerprint.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out += _hashes(value, f"{name}.")
-        elif isinstance(value, str) and (re.fullmatch(r"[0-9a-f]{16,}", value) or key in ("revision", "hub")):
-            out.append((name, value))
-    return out
+def _hashes(fingerprint: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The content hashes and revisions of a fingerprint by key path (its other keys repeat the recipe)."""
+    return [
+        (format_key(path, None), value)
+        for path, value in leaves(fingerprint)
+        if isinstance(value, str) and (re.fullmatch(r"[0-9a-f]{16,}", value) or path[-1] in ("revision", "hub"))
+    ]
 
 
 def _procedure(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
@@ -266,7 +281,7 @@ def _limitations(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     diagnosis = rec.diagnosis or {}
     if diagnosis.get("verdict") in ("over-fitting", "under-fitting"):
         items.append(f"Training diagnosis: **{md(diagnosis['verdict'])}**. {md(diagnosis.get('summary') or '')}")
-    if rec.section("model").get("type") == "config" and not meta.get("base_model"):
+    if _random_init(meta):
         items.append("The base model was randomly initialised: the model knows nothing beyond its training rows.")
     items.append(
         "The metrics come from held-out validation and test splits of the same data as the training rows: they "
@@ -275,71 +290,6 @@ def _limitations(rec: RunRecord, meta: dict[str, Any]) -> list[str]:
     if not (rec.evaluation or {}).get("intervals"):
         items.append("No confidence intervals were computed: small differences between models may be noise.")
     return ["## Limitations", "", *[f"- {item}" for item in items]]
-
-
-def _final_dir(model_dir: Path) -> Path:
-    """Where the model will be read from: a card written into the temporary directory that is renamed
-    into place when complete (`.model.tmp`, see runner.storage.rundir.publish) names the final directory."""
-    name = model_dir.name
-    if name.startswith(".") and name.endswith(".tmp") and len(name) > 5:
-        return model_dir.with_name(name[1:-4])
-    return model_dir
-
-
-# Strategies that peft runs through inputs_embeds (prompt tuning, p-tuning).
-EMBEDDING_PROMPTS = ("prompt_tuning", "p_tuning")
-
-
-def _how_to_load(model_dir: Path, meta: dict[str, Any], run_dir: Path) -> list[str]:
-    head = str(meta.get("head") or "sequence_classification")
-    suffix = HEADS.get(head, HEADS["sequence_classification"]).removeprefix("AutoModel")
-    max_length = meta.get("max_length") or 512
-    if meta.get("adapter"):
-        cls = f"AutoPeftModel{suffix}"
-        imports = f"from peft import {cls}\nfrom transformers import AutoTokenizer"
-        note = "# peft loads the base model named in adapter_config.json, then the adapter on top"
-    else:
-        cls = f"AutoModel{suffix}"
-        imports = f"from transformers import {cls}, AutoTokenizer"
-        note = ""
-    use = {
-        "sequence_classification": 'inputs = tokenizer(["an example text"], return_tensors="pt", truncation=True, '
-        f"max_length={max_length})\nlabel = model(**inputs).logits.argmax(-1).item()\n"
-        "print(model.config.id2label[label])",
-        "token_classification": f'inputs = tokenizer(["an example text"], return_tensors="pt", truncation=True, '
-        f"max_length={max_length})\ntags = model(**inputs).logits.argmax(-1)[0].tolist()\n"
-        "print([model.config.id2label[t] for t in tags])",
-    }.get(
-        head,
-        'inputs = tokenizer(["an example prompt"], return_tensors="pt")\n'
-        "output = model.generate(**inputs, max_new_tokens=50)\n"
-        "print(tokenizer.decode(output[0], skip_special_tokens=True))",
-    )
-    code = (
-        f"{imports}\n\npath = {str(_final_dir(model_dir))!r}  # this directory, or its Hub repository once uploaded\n"
-        + (f"{note}\n" if note else "")
-        + f"model = {cls}.from_pretrained(path)\ntokenizer = AutoTokenizer.from_pretrained(path)\n\n{use}"
-    )
-    command, flag = ("generate", "--prompt") if head in ("causal_lm", "seq2seq_lm") else ("predict", "--text")
-    where = f'"{run_dir}"' if " " in str(run_dir) else str(run_dir)
-    caveat = []
-    if head == "sequence_classification" and meta.get("strategy") in EMBEDDING_PROMPTS:
-        caveat = [
-            "Classify one text at a time with plain peft: it feeds this model embeddings, so a classifier "
-            "that reads the last token (GPT-2, Llama) reads padding in a padded batch. `finetune predict` "
-            "reads each row's last real token in batches too.",
-            "",
-        ]
-    return [
-        "## How to load it",
-        "",
-        md_fenced(code, "python"),
-        "",
-        *caveat,
-        "Or with finetune-runner, from the run directory:",
-        "",
-        md_fenced(f'finetune {command} {where} {flag} "an example"', "bash"),
-    ]
 
 
 def _reproduce(rec: RunRecord) -> list[str]:
@@ -400,7 +350,7 @@ def render_model_card(rec: RunRecord, model_dir: Path) -> str:
         "",
         *_limitations(rec, meta),
         "",
-        *_how_to_load(model_dir, meta, rec.path),
+        *how_to_load(model_dir, meta, rec.path),
         "",
         *_reproduce(rec),
     ]

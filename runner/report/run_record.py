@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.errors import format_key
 from runner.report.values import fmt
 from runner.storage.rundir import RunDir, finite, read_json
 
@@ -175,21 +174,6 @@ def read_run(path: Path) -> RunRecord:
 
 
 # -- what the records say ------------------------------------------------------------------------
-def flatten(value: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str, Any]]:
-    """Leaves of nested tables and lists as (key path, value): training.learning_rate, data.sources[0].path."""
-    if isinstance(value, dict) and value:
-        out: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            out += flatten(item, (*prefix, str(key)))
-        return out
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-        out = []
-        for i, item in enumerate(value):
-            out += flatten(item, (*prefix, i))
-        return out
-    return [(format_key(prefix), value)] if prefix else []
-
-
 def recipe_value(value: Any) -> str:
     """A recipe value as the recipe writes it (true, not True; lists and tables as JSON; — for none)."""
     if value is None:

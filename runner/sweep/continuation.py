@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import FinetuneError
-from runner.recipe.load import parse_key_path
+from runner.recipe.keys import parse_key_path
 from runner.storage import checkpoints
 from runner.storage.rundir import RunDir
 
@@ -117,4 +117,7 @@ def relocate(source: Path, target: Path) -> None:
     for checkpoint in checkpoints.checkpoints(partial / "checkpoints"):
         if checkpoints.is_complete(checkpoint) and any(checkpoint in p.parents for p in changed):
             checkpoints.mark_complete(checkpoint, checkpoints.written_by(checkpoint))
+    copied = RunDir(partial)
+    if copied.status().get("pid"):  # the process that ran the origin: nothing runs the copy
+        copied.set_status(copied.status()["state"], pid=None)
     partial.rename(target)

@@ -15,11 +15,11 @@ from typing import Any
 
 from runner.options import Options
 from runner.plugins.registry import Registry
-from runner.recipe.load import parse_key_path
+from runner.recipe.keys import parse_key_path
 from runner.recipe.paths import file_marker
 from runner.recipe.resolved import Recipe
+from runner.recipe.sections import SECTIONS, TAGS
 from runner.recipe.sweep_section import SpaceEntry, SweepOptions
-from runner.recipe.validate import SECTIONS, TAGS
 
 
 @dataclass

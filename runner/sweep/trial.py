@@ -9,6 +9,7 @@ from step 0.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -16,12 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.components import Reporter
-from runner.errors import FinetuneError, RunInterrupted, RunStopped
+from runner.errors import FinetuneError, RunInterrupted
 from runner.plugins.manager import Plugins
-from runner.recipe.build_check import check_build
-from runner.recipe.load import load_recipe
-from runner.recipe.validate import validate
-from runner.storage import checkpoints
 from runner.storage.rundir import RunDir
 
 
@@ -59,6 +56,15 @@ class Pruning(Reporter):
         if self.trial.should_prune():
             self.reason = f"validation {self.metric} {value:.4g} at step {step} trailed the other trials"
 
+    def start(self, run):
+        """A continued trial: the pruner hears the scores the first part of the run measured (the
+        run directory's log, rewound to the checkpoint it continues from)."""
+        for record in RunDir(Path(run["run_dir"])).read_metrics_log():
+            value = record.get(self.metric)
+            measured = record.get("split") == "validation" and record.get("step") is not None
+            if measured and not record.get("final") and isinstance(value, int | float):
+                self.report(int(record["step"]), float(value))
+
     def evaluated(self, split, step, metrics):
         if split == "validation" and step is not None and isinstance(metrics.get(self.metric), int | float):
             self.report(step, float(metrics[self.metric]))
@@ -79,10 +85,11 @@ def objective(metrics: dict[str, Any], metric: str) -> float:
     return float(value)
 
 
-def _load(path: Path, plugins: Plugins, overrides: list[str] | None = None):
-    recipe = validate(load_recipe(path, overrides), plugins.registry)
-    check_build(recipe)
-    return recipe
+def _notes_only(text: str, level: str = "info") -> None:
+    """What the front door says while a trial runs: the sweep says what each trial did, in its own
+    words; notes and warnings still show."""
+    if level != "info":
+        print(text, file=sys.stderr)
 
 
 def run_trial(
@@ -97,46 +104,19 @@ def run_trial(
     trust_remote_code: bool = False,
     debug: bool = False,
 ) -> TrialResult:
-    """Run (or, with `resume`, continue) one trial's recipe in `run_path`. Interruption propagates
-    (RunInterrupted) after the run directory recorded it; every other failure is the trial's."""
-    from runner.pipeline.run import execute
+    """Run (or, with `resume`, continue) one trial's recipe in `run_path`, through the front door
+    as any run. Interruption propagates (RunInterrupted) after the run directory recorded it; every
+    other failure is the trial's."""
+    from runner.running.starting import InProcess, run
+    from runner.running.starting import resume as resume_run
 
     started = time.monotonic()
+    extra = InProcess([pruning] if pruning else [], pruning.stop_reason if pruning else None, about)
+    options = {"plugins": plugins, "in_process": extra, "trust_remote_code": trust_remote_code, "debug": debug,
+               "say": _notes_only}  # fmt: skip
     try:
-        run_dir, resume_from = RunDir(run_path), None
-        if resume:
-            recipe = _load(run_dir.recipe, plugins)
-            resume_from, _ = checkpoints.resume_point(run_dir.checkpoints)
-            run_dir.rewind_metrics(checkpoints.step_of(resume_from) if resume_from else -1)
-            if pruning is not None:  # the pruner hears the scores the first part of the run measured
-                for record in run_dir.read_metrics_log():
-                    value = record.get(metric)
-                    if record.get("split") == "validation" and record.get("step") is not None and not record.get(
-                        "final"
-                    ) and isinstance(value, int | float):  # fmt: skip
-                        pruning.report(int(record["step"]), float(value))
-        else:
-            recipe = _load(recipe_path, plugins)
-            run_path.mkdir(parents=True, exist_ok=False)
-        result = execute(
-            recipe,
-            run_dir,
-            plugins,
-            trust_remote_code=trust_remote_code,
-            resume_from=resume_from,
-            debug=debug,
-            observers=[pruning] if pruning is not None else [],
-            stop_when=pruning.stop_reason if pruning is not None else None,
-            about=about,
-        )
-        metrics = result.metrics
-        del result
-        return TrialResult("complete", objective(metrics, metric), metrics=metrics, seconds=time.monotonic() - started)
-    except RunStopped as exc:
-        return TrialResult("pruned", error=exc.message, seconds=time.monotonic() - started)
-    except RunInterrupted:
-        raise
-    except FinetuneError as exc:  # a recipe error (an invalid combination), bad data, a diverged loss
+        outcome = resume_run(run_path, **options) if resume else run(recipe_path, output=run_path, **options)
+    except FinetuneError as exc:  # a recipe error (an invalid combination), bad data
         return TrialResult("failed", error=exc.render(), seconds=time.monotonic() - started)
     except Exception as exc:  # a trial's crash is the trial's result; the study goes on
         if debug:
@@ -144,6 +124,17 @@ def run_trial(
         return TrialResult("failed", error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - started)
     finally:
         free_memory()
+    seconds = time.monotonic() - started
+    if outcome.status == "interrupted":
+        raise outcome.error or RunInterrupted(outcome.message or "interrupted")
+    if outcome.status == "stopped":  # the pruner's reason, without the hint
+        return TrialResult("pruned", error=getattr(outcome.error, "message", outcome.message), seconds=seconds)
+    if outcome.status != "completed":  # a diverged loss
+        return TrialResult("failed", error=outcome.message, seconds=seconds)
+    try:
+        return TrialResult("complete", objective(outcome.metrics, metric), metrics=outcome.metrics, seconds=seconds)
+    except FinetuneError as exc:
+        return TrialResult("failed", error=exc.render(), seconds=seconds)
 
 
 def free_memory() -> None:

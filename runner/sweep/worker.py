@@ -107,6 +107,8 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
+        """The search: trials until the study has its length (then, with `seeds`, the caller runs
+        runner.sweep.seeds.run_seed_repeats with this worker)."""
         recovery.recover(self.study, self.host, self.say)
         trials = self._trials()
         continued = continued_numbers(trials)
@@ -114,10 +116,6 @@ class Worker:
         if done:
             self.say(f"continuing study '{self.setup.name}': {done} of {self.setup.target} trials done")
         self.work(self.study, self.search_left, self.surplus, self.search_trial)
-        if self.setup.options.seeds:
-            from runner.sweep.seeds import run_seed_repeats
-
-            run_seed_repeats(self)
 
     def work(self, study, left, surplus, take) -> None:
         """Take trials while `left()`; then wait while trials of others run, to take over any whose

@@ -31,6 +31,9 @@ from typing import Any
 # `kernels` package: that package serves the repacked path above, which the runner never takes.
 KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
 KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+# The 8-bit matmul logs on every call that it casts its inputs to fp16: its design, nothing to act on.
+CAST_LOGGER = "bitsandbytes.autograd._functions"
+CAST_NOTICE = "MatMul8bitLt: inputs will be cast"
 
 
 def keep_4bit_layout(model: Any) -> Any:
@@ -49,19 +52,25 @@ def keep_4bit_layout(model: Any) -> Any:
     return model
 
 
-class _KernelNotice(logging.Filter):
+class _Drop(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(KERNEL_NOTICE)
+        return not str(record.msg).startswith(self.prefix)
 
 
-def quiet_kernel_notice() -> None:
-    """Drop bitsandbytes' notice about the missing `kernels` package, and only that record of its
-    CPU backend. It would open every run, even one without quantization: transformers imports
-    peft, and peft imports bitsandbytes whenever it is installed. Idempotent; call it before
-    bitsandbytes is imported (the logger exists before its module does)."""
-    logger = logging.getLogger(KERNEL_LOGGER)
-    if not any(isinstance(f, _KernelNotice) for f in logger.filters):
-        logger.addFilter(_KernelNotice())
+def quiet_notices() -> None:
+    """Drop two records bitsandbytes logs, and only those: the notice about the missing `kernels`
+    package, which would open every run, even one without quantization (transformers imports
+    peft, and peft imports bitsandbytes whenever it is installed), and the 8-bit matmul's note on
+    every call that it casts its inputs. Idempotent; call it before bitsandbytes is imported (a
+    logger exists before its module does)."""
+    for name, prefix in ((KERNEL_LOGGER, KERNEL_NOTICE), (CAST_LOGGER, CAST_NOTICE)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(prefix))
 
 
 def merged_dtype(model: Any) -> Any:

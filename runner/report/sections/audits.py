@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.report.run_record import RunRecord, audit_entries, flatten
+from runner.recipe.keys import key_paths
+from runner.report.run_record import RunRecord, audit_entries
 from runner.report.sections.pieces import audit_badge, cell, clip, kv_table, missing_note
 from runner.report.values import esc
 
@@ -35,7 +36,9 @@ def section_audits(rec: RunRecord) -> str:
         )
         thresholds = a.get("thresholds")
         if isinstance(thresholds, dict) and thresholds:
-            out.append("<h4>thresholds</h4>" + kv_table((k, esc(clip(v, 120))) for k, v in flatten(thresholds)))
+            out.append(
+                "<h4>thresholds</h4>" + kv_table((k, esc(clip(v, 120))) for k, v in key_paths(thresholds).items())
+            )
         out.append(_figures(a.get("figures")))
         out.append(_examples(a.get("examples")))
         out.append("</div>")
@@ -47,7 +50,7 @@ def _figures(figures: Any) -> str:
         return ""
     base, tuned = figures.get("base"), figures.get("finetuned")
     if isinstance(tuned, dict) and (base is None or isinstance(base, dict)):
-        b, t = dict(flatten(base or {})), dict(flatten(tuned))
+        b, t = key_paths(base or {}), key_paths(tuned)
         keys = list(dict.fromkeys([*b, *t]))
         body = "".join(f"<tr><th>{esc(k)}</th>{cell(b.get(k, '—'))}{cell(t.get(k, '—'))}</tr>" for k in keys)
         return (
@@ -63,7 +66,7 @@ def _figures(figures: Any) -> str:
             for k, v in figures.items()
         )
         return f"<h4>figures</h4><table><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>"
-    body = "".join(f"<tr><th>{esc(k)}</th>{cell(v)}</tr>" for k, v in flatten(figures))
+    body = "".join(f"<tr><th>{esc(k)}</th>{cell(v)}</tr>" for k, v in key_paths(figures).items())
     return f'<h4>figures</h4><table class="kv">{body}</table>'
 
 

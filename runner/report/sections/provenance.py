@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runner.report.run_record import RunRecord, describe_source, flatten, parameters, source_fingerprints
+from runner.recipe.keys import key_paths
+from runner.report.run_record import RunRecord, describe_source, parameters, source_fingerprints
 from runner.report.sections.pieces import clip, kv_table, missing_note
 from runner.report.values import esc, fmt
 
@@ -52,8 +53,8 @@ def section_recipe(rec: RunRecord) -> str:
             if fp is None:
                 shown = '<span class="missing">not recorded</span>'
             else:
-                flat = flatten({k: v for k, v in fp.items() if k != "source"})
-                leaves = [(k, v) for k, v in flat if v not in (None, {}, [], "")]
+                flat = key_paths({k: v for k, v in fp.items() if k != "source"})
+                leaves = [(k, v) for k, v in flat.items() if v not in (None, {}, [], "")]
                 shown = "<br>".join(
                     f'<code>{esc(k)}</code>: <span class="mono">{esc(clip(v, 90))}</span>' for k, v in leaves
                 )

@@ -7,17 +7,16 @@ from runner.report.sections.pieces import clip, missing_note
 from runner.report.values import esc
 
 MAX_SAMPLES = 50
-# Tasks (recipe task types, model heads) that generate no text, so write no samples.jsonl.
-NOT_GENERATING = frozenset({"classification", "token_classification", "sequence_classification"})
+# Model heads (runner.components.models.HEADS) that generate no text, so write no samples.jsonl.
+NOT_GENERATING = frozenset({"token_classification", "sequence_classification"})
 
 
 def shows_samples(rec: RunRecord) -> bool:
     """Whether the report has a samples section: when samples.jsonl exists, or the task may write one
-    (a classifier's report has none; a run whose task is not recorded says "not recorded")."""
+    (a classifier's report has none; a run whose model head is not recorded says "not recorded")."""
     if rec.samples is not None:
         return True
-    task, head = rec.section("task").get("type"), (rec.model_meta or {}).get("head")
-    return task not in NOT_GENERATING and head not in NOT_GENERATING
+    return (rec.model_meta or {}).get("head") not in NOT_GENERATING
 
 
 def section_samples(rec: RunRecord) -> str:

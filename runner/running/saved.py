@@ -1,21 +1,19 @@
-"""Using a finished run: load its model, evaluate it again, predict with it."""
+"""Using a finished run: load its model, evaluate it again, predict with it, export it."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from runner.components import RunContext, TrainJob
 from runner.errors import FinetuneError
 from runner.evaluation.evaluator import MetricsComputer
 from runner.pipeline.run import quiet_libraries
 from runner.pipeline.steps import BASE_MODEL, MODEL_META
-from runner.plugins.manager import get_plugins
-from runner.recipe.load import load_recipe
 from runner.recipe.resolved import Recipe
-from runner.recipe.validate import validate
+from runner.running.recipes import load_recipe
 from runner.storage.rundir import RunDir, publish, read_json, write_json
 from runner.toolkit.quantized import keep_4bit_layout, merged_dtype
 
@@ -47,9 +45,9 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
             f"{run_dir.path} has no final model (run state: {state})",
             hint=f"finish it with: finetune resume {run_dir.path}" if state != "completed" else None,
         )
-    quiet_libraries(debug)
+    recipe = recipe or load_recipe(run_dir.recipe)
+    quiet_libraries(debug, recipe)
     meta = read_json(meta_path)
-    recipe = recipe or validate(load_recipe(run_dir.recipe), get_plugins().registry)
     ctx = RunContext(seed=recipe.run.seed, cache_dir=default_cache_dir(), run_dir=run_dir.path)
     task = recipe.task.create()
     task.restore(meta["task_state"])
@@ -71,7 +69,14 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
     return Finished(recipe, task, tokenizer, model, meta, ctx, base, spec)
 
 
-def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> dict[str, float]:
+class Reevaluation(NamedTuple):
+    metrics: dict[str, float]
+    rows: int  # of the split
+    name: str  # the run's recipe
+
+
+def evaluate_run(run_dir: RunDir, split: str, debug: bool = False) -> Reevaluation:
+    """The run's model evaluated again on `split` (saved under evaluations/)."""
     from runner.pipeline.data import prepare_data
     from runner.pipeline.encoding import encode_sources
 
@@ -102,17 +107,7 @@ def evaluate_run(run_dir: RunDir, split: str, console, debug: bool = False) -> d
     result = trainer.evaluate(job, encoded[split])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     write_json(run_dir.path / "evaluations" / f"{split}-{stamp}.json", result)
-    from rich.table import Table
-
-    table = Table(title=f"{recipe.name}: {split} ({len(encoded[split])} rows)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        if key.endswith(("runtime", "per_second", "preparation_time")) or key == "epoch":
-            continue  # timings are in the saved file; the table is for the scores
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
-    return result
+    return Reevaluation(result, len(encoded[split]), recipe.name)
 
 
 def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False, **generation) -> list[dict]:

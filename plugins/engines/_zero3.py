@@ -1,15 +1,15 @@
 """ZeRO-3 without a whole model on any process: the model is built partitioned (zero.Init), and the
-final model is saved layer by layer to rank 0.
+final model is saved layer by layer to rank 0. The DeepSpeed engine's `building` and `save_model`.
 
 Without this, every process built the whole model before DeepSpeed sharded it, and the final save
 gathered a whole copy on every process: a model that fits only sharded died at start-up (8 copies in
-host memory on 8 GPUs) or at its very end. Nothing here does anything unless the recipe's engine
-partitions the weights (ZeRO-3).
+host memory on 8 GPUs) or at its very end. Nothing here does anything unless the engine partitions
+the weights (ZeRO-3).
 
-- `register(recipe)` hands transformers the engine's DeepSpeed config before the model is built, as
-  its DeepSpeed integration expects: `from_pretrained` and `from_config` then create every layer
-  inside `deepspeed.zero.Init` (each layer partitioned as soon as it exists) and load the checkpoint
-  on rank 0 one layer at a time.
+- `register(config)` hands transformers the engine's DeepSpeed config (`build_config`) before the
+  model is built, as its DeepSpeed integration expects: `from_pretrained` and `from_config` then
+  create every layer inside `deepspeed.zero.Init` (each layer partitioned as soon as it exists) and
+  load the checkpoint on rank 0 one layer at a time.
 - `save(...)` writes the final model: every rank gathers one module's weights at a time, rank 0
   copies them into the current safetensors shard and writes it out when it is full; the other ranks
   never hold more than their shard and one layer.
@@ -36,18 +36,14 @@ WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 _kept: list[Any] = []  # transformers holds the registered config by a weak reference only
 
 
-def build_config(recipe) -> dict[str, Any] | None:
-    """The engine's DeepSpeed config with its "auto" values resolved as the trainer will resolve
-    them, or None when the weights are not partitioned (no ZeRO-3) or the base is quantized
-    (transformers builds a quantized model on the meta device instead, and bitsandbytes quantizes
-    whole weights)."""
-    engine = recipe.distributed.create()
-    config = engine.deepspeed_config()
-    if config is None or engine.sharding().zero_stage != 3:
+def build_config(config: dict[str, Any], zero_stage: int, model, training) -> dict[str, Any] | None:
+    """The engine's DeepSpeed `config` with its "auto" values resolved as the trainer (`training`:
+    its options) will resolve them, or None when the weights are not partitioned (no ZeRO-3) or the
+    `model` component loads its base quantized (transformers builds a quantized model on the meta
+    device instead, and bitsandbytes quantizes whole weights)."""
+    if zero_stage != 3 or model.quantization_bits() is not None:
         return None
-    if recipe.model.create().quantization_bits() is not None:
-        return None
-    return concrete(config, recipe.training.options)
+    return concrete(config, training)
 
 
 def concrete(config: dict[str, Any], training) -> dict[str, Any]:
@@ -89,23 +85,13 @@ def _precision(mode: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def register(recipe) -> bool:
-    """Have transformers build the next models under zero.Init (see the module docstring); True
-    when it will. The config stays registered until the trainer registers its own. Every run
-    comes here before its model is built: for a DeepSpeed run, the print DeepSpeed's communication
-    backend makes when it starts is kept out of the output first (runner/distributed/quiet.py)."""
-    if recipe.distributed.name == "deepspeed":  # before DeepSpeed's communication backend starts
-        from runner.distributed.quiet import quiet_deepspeed_comm
-
-        quiet_deepspeed_comm()
-    config = build_config(recipe)
-    if config is None:
-        return False
+def register(config: dict[str, Any]) -> None:
+    """Have transformers build the next models under zero.Init (see the module docstring). The
+    config stays registered until the trainer registers its own."""
     from transformers.integrations import HfDeepSpeedConfig
 
     _kept.clear()
     _kept.append(HfDeepSpeedConfig(config))
-    return True
 
 
 @contextlib.contextmanager
@@ -266,17 +252,14 @@ def save(
     A strategy that saves the model the default way (`save_pretrained`: full, freeze) is streamed
     layer by layer. An adapter strategy saves through peft, which reads only what trains (and the
     embeddings): only those are gathered. A third-party strategy with its own `save` gets the whole
-    model gathered, as before, since what it reads is unknown."""
-    from runner.components import Strategy
+    model gathered, as before, since what it reads is unknown. No strategy: the whole model, streamed."""
+    from runner import Strategy
 
-    if strategy.saves_adapter():
-        context = gathered(adapter_weights(model))
-    elif type(strategy).save is Strategy.save:
+    if strategy is None or (type(strategy).save is Strategy.save and not strategy.saves_adapter()):
         save_whole(model, target, write_rest, publish)
         return
-    else:
-        context = whole_model()
-    with context:
+    # peft reads only what trains (and the embeddings); what another `save` reads is unknown
+    with gathered(adapter_weights(model)) if strategy.saves_adapter() else whole_model():
         if _rank() == 0:
             publish(target, lambda d: (strategy.save(model, d), write_rest(d)))
 

@@ -12,15 +12,17 @@ from runner.errors import FinetuneError, Issue, Location, RecipeError
 from runner.evaluation.audits import Audits, audit_data
 from runner.pipeline.events import Events
 from runner.plugins.manager import get_plugins
-from runner.recipe.load import display_path, drop_under, load_recipe, read_toml
+from runner.recipe.load import display_path, drop_under, read_recipe, read_toml
 from runner.recipe.resolved import Recipe
 from runner.recipe.validate import validate
+from runner.running.recipes import load_recipe
 from runner.storage.rundir import RunDir, read_json, write_json
 
 
 def recipe_with_audits(run_dir: RunDir, audits_file: Path) -> Recipe:
     """The run's recipe with the `[[audits]]` of `audits_file` instead of its own (errors name that file)."""
-    source = load_recipe(run_dir.recipe)
+    plugins = get_plugins()
+    source = read_recipe(run_dir.recipe, packs=plugins.packs)
     issues: list[Issue] = []
     loaded = read_toml(Path(audits_file).resolve(), issues)
     if loaded is None:
@@ -35,16 +37,16 @@ def recipe_with_audits(run_dir: RunDir, audits_file: Path) -> Recipe:
     source.data["audits"] = data["audits"]
     source.provenance.update({k: v for k, v in provenance.items() if k[:1] == ("audits",)})
     source.chain.append(Path(audits_file).resolve())  # relative paths in it are relative to it
-    return validate(source, get_plugins().registry)
+    return validate(source, plugins.registry)
 
 
 def audit_run(run_dir: RunDir, audits_file: Path | None, debug: bool = False) -> list[str]:
     """Audit the run's fine-tuned model; write audits.json and rebuild the report. Returns the
     names of the audits that failed."""
-    from runner.cli.saved import load_finished
     from runner.pipeline.data import prepare_data
+    from runner.running.saved import load_finished
 
-    run_recipe = validate(load_recipe(run_dir.recipe), get_plugins().registry)
+    run_recipe = load_recipe(run_dir.recipe)
     recipe = recipe_with_audits(run_dir, audits_file) if audits_file is not None else run_recipe
     if not recipe.audits:
         raise FinetuneError("no audits to run", hint="name a file of [[audits]] tables with --audits FILE")

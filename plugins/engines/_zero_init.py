@@ -6,7 +6,9 @@ process draws differently: every layer's constructor draws its default initialis
 model's `_init_weights` then draws again, from a random state those draws have moved on. The
 weights would differ from a single-process run of the same seed, and so would the trained model.
 
-`build_partitioned` keeps one process's order of draws: the constructors run and draw as usual
+`seeded_from_config()`, entered by the DeepSpeed engine's `building` context under ZeRO-3, has every
+model built from a config there (the `config` model, or a third party's) built by `build_partitioned`,
+which keeps one process's order of draws: the constructors run and draw as usual
 inside `deepspeed.zero.Init` (each layer is created whole, drawn, then partitioned before the next
 one exists), and the model's own initialisation runs at the moment it always does, with each module's
 weights gathered around its `_init_weights` call. Every rank draws the same numbers (the random state
@@ -57,9 +59,9 @@ def _gathered_initialisation():
         PreTrainedModel.initialize_weights = original
 
 
-def build_partitioned(cls, config, **kwargs):
-    """`cls.from_config(config, **kwargs)` partitioned by ZeRO-3 as it is built (see the module
-    docstring); the DeepSpeed config is the one registered with transformers."""
+def build_partitioned(from_config, cls, config, **kwargs):
+    """`from_config(cls, config, **kwargs)` (transformers' `_from_config`) partitioned by ZeRO-3 as it
+    is built (see the module docstring); the DeepSpeed config is the one registered with transformers."""
     import deepspeed
     from transformers.integrations import deepspeed_config
     from transformers.integrations.deepspeed import prevent_arange_dtype_change
@@ -73,4 +75,29 @@ def build_partitioned(cls, config, **kwargs):
         prevent_arange_dtype_change(),
         _gathered_initialisation(),
     ):
-        return cls.from_config(config, **kwargs)
+        return from_config(cls, config, **kwargs)
+
+
+@contextlib.contextmanager
+def seeded_from_config():
+    """While the model is built, a model created from a config (`AutoModel...from_config`, which
+    calls `PreTrainedModel._from_config`) is built by `build_partitioned` whenever transformers would
+    build it under zero.Init itself: ZeRO-3 registered, and no zero.Init already on (as inside
+    `from_pretrained`, or for the models a composite model's constructor builds from its sub-configs)."""
+    from transformers import modeling_utils
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from transformers.modeling_utils import PreTrainedModel
+
+    original = PreTrainedModel.__dict__["_from_config"]  # the classmethod itself
+    plain = original.__func__
+
+    def _from_config(cls, config, **kwargs):
+        if modeling_utils._is_ds_init_called or not is_deepspeed_zero3_enabled():
+            return plain(cls, config, **kwargs)
+        return build_partitioned(plain, cls, config, **kwargs)
+
+    PreTrainedModel._from_config = classmethod(_from_config)
+    try:
+        yield
+    finally:
+        PreTrainedModel._from_config = original

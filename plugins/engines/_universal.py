@@ -9,31 +9,38 @@ engine loads it with `checkpoint.load_universal`.
 
 `prepare` converts a checkpoint written by another number of processes, once, inside the
 checkpoint (`global_stepN_universal/` and the `latest_universal` file that names it) and then
-writes the checkpoint's manifest again, so that the converted files are verified like the rest.
-The trainer (plugins/trainers/hf.py) loads such a checkpoint with `load_universal` on.
+writes the checkpoint's manifest again, so that the converted files are verified like the rest:
+the DeepSpeed engine's `prepare_checkpoint`, which `finetune resume` calls before any process
+starts. `universal_load` is the config the trainer loads such a checkpoint with (`load_universal`
+on): the engine's `trainer_settings` for that checkpoint.
 
-A run that keeps its best evaluation (`training.keep_best`) ends by loading the best checkpoint's
-weights, which may be one written before the resize, by the other number of processes: `finetune
-resume` converts that one too (`recorded_best` finds it), before any process starts. One written
-after the resize is loaded as DeepSpeed wrote it: the trainer decides per checkpoint.
+A run that keeps its best evaluation (trainer `hf`'s `keep_best`) ends by loading the best
+checkpoint's weights, which may be one written before the resize, by the other number of
+processes: the trainer names it (`Trainer.resume_checkpoints`), and the resume converts it too.
+One written after the resize is loaded as DeepSpeed wrote it: the trainer asks per checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
 from argparse import Namespace
 from pathlib import Path
 
-from runner.errors import FinetuneError, clip
-from runner.storage import checkpoints
-from runner.storage.rundir import read_json
+from runner import (
+    CHECKPOINT_MANIFEST,
+    FinetuneError,
+    checkpoint_is_complete,
+    checkpoint_written_by,
+    clip,
+    mark_checkpoint_complete,
+)
 
 LATEST = "latest_universal"
-TRAINER_STATE = "trainer_state.json"  # the Hugging Face Trainer's record, in each of its checkpoints
 _SHARD = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 
@@ -59,40 +66,26 @@ def shard_count(checkpoint: Path) -> int | None:
 
 def has_universal(checkpoint: Path) -> bool:
     """Whether `prepare` completed a universal conversion of this checkpoint (its manifest lists it)."""
-    if not (checkpoint / LATEST).is_file() or not checkpoints.is_complete(checkpoint):
+    if not (checkpoint / LATEST).is_file() or not checkpoint_is_complete(checkpoint):
         return False
     try:
-        return LATEST in read_json(checkpoint / checkpoints.MANIFEST).get("files", {})
+        return LATEST in json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text(encoding="utf-8")).get("files", {})
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def recorded_best(checkpoint: Path) -> Path | None:
-    """The checkpoint that the trainer state saved in `checkpoint` records as the best evaluation so
-    far, looked for beside `checkpoint` by its step: the path recorded is where the run directory
-    was then, which a copied or moved run no longer is. None when none is recorded, or it is not a
-    complete checkpoint of this run."""
-    try:
-        state = read_json(checkpoint / TRAINER_STATE)
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(state, dict):
-        return None
-    step = state.get("best_global_step")
-    if not isinstance(step, int) or isinstance(step, bool):  # older states record only the path
-        path = state.get("best_model_checkpoint")
-        step = checkpoints.step_of(Path(path)) if isinstance(path, str) else None
-    if step is None:
-        return None
-    best = checkpoint.parent / f"checkpoint-{step}"
-    return best if checkpoints.is_complete(best) else None
-
-
 def prepare(
-    checkpoint: Path, world_size: int, zero_stage: int, offload: tuple[str, str], say=print, role: str = ""
+    checkpoint: Path,
+    world_size: int,
+    zero_stage: int,
+    offload: tuple[str, str],
+    say=print,
+    role: str = "",
+    instead: str = "",
 ) -> bool:
     """Make `checkpoint` loadable on `world_size` processes; True when it is loaded as universal.
-    `role` says why a checkpoint other than the one resumed from is needed (in what is printed).
+    `role` says why a checkpoint other than the one resumed from is needed (in what is printed), and
+    `instead` the setting that avoids loading it (in the hint when it cannot be converted).
 
     Nothing to do when the checkpoint has no ZeRO shards, or as many as there are processes. A
     FinetuneError (before any process starts) when the conversion is not possible, naming why."""
@@ -105,7 +98,7 @@ def prepare(
             f"cannot resume {name} on {world_size} processes: it was written by {shards} under ZeRO-"
             f"{zero_stage} with NVMe offload, whose optimizer states lie in each rank's own swap files, which "
             "DeepSpeed's universal checkpoint conversion does not read",
-            hint=f"resume with --nproc {shards}" + (", or set training.keep_best = false" if role else ""),
+            hint=f"resume with --nproc {shards}" + (f", or {instead}" if instead else ""),
         )
     if has_universal(checkpoint):
         say(f"{name}: using its universal checkpoint (ZeRO-{zero_stage}, converted from {shards} shards)")
@@ -121,13 +114,32 @@ def prepare(
     )
     _convert(folder, output, zero_stage)
     # the manifest, last, now lists the universal files too; the checkpoint was still written by `shards`
-    checkpoints.mark_complete(checkpoint, checkpoints.written_by(checkpoint) or shards)
+    mark_checkpoint_complete(checkpoint, checkpoint_written_by(checkpoint) or shards)
     return True
+
+
+def universal_load(config: dict, checkpoint: Path | None, processes: int) -> dict:
+    """The DeepSpeed `config` for loading `checkpoint` on `processes` processes.
+
+    ZeRO optimizer shards are cut for the number of processes that wrote them; on another number
+    each rank would load another's slice. `finetune resume --nproc M` converts such a checkpoint to
+    a universal one first (`prepare`), which DeepSpeed loads on any number of processes when
+    `checkpoint.load_universal` is on; without that conversion, refuse."""
+    shards = shard_count(checkpoint) if checkpoint is not None else None
+    if not shards or shards == processes:
+        return config
+    if not (checkpoint / LATEST).is_file():
+        raise FinetuneError(
+            f"{checkpoint} holds the ZeRO shards of {shards} processes and no universal checkpoint that "
+            f"{processes} can load: each process would load another's slice",
+            hint=f"`finetune resume RUN --nproc {processes}` converts it to a DeepSpeed universal checkpoint first",
+        )
+    return {**config, "checkpoint": {**config.get("checkpoint", {}), "load_universal": True}}
 
 
 def _convert(folder: Path, output: Path, zero_stage: int) -> None:
     """Run DeepSpeed's ds_to_universal on one tag folder, its chatter kept unless it fails."""
-    from runner.distributed.quiet import name_cpu_accelerator
+    from plugins.engines._quiet import name_cpu_accelerator
 
     name_cpu_accelerator()  # else importing DeepSpeed warns that it guessed the CPU
     try:
