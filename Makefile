@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 # Plugin packages of their own that the recipes and tests use (an adapter strategy, a recipe pack).
 EXTRA_PLUGINS := docs/examples/finetune-adapters docs/examples/finetune-recipes-example
 # The optional extras (pyproject.toml) that `make` installs: every capability the recipes and tests use.
-EXTRAS := quantization tensorboard mlflow sweep
+EXTRAS := quantization tensorboard mlflow sweep preference
 empty :=
 space := $(empty) $(empty)
 comma := ,

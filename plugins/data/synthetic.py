@@ -140,12 +140,20 @@ def as_chat(row: dict[str, str], rng: random.Random) -> dict[str, list]:
     }
 
 
+def as_pair(row: dict[str, str], rng: random.Random) -> dict[str, str]:
+    """A preference pair whose better answer is checkable by a rule: the post's sentiment beats a
+    wrong one (drawn from the other two labels)."""
+    wrong = rng.choice([label for label in LABELS if label != row["label"]])
+    return {"prompt": f"{rng.choice(QUESTIONS)}\n{row['text']}", "chosen": row["label"], "rejected": wrong}
+
+
 class SyntheticOptions(DataSourceOptions):
-    kind: Literal["sentiment", "text", "instruction", "chat", "ner"] = Field(
+    kind: Literal["sentiment", "text", "instruction", "chat", "ner", "preference"] = Field(
         default="sentiment",
         description="'sentiment': posts with a 3-way label; 'text': the posts alone; 'instruction': "
         "instruction/input/output rows asking for the label; 'chat': two-turn conversations about it; "
-        "'ner': words with BIO tags for people, places and organisations.",
+        "'ner': words with BIO tags for people, places and organisations; 'preference': prompt/chosen/"
+        "rejected pairs asking for the label, the right label chosen over a wrong one.",
     )
     rows: int = Field(default=3000, gt=0, le=10_000_000, description="How many rows to generate.")
     seed: int = Field(default=0, ge=0, description="Generator seed (independent of run.seed).")
@@ -170,6 +178,8 @@ class Synthetic(DataSource):
             return [as_instruction(r, rng) for r in rows]
         if o.kind == "chat":
             return [as_chat(r, rng) for r in rows]
+        if o.kind == "preference":
+            return [as_pair(r, rng) for r in rows]
         return rows
 
     def load(self, ctx: RunContext) -> dict[str, RawSplit]:

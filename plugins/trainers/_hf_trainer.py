@@ -1,7 +1,8 @@
 """The pieces trainer `hf` (plugins/trainers/hf.py) builds on transformers' `Trainer`, made on first
 use so that importing the plugin imports neither torch nor transformers:
 
-- `make_trainer_class`: the `Trainer` subclass, with a length-grouped sampler seeded per epoch (a
+- `make_trainer_class`: the `Trainer` subclass (of transformers' `Trainer`, or of a subclass of it
+  given as `base`, as TRL's `DPOTrainer` for trainer `dpo`), with a length-grouped sampler seeded per epoch (a
   resumed run takes the batches the uninterrupted one would have), a loss checked for NaN or
   infinity before backward (`NonFiniteLoss`), per-row weights, checkpoints marked complete
   before rotation (and, under ZeRO-3, virtual tokens gathered on every rank before one saves them),
@@ -42,7 +43,7 @@ class NonFiniteLoss(Exception):
         self.step, self.value = step, value
 
 
-def make_trainer_class():
+def make_trainer_class(base=None):
     import torch
     import transformers
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
@@ -86,7 +87,7 @@ def make_trainer_class():
                 here = Path(args.output_dir) / f"checkpoint-{state.best_global_step}"
                 state.best_model_checkpoint = str(here) if here.is_dir() else None
 
-    class _Trainer(transformers.Trainer):
+    class _Trainer(base or transformers.Trainer):
         keep_checkpoints = 2
 
         def __init__(self, *args, **kwargs):
@@ -253,7 +254,10 @@ def _prompt_encoder_gathered(model):
                 module._forward_hooks.update(post)
 
 
-def bridge_events(job, state_holder):
+LOGGED = ("loss", "learning_rate", "grad_norm", "epoch")  # what a training log passes to the events
+
+
+def bridge_events(job, state_holder, logged=LOGGED):
     from transformers import TrainerCallback
 
     class Bridge(TrainerCallback):
@@ -265,8 +269,7 @@ def bridge_events(job, state_holder):
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "loss" in logs:
-                keep = ("loss", "learning_rate", "grad_norm", "epoch")
-                job.events.log(state.global_step, {k: logs[k] for k in keep if k in logs})
+                job.events.log(state.global_step, {k: logs[k] for k in logged if k in logs})
             elif "train_runtime" in logs:
                 state_holder["train_summary"] = dict(logs)
 

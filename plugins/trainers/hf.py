@@ -15,11 +15,11 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from plugins.trainers._hf_trainer import NonFiniteLoss, bridge_events, make_trainer_class, recorded_best
+from plugins.trainers._hf_trainer import LOGGED, NonFiniteLoss, bridge_events, make_trainer_class, recorded_best
 from runner import (
     MAX_BATCH,
     MAX_STEPS,
@@ -134,6 +134,11 @@ class HF(Trainer):
     Options = HFTrainerOptions
     # The engine's settings are keyword arguments of transformers' TrainingArguments (deepspeed=...).
     framework = "transformers"
+    # Whether it trains on preference pairs (a task that `produces` "preferences"), and no other task.
+    preference_pairs: ClassVar[bool] = False
+    # Validation metrics the trainer reports itself, besides loss and the recipe's metrics (best_metric).
+    trainer_metrics: ClassVar[tuple[str, ...]] = ()
+    logged: ClassVar[tuple[str, ...]] = LOGGED  # the keys of a training log that reach the events
     aliases = {
         "lr": "learning_rate",
         "num_train_epochs": "epochs",
@@ -162,8 +167,19 @@ class HF(Trainer):
                 f"'{options.optimizer}' needs bitsandbytes, which is not installed; "
                 "install the extra: pip install 'finetune-runner[quantization]'",
             )
+        task = recipe.task
+        if (task.cls.produces == "preferences") != cls.preference_pairs:
+            needs = "preference pairs" if cls.preference_pairs else "rows with labels, not preference pairs"
+            yield (
+                ("type",),
+                f"training.type = '{cls.name}' trains on {needs}, and task.type = '{task.name}' produces "
+                f"{task.cls.produces or 'something else'}: "
+                + ("use a task that produces preferences" if cls.preference_pairs else "use a preference trainer"),
+            )
         # text metrics score generated answers after training, never a validation during it
-        keys = ["loss"] + [spec.create().key() for spec in recipe.metrics if spec.cls.consumes != {"text"}]
+        keys = ["loss", *cls.trainer_metrics] + [
+            spec.create().key() for spec in recipe.metrics if spec.cls.consumes != {"text"}
+        ]
         if options.best_metric not in keys:
             yield (
                 ("best_metric",),
@@ -190,6 +206,10 @@ class HF(Trainer):
     def _arguments(self, job, has_eval: bool):
         from transformers import TrainingArguments
 
+        return TrainingArguments(**self._argument_values(job, has_eval))
+
+    def _argument_values(self, job, has_eval: bool) -> dict:
+        """The keyword arguments of `TrainingArguments` (a trainer on a subclass of it adds its own)."""
         o = self.options
 
         def strategy(every):
@@ -199,7 +219,7 @@ class HF(Trainer):
         save_strategy, save_steps = strategy(o.save_every if o.save_every is not None else o.eval_every)
         best = "eval_loss" if o.best_metric == "loss" else f"eval_{o.best_metric}"
         greater = False if o.best_metric == "loss" else job.greater_is_better.get(o.best_metric, True)
-        return TrainingArguments(
+        return dict(
             output_dir=str(job.checkpoint_dir),
             per_device_train_batch_size=o.batch_size,
             per_device_eval_batch_size=o.eval_batch_size or 2 * o.batch_size,
@@ -243,7 +263,17 @@ class HF(Trainer):
         )
 
     def _trainer(self, job, has_eval: bool, callbacks=()):
-        trainer = make_trainer_class()(
+        trainer = self._make_trainer(job, has_eval, list(callbacks))
+        trainer.keep_checkpoints = self.options.keep_checkpoints
+        trainer.run_engine = job.engine  # asked again for the best checkpoint, at the end
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the run's reporters show progress instead
+        return trainer
+
+    def _make_trainer(self, job, has_eval: bool, callbacks: list):
+        """The transformers `Trainer` (subclassed by `make_trainer_class`) for `job`."""
+        return make_trainer_class()(
             model=job.model,
             args=self._arguments(job, has_eval),
             train_dataset=job.train,
@@ -252,14 +282,8 @@ class HF(Trainer):
             processing_class=job.tokenizer,
             compute_metrics=job.compute_metrics,
             preprocess_logits_for_metrics=job.task.preprocess_logits,
-            callbacks=list(callbacks),
+            callbacks=callbacks,
         )
-        trainer.keep_checkpoints = self.options.keep_checkpoints
-        trainer.run_engine = job.engine  # asked again for the best checkpoint, at the end
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # the run's reporters show progress instead
-        return trainer
 
     # -- the component's work -----------------------------------------------------------------------
     def fit(self, job) -> TrainOutcome:
@@ -272,7 +296,7 @@ class HF(Trainer):
         if self.options.early_stopping_patience and not has_eval:
             raise FinetuneError("training.early_stopping_patience needs a validation split, and there is none")
         holder: dict = {"fitting": True}
-        bridge = bridge_events(job, holder)
+        bridge = bridge_events(job, holder, self.logged)
         callbacks = [bridge]
         if self.options.early_stopping_patience and has_eval:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.options.early_stopping_patience))

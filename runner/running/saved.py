@@ -114,7 +114,7 @@ def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False, **genera
     if not texts:
         raise FinetuneError("no texts to predict")
     done = load_finished(run_dir, debug)
-    if generation and done.task.produces != "tokens":
+    if generation and done.task.produces != "tokens" and not done.task.generates:
         raise FinetuneError(f"task '{done.recipe.task.name}' does not generate text; use finetune predict")
     return done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"], **generation)
 
