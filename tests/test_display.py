@@ -262,3 +262,17 @@ def test_a_failing_last_reporter_says_so(capsys):
     events = Events([Broken(RichOptions(), console=Console(file=io.StringIO()))])
     events.stage("tokenizing")
     assert "reporter 'rich' failed and was switched off: ValueError('no screen')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_figures_a_trainer_adds_to_its_log_are_shown_after_the_usual_ones(terminal):
+    """A preference trainer logs rewards/margins beside the loss: the plain line and the live
+    panel show it, after loss, lr and the rest."""
+    console = Console(file=io.StringIO(), force_terminal=terminal, width=160, color_system=None)
+    reporter = _reporter(console)
+    reporter.start({"name": "demo", "run_dir": "/tmp/demo"})
+    reporter.train_begin(10, 0)
+    reporter.log(5, {"loss": 0.61, "learning_rate": 1e-3, "rewards/margins": 0.25, "epoch": 0.5})
+    shown = "\n".join(_area(reporter, 160)) if terminal else console.file.getvalue()
+    assert "rewards/margins 0.25" in shown, shown
+    assert shown.index("loss 0.61") < shown.index("rewards/margins")

@@ -20,6 +20,16 @@ from rich.text import Text
 
 # Training figures the panel shows, with the short label each gets.
 TRAIN = (("loss", "loss"), ("learning_rate", "lr"), ("grad_norm", "grad_norm"), ("epoch", "epoch"))
+
+
+def train_keys(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, label) of a training log's figures to show: the usual ones first, then whatever else
+    the trainer chose to report (a preference trainer's rewards/margins, say), by their own names."""
+    usual = [(k, label) for k, label in TRAIN if k in values]
+    known = {k for k, _ in TRAIN} | {"step"}
+    return usual + [(k, k) for k, v in values.items() if k not in known and isinstance(v, int | float)]
+
+
 KEY_METRICS = 6  # evaluation figures in the panel and in the compact scrollback line
 
 
@@ -117,7 +127,7 @@ class MetricsPanel:
         self.evaluation: tuple[str, int | None, list[tuple[str, str]]] | None = None
 
     def update_train(self, values: dict[str, Any]) -> None:
-        self.train = {**self.train, **{k: values[k] for k, _ in TRAIN if k in values}}
+        self.train = {**self.train, **{k: values[k] for k, _ in train_keys(values)}}
 
     def update_evaluation(self, split: str, step: int | None, metrics: dict[str, Any]) -> None:
         self.evaluation = (split, step, key_metrics(metrics))
@@ -130,7 +140,7 @@ class MetricsPanel:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column(ratio=1)
-        train = [(label, fmt(key, self.train[key])) for key, label in TRAIN if key in self.train]
+        train = [(label, fmt(key, self.train[key])) for key, label in train_keys(self.train)]
         grid.add_row("train", self._items(train) if train else Text("…", style="dim"))
         if self.evaluation is not None:
             split, step, pairs = self.evaluation

@@ -15,7 +15,16 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from plugins.reporters.rich_panels import EtaColumn, LiveArea, MetricsPanel, StepTimer, fmt, key_metrics, shown
+from plugins.reporters.rich_panels import (
+    EtaColumn,
+    LiveArea,
+    MetricsPanel,
+    StepTimer,
+    fmt,
+    key_metrics,
+    shown,
+    train_keys,
+)
 from runner import Options, Reporter, hookimpl
 
 SHOWN = ("loss", "learning_rate", "epoch", "grad_norm")  # on each plain log line
@@ -145,7 +154,9 @@ class Rich(Reporter):
             self.panel.update_train(values)
             self._redraw()
         elif "loss" in values:
-            info = "  ".join(f"{k} {fmt(k, values[k])}" for k in SHOWN if k in values)
+            first = [k for k in SHOWN if k in values]  # the usual order, then what else the trainer reports
+            rest = [k for k, _ in train_keys(values) if k not in SHOWN]
+            info = "  ".join(f"{k} {fmt(k, values[k])}" for k in first + rest)
             self.console.print(f"step {step}/{self.total}  {info}")
 
     def evaluated(self, split, step, metrics):

@@ -95,6 +95,11 @@ class DPOOptions(HFTrainerOptions):
 TRL_ONLY = frozenset({"entropy", "num_tokens", "mean_token_accuracy", "rewards/accuracies", "rewards/margins"})
 
 
+def _keeps_copy(reference: str, strategy) -> bool:
+    """Whether the reference is a frozen copy of the whole model (not the base under its adapters)."""
+    return reference == "copy" or (reference == "auto" and not strategy.saves_adapter())
+
+
 class DPO(HF):
     """Preference tuning (DPO, IPO, robust, hinge, ...) on chosen/rejected pairs, with TRL's DPOTrainer."""
 
@@ -132,9 +137,7 @@ class DPO(HF):
             )
         if loss == "robust" and smoothing >= 0.5:
             yield (("label_smoothing",), f"loss_type 'robust' needs label_smoothing below 0.5 (got {smoothing:g})")
-        copies = options.reference == "copy" or (
-            options.reference == "auto" and not recipe.strategy.create().saves_adapter()
-        )
+        copies = _keeps_copy(options.reference, recipe.strategy.create())
         if copies and recipe.distributed.create().sharding().shards_weights:
             yield (
                 ("reference",),
@@ -192,6 +195,11 @@ class DPO(HF):
         if not hasattr(self, "_kept"):
             self._kept = {}
         return self._kept
+
+    def frozen_copies(self, strategy) -> int:
+        """The reference a plan counts: a frozen copy ('copy', or 'auto' without adapters, whose
+        reference is the base with them switched off); 'precomputed' keeps none while training."""
+        return int(_keeps_copy(self.options.reference, strategy))
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self, job, dataset) -> dict[str, float]:

@@ -101,6 +101,12 @@ class Model(Component):
         the model card (model/finetune.json records it as `base_model`) read it so."""
         return None
 
+    def source(self) -> dict[str, Any] | None:
+        """Where the weights came from when the recipe's options alone do not pin it (a run chosen
+        as the newest in a folder, say), with a hash of them: environment.json records it as
+        `model_source`. Called after `build`. None (the default) records nothing."""
+        return None
+
     def architecture(self) -> str | None:
         """The transformers model type `build` makes ('gpt2', 'llama': its `config.model_type`),
         when the options alone say so (a model built from a config); None when only reading the

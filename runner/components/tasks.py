@@ -19,7 +19,8 @@ class Task(Component):
     """Turns rows into model inputs and model outputs into predictions and metric inputs."""
 
     kind = "task"
-    # What predictions look like, which decides the metrics that fit: "classes", "scores" or "tokens".
+    # What predictions look like, which decides the metrics that fit: "classes", "scores", "tokens", or
+    # "preferences" (per pair of a chosen and a rejected answer, for preference trainers such as dpo).
     produces: ClassVar[str] = ""
     head: ClassVar[str] = ""  # the ModelSpec head it asks for, known before the model is built
     columns: ClassVar[tuple[str, ...]] = ("text",)  # columns every row must have

@@ -129,6 +129,11 @@ class Trainer(Component):
         processes (for `finetune plan`)."""
         return None
 
+    def frozen_copies(self, strategy: Strategy) -> int:
+        """Whole copies of the model the trainer keeps frozen beside it while training (a preference
+        trainer's reference model) with `strategy`: `finetune plan` counts their weights. None by default."""
+        return 0
+
     def resume_checkpoints(self, checkpoint: Path) -> list[tuple[Path, str, str]]:
         """The checkpoints a run resumed from `checkpoint` loads besides it, as (checkpoint, why it
         is loaded, the setting that avoids loading it): the engine makes each loadable on the new

@@ -218,6 +218,9 @@ class Pipeline(DataSteps):
             world_size=process_group.world_size(),
             distributed=self.recipe.distributed.as_table(),
         )
+        source = self.model_component.source()
+        if source is not None:
+            env["model_source"] = source
         write_json(self.run_dir.environment, env)
 
     def measure_base(self, model) -> None:

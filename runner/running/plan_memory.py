@@ -147,11 +147,17 @@ def memory_facts(
     )
     activations, how = _activations(recipe, model, spec, max_length, precision, autocast=not deepspeed)
     device = states.device + activations
+    # A frozen reference model (preference tuning) holds weights only, in the dtype the model trains in.
+    copies = recipe.training.create().frozen_copies(recipe.strategy.create())
+    reference = copies * counts["total"] * (2 if deepspeed and precision != "fp32" else _weight_bytes(model))
+    device += reference
     # The libraries and data a run holds besides the model: on the CPU the plan holds them too (its
     # model is on the meta device), so its own resident memory measures them.
     footprint = 0 if accelerator.cuda else memory.resident_bytes()
     device += footprint
     parts = f"model states {fmt(states.device)} + {how}"
+    if reference:
+        parts += f" + reference model {fmt(reference)}"
     if footprint:
         parts += f" + libraries and data {fmt(footprint)}"
     elif accelerator.cuda:
@@ -159,6 +165,9 @@ def memory_facts(
     facts = {"memory per device": f"~{fmt(device)}: {parts}"}
     if quantized_how:
         facts["quantized base"] = quantized_how
+    if reference:
+        copy = "copy" if copies == 1 else "copies"
+        facts["reference model"] = f"{copies} frozen {copy} of the model, {fmt(reference)}"
     facts["sharding"] = f"ZeRO stage {sharding.zero_stage} over {_processes(world_size)}"
     if per_machine != world_size:
         facts["sharding"] += f" ({per_machine} per machine)"

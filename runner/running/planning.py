@@ -185,7 +185,9 @@ def _evaluation(recipe: Recipe) -> str:
     against = ["the untouched base model"] if e.baseline else []
     if e.baseline and task.produces == "classes":
         against.append("the majority class")
-    if e.baseline and task.generates and e.few_shot:
+    # few-shot answers are scored by text metrics only (runner.evaluation.evaluator.baselines)
+    text_metrics = any(spec.cls.consumes == {"text"} for spec in recipe.metrics)
+    if e.baseline and task.generates and e.few_shot and text_metrics:
         against.append(f"{e.few_shot}-shot prompting")
     compared = f"against {', '.join(against)}" if against else "no baseline"
     sure = f"; test intervals from {e.bootstrap} resamples ({e.confidence:.0%})" if e.bootstrap else ""
