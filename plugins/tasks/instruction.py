@@ -22,7 +22,8 @@ from pydantic import Field, field_validator
 
 from plugins.tasks import _chat_templates as chat_templates
 from plugins.tasks import _conversations as conversations
-from runner import DataError, FinetuneError, ModelSpec, Options, PackedCollator, PadCollator, Task, clip, hookimpl
+from plugins.tasks._chat_answers import ChatTask
+from runner import DataError, FinetuneError, Options, PackedCollator, PadCollator, clip, hookimpl
 
 
 class InstructionOptions(Options):
@@ -80,19 +81,14 @@ class InstructionOptions(Options):
         return value
 
 
-class Instruction(Task):
+class Instruction(ChatTask):
     """Instruction tuning (alpaca rows, or openai or sharegpt conversations): loss on the responses, by default."""
 
     name = "instruction"
     Options = InstructionOptions
     produces = "tokens"
-    head = "causal_lm"
     generates = True
     default_metrics = ({"type": "perplexity"}, {"type": "exact_match"}, {"type": "bleu"}, {"type": "rouge"})
-
-    def __init__(self, options):
-        super().__init__(options)
-        self.template_source: str | None = None
 
     @property
     def reader(self) -> conversations.Reader:
@@ -140,38 +136,7 @@ class Instruction(Task):
                 if message.get("input"):
                     yield message["input"]
 
-    def prepare_tokenizer(self, tokenizer) -> str | None:
-        template = self.options.template
-        if template == "tokenizer":
-            if not tokenizer.chat_template:
-                raise FinetuneError("task.template = 'tokenizer', but this tokenizer has no chat template")
-            self.template_source = tokenizer.chat_template
-            return None
-        self.template_source = chat_templates.BUILTIN.get(template, template)
-        tokenizer.chat_template = self.template_source  # saved with the tokenizer, used at inference
-        markers = chat_templates.MARKERS.get(template, [])
-        missing = [m for m in markers if m not in tokenizer.get_vocab()]
-        if missing:
-            tokenizer.add_special_tokens({"additional_special_tokens": missing})
-            return f"added the template's markers {', '.join(missing)} as tokens"
-        return None
-
-    def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
-        return ModelSpec(
-            head=self.head,
-            vocab_size=len(tokenizer),
-            max_length=max_length,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-
     # -- encoding ------------------------------------------------------------------------------
-    def _template(self, tokenizer) -> str:
-        if self.template_source is None:
-            self.template_source = tokenizer.chat_template  # a saved tokenizer carries it
-        return self.template_source
-
     def render(self, row: dict, tokenizer) -> tuple[str, list[tuple[int, int]]]:
         """The formatted text and the character spans that are trained on: the turns trained
         (conversations.trained), or with train_on_inputs all the text but the turns that are not."""
@@ -262,13 +227,6 @@ class Instruction(Task):
         values = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
         return values[:, 0], values[:, 1]
 
-    def stop_tokens(self, tokenizer) -> list[int]:
-        ids = [tokenizer.eos_token_id]
-        marker = chat_templates.END_OF_TURN.get(self.options.template)
-        if marker and marker in tokenizer.get_vocab():
-            ids.append(tokenizer.convert_tokens_to_ids(marker))
-        return [i for i in ids if i is not None]
-
     def row_text(self, row: dict) -> str:
         """The row's user and assistant texts (and alpaca input), one per line. System messages are
         left out: usually the same for every row, they would make unrelated rows look alike."""
@@ -301,38 +259,6 @@ class Instruction(Task):
             prompt = chat_templates.render(tokenizer, template, context, generation_prompt=True)
             out.append((prompt, messages[last]["content"]))
         return out
-
-    def generate(
-        self, model, tokenizer, prompts: list[str], max_length: int, max_new_tokens: int | None = None,
-        batch_size: int = 16,
-    ) -> list[str]:  # fmt: skip
-        """Greedy answers to rendered prompts, batched with left padding, each stopped at the end of
-        sequence or the template's end-of-turn token, at most `max_new_tokens` (default: the task's
-        option) long. A prompt longer than max_length tokens keeps its last max_length tokens: the
-        end, where the answer starts."""
-        from plugins.tasks._generation import greedy
-
-        inputs = [tokenizer(prompt)["input_ids"][-max_length:] for prompt in prompts]
-        return greedy(model, tokenizer, inputs, max_new_tokens or self.options.max_new_tokens,
-                      self.stop_tokens(tokenizer), batch_size)  # fmt: skip
-
-    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
-        template = self._template(tokenizer)
-        prompts = []
-        for text in texts:
-            messages = [{"role": "user", "content": text}]
-            if self.options.system:
-                messages.insert(0, {"role": "system", "content": self.options.system})
-            prompts.append(chat_templates.render(tokenizer, template, messages, generation_prompt=True))
-        answers = self.generate(model, tokenizer, prompts, max_length, max_new_tokens=max_new_tokens)
-        return [{"prompt": text, "response": answer} for text, answer in zip(texts, answers, strict=True)]
-
-    def samples(self, model, tokenizer, max_length) -> list[dict]:
-        return (
-            self.predict(model, tokenizer, self.options.sample_prompts, max_length)
-            if self.options.sample_prompts
-            else []
-        )
 
     def state(self) -> dict[str, Any]:
         return {"template": self.options.template, "format": self.options.format}

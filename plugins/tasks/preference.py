@@ -26,8 +26,9 @@ from pydantic import Field, field_validator
 from plugins.tasks import _chat_templates as chat_templates
 from plugins.tasks import _conversations as conversations
 from plugins.tasks import _preference_rows as rows_of
+from plugins.tasks._chat_answers import ChatTask
 from plugins.tasks.instruction import InstructionOptions
-from runner import DataError, FinetuneError, ModelSpec, Options, Task, hookimpl
+from runner import DataError, FinetuneError, Options, hookimpl
 
 
 class EncodedRow(NamedTuple):
@@ -84,21 +85,16 @@ class PreferenceOptions(Options):
         return InstructionOptions._template(value)
 
 
-class Preference(Task):
+class Preference(ChatTask):
     """Preference pairs (a chosen and a rejected answer to a prompt; or unpaired, labelled answers) for DPO and kin."""
 
     name = "preference"
     Options = PreferenceOptions
     produces = "preferences"
-    head = "causal_lm"
     # Registered with trainer `dpo` (plugins/trainers/_preference_metrics.py); the bootstrap gives them intervals.
     default_metrics = ({"type": "reward_accuracy"}, {"type": "reward_margin"}, {"type": "likelihood_accuracy"})
     # Answers prompts (the chosen answer its reference): text metrics and a few-shot baseline apply.
     generates = True
-
-    def __init__(self, options):
-        super().__init__(options)
-        self.template_source: str | None = None
 
     @classmethod
     def check(cls, options, recipe):
@@ -161,37 +157,6 @@ class Preference(Task):
         reader = self.reader
         for row in dataset:
             yield from reader.texts(row)
-
-    def prepare_tokenizer(self, tokenizer) -> str | None:
-        # As the instruction task does, so that a model tuned with it is prompted the same way.
-        template = self.options.template
-        if template == "tokenizer":
-            if not tokenizer.chat_template:
-                raise FinetuneError("task.template = 'tokenizer', but this tokenizer has no chat template")
-            self.template_source = tokenizer.chat_template
-            return None
-        self.template_source = chat_templates.BUILTIN.get(template, template)
-        tokenizer.chat_template = self.template_source  # saved with the tokenizer, used at inference
-        missing = [m for m in chat_templates.MARKERS.get(template, []) if m not in tokenizer.get_vocab()]
-        if missing:
-            tokenizer.add_special_tokens({"additional_special_tokens": missing})
-            return f"added the template's markers {', '.join(missing)} as tokens"
-        return None
-
-    def _template(self, tokenizer) -> str:
-        if self.template_source is None:
-            self.template_source = tokenizer.chat_template  # a saved tokenizer carries it
-        return self.template_source
-
-    def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
-        return ModelSpec(
-            head=self.head,
-            vocab_size=len(tokenizer),
-            max_length=max_length,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
 
     # -- encoding ---------------------------------------------------------------------------------
     def render(self, pair: rows_of.Pair, tokenizer) -> tuple[str, list[str]]:
@@ -341,13 +306,6 @@ class Preference(Task):
         return out
 
     # -- generation -------------------------------------------------------------------------------
-    def stop_tokens(self, tokenizer) -> list[int]:
-        ids = [tokenizer.eos_token_id]
-        marker = chat_templates.END_OF_TURN.get(self.options.template)
-        if marker and marker in tokenizer.get_vocab():
-            ids.append(tokenizer.convert_tokens_to_ids(marker))
-        return [i for i in ids if i is not None]
-
     def prompts(self, dataset, shots: list[dict] | None = None, tokenizer=None) -> list[tuple[str, str]]:
         """Each row's (prompt rendered with the generation prompt, chosen answer): what the model is
         asked, and the answer preferred. `shots` (training rows) come first, each as its prompt's
@@ -367,31 +325,6 @@ class Preference(Task):
             prompt = chat_templates.render(tokenizer, template, context, generation_prompt=True)
             out.append((prompt, "\n".join(t["content"] for t in pair.chosen)))
         return out
-
-    def generate(self, model, tokenizer, prompts: list[str], max_length: int, max_new_tokens: int | None = None,
-                 batch_size: int = 16) -> list[str]:  # fmt: skip
-        """Greedy answers to rendered prompts (the instruction task's generation: left padding, stopped
-        at the end of sequence or of the turn); a prompt keeps its last max_length tokens."""
-        from plugins.tasks._generation import greedy
-
-        inputs = [tokenizer(prompt)["input_ids"][-max_length:] for prompt in prompts]
-        return greedy(model, tokenizer, inputs, max_new_tokens or self.options.max_new_tokens,
-                      self.stop_tokens(tokenizer), batch_size)  # fmt: skip
-
-    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
-        template = self._template(tokenizer)
-        prompts = []
-        for text in texts:
-            messages = [{"role": "user", "content": text}]
-            if self.options.system:
-                messages.insert(0, {"role": "system", "content": self.options.system})
-            prompts.append(chat_templates.render(tokenizer, template, messages, generation_prompt=True))
-        answers = self.generate(model, tokenizer, prompts, max_length, max_new_tokens=max_new_tokens)
-        return [{"prompt": text, "response": answer} for text, answer in zip(texts, answers, strict=True)]
-
-    def samples(self, model, tokenizer, max_length) -> list[dict]:
-        prompts = self.options.sample_prompts
-        return self.predict(model, tokenizer, prompts, max_length) if prompts else []
 
     def state(self) -> dict[str, Any]:
         return {"template": self.options.template, "format": self.options.format}

@@ -1,0 +1,91 @@
+"""What the tasks on chat-templated text share (`instruction`, `preference`): the chat template
+set on the tokenizer (and saved with it), a causal language model's spec, and answering prompts
+greedily for samples, `finetune generate` and text metrics.
+
+A task built on it has options `template`, `system`, `sample_prompts` and `max_new_tokens`.
+"""
+
+from __future__ import annotations
+
+from plugins.tasks import _chat_templates as chat_templates
+from runner import FinetuneError, ModelSpec, Task
+
+
+class ChatTask(Task):
+    """A task whose rows are rendered with a chat template and whose model answers prompts."""
+
+    head = "causal_lm"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.template_source: str | None = None
+
+    def prepare_tokenizer(self, tokenizer) -> str | None:
+        template = self.options.template
+        if template == "tokenizer":
+            if not tokenizer.chat_template:
+                raise FinetuneError("task.template = 'tokenizer', but this tokenizer has no chat template")
+            self.template_source = tokenizer.chat_template
+            return None
+        self.template_source = chat_templates.BUILTIN.get(template, template)
+        tokenizer.chat_template = self.template_source  # saved with the tokenizer, used at inference
+        markers = chat_templates.MARKERS.get(template, [])
+        missing = [m for m in markers if m not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing})
+            return f"added the template's markers {', '.join(missing)} as tokens"
+        return None
+
+    def _template(self, tokenizer) -> str:
+        if self.template_source is None:
+            self.template_source = tokenizer.chat_template  # a saved tokenizer carries it
+        return self.template_source
+
+    def model_spec(self, tokenizer, max_length: int) -> ModelSpec:
+        return ModelSpec(
+            head=self.head,
+            vocab_size=len(tokenizer),
+            max_length=max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+
+    def stop_tokens(self, tokenizer) -> list[int]:
+        ids = [tokenizer.eos_token_id]
+        marker = chat_templates.END_OF_TURN.get(self.options.template)
+        if marker and marker in tokenizer.get_vocab():
+            ids.append(tokenizer.convert_tokens_to_ids(marker))
+        return [i for i in ids if i is not None]
+
+    def generate(
+        self, model, tokenizer, prompts: list[str], max_length: int, max_new_tokens: int | None = None,
+        batch_size: int = 16,
+    ) -> list[str]:  # fmt: skip
+        """Greedy answers to rendered prompts, batched with left padding, each stopped at the end of
+        sequence or the template's end-of-turn token, at most `max_new_tokens` (default: the task's
+        option) long. A prompt longer than max_length tokens keeps its last max_length tokens: the
+        end, where the answer starts."""
+        from plugins.tasks._generation import greedy
+
+        inputs = [tokenizer(prompt)["input_ids"][-max_length:] for prompt in prompts]
+        return greedy(model, tokenizer, inputs, max_new_tokens or self.options.max_new_tokens,
+                      self.stop_tokens(tokenizer), batch_size)  # fmt: skip
+
+    def predict(self, model, tokenizer, texts, max_length, max_new_tokens: int | None = None):
+        template = self._template(tokenizer)
+        prompts = []
+        for text in texts:
+            messages = [{"role": "user", "content": text}]
+            if self.options.system:
+                messages.insert(0, {"role": "system", "content": self.options.system})
+            prompts.append(chat_templates.render(tokenizer, template, messages, generation_prompt=True))
+        answers = self.generate(model, tokenizer, prompts, max_length, max_new_tokens=max_new_tokens)
+        return [{"prompt": text, "response": answer} for text, answer in zip(texts, answers, strict=True)]
+
+    def samples(self, model, tokenizer, max_length) -> list[dict]:
+        return (
+            self.predict(model, tokenizer, self.options.sample_prompts, max_length)
+            if self.options.sample_prompts
+            else []
+        )
