@@ -17,34 +17,39 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from plugins.models._loading import Loading, LoadingOptions, check_loading
-from plugins.models.pretrained import Pretrained, PretrainedModelOptions
-from runner import FinetuneError, Model, ModelSpec, RunContext, clip, hookimpl, sha256_file, world_size
+from plugins.models.pretrained import DTYPES, Pretrained, PretrainedModelOptions
+from runner import FinetuneError, Model, ModelSpec, RunContext, clip, hookimpl, open_run, sha256_file, world_size
 
-RECIPE = "recipe.resolved.toml"  # what makes a folder a run directory (runner's RunDir)
 MODEL_META = "finetune.json"  # model/'s record: head, strategy, whether it is an adapter
+# The `path` option of `[model] type = "run"` and `[tokenizer] type = "run"`.
+PATH_HELP = (
+    "A completed run directory (runs/<name>/<time>), or a folder of runs (runs/<name>): its newest completed run. "
+    "Relative to the working directory, like run.output_dir."
+)
 
 
-def _status(run: Path) -> dict[str, Any]:
+def _opened(path: Path):
+    """The run directory at `path` as runner.open_run reads it, or None where it is none."""
     try:
-        return json.loads((run / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        return open_run(path)
+    except FinetuneError:
+        return None
 
 
-def _completed(run: Path) -> bool:
-    return _status(run).get("state") == "completed" and (run / "model" / MODEL_META).is_file()
+def _completed(run) -> bool:
+    return run.status == "completed" and (run.path / "model" / MODEL_META).is_file()
 
 
-def _newest_key(run: Path) -> tuple:
+def _newest_key(run) -> tuple:
     # Run directories are named by their start time: `<date>-<time>`, then `<date>-<time>-1`, ...
-    date, _, rest = run.name.partition("-")
+    date, _, rest = run.path.name.partition("-")
     time, _, n = rest.partition("-")
-    return (_status(run).get("finished", ""), date, time, int(n) if n.isdigit() else 0)
+    return (run.run_dir.status().get("finished", ""), date, time, int(n) if n.isdigit() else 0)
 
 
 def find_run(value: str) -> Path:
@@ -59,20 +64,21 @@ def find_run(value: str) -> Path:
     hint = "name a run directory `finetune run` created (runs/<name>/<time>) or the folder of its runs (runs/<name>)"
     if not exists:
         raise FinetuneError(f"no such run directory: {clip(value)} (looked in {Path.cwd()})", hint=hint)
-    if (path / RECIPE).is_file():
-        if not _completed(path):
-            state = _status(path).get("state", "unknown")
+    run = _opened(path)
+    if run is not None:
+        if not _completed(run):
+            state = run.status
             raise FinetuneError(
                 f"run {path} did not complete (state: {state}): it has no final model to start from",
                 hint=f"finish it first: finetune resume {path}" if state != "completed" else None,
             )
         return path
-    runs = [p for p in path.iterdir() if p.is_dir() and (p / RECIPE).is_file()]
-    done = [p for p in runs if _completed(p)]
+    runs = [r for r in map(_opened, sorted(p for p in path.iterdir() if p.is_dir())) if r is not None]
+    done = [r for r in runs if _completed(r)]
     if not done:
         what = f"{len(runs)} run(s), none completed" if runs else "no run directories"
         raise FinetuneError(f"{path} holds {what}: nothing to start from", hint=hint)
-    return max(done, key=_newest_key)
+    return max(done, key=_newest_key).path
 
 
 def check_run_path(value: str):
@@ -89,15 +95,17 @@ def check_run_path(value: str):
             yield (("path",), f"{exc.message}; {exc.hint}" if exc.hint else exc.message)
 
 
-def _recorded_run(run_dir: Path | None) -> Path | None:
-    """The run a run directory's environment.json says its model started from: a resume, or loading
-    a finished run, takes the same weights even when a newer run has completed in the folder since."""
-    try:
-        env = json.loads((Path(run_dir) / "environment.json").read_text(encoding="utf-8")) if run_dir else {}
+def chosen_run(value: str, run_dir: Path | None) -> Path:
+    """The run a recipe's `path` names, for the run in `run_dir`: the one its environment.json
+    recorded (`model_source`) where there is one — a resume, or a finished run loaded again, takes the
+    same weights and tokenizer even when a newer run has completed in the folder since — else `find_run`."""
+    try:  # this run's own record (written before the model is built), read as such
+        env = json.loads((run_dir / "environment.json").read_text(encoding="utf-8")) if run_dir else {}
     except (OSError, ValueError):
-        return None
-    recorded = (env.get("model_source") or {}).get("run") if isinstance(env, dict) else None
-    return find_run(recorded) if isinstance(recorded, str) else None
+        env = {}
+    recorded = env.get("model_source") if isinstance(env, dict) else None
+    name = recorded.get("run") if isinstance(recorded, dict) else None
+    return find_run(name if isinstance(name, str) else value)
 
 
 def run_model_meta(run: Path) -> dict[str, Any]:
@@ -115,12 +123,8 @@ def weights_sha256(directory: Path) -> str:
 
 
 class FromRunModelOptions(LoadingOptions):
-    path: str = Field(
-        min_length=1,
-        description="A completed run directory (runs/<name>/<time>), or a folder of runs (runs/<name>): its newest "
-        "completed run. Relative to the working directory, like run.output_dir.",
-    )
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+    path: str = Field(min_length=1, description=PATH_HELP)
+    dtype: DTYPES = Field(
         default="float32", description="Weights dtype; mixed precision training keeps float32 master weights."
     )
 
@@ -147,9 +151,7 @@ class FromRun(Loading, Model):
         return run / "merged" if run_model_meta(run).get("adapter") else run / "model"
 
     def build(self, ctx: RunContext, spec: ModelSpec):
-        recorded = _recorded_run(ctx.run_dir)
-        if recorded is not None:  # a resumed run, or a finished one loaded again: the run it started from
-            self._run = recorded
+        self._run = chosen_run(self.options.path, ctx.run_dir)
         run = self.run()
         meta = run_model_meta(run)
         if meta.get("head") != spec.head:
@@ -161,8 +163,6 @@ class FromRun(Loading, Model):
             )
         weights = self.weights_dir()
         if meta.get("adapter") and not (weights / MODEL_META).is_file():
-            from runner import open_run
-
             if world_size() > 1:  # every process would write the same folder
                 raise FinetuneError(
                     f"run {run} trained an adapter, not merged into its base yet; with several processes, "

@@ -2,13 +2,49 @@
 set on the tokenizer (and saved with it), a causal language model's spec, and answering prompts
 greedily for samples, `finetune generate` and text metrics.
 
-A task built on it has options `template`, `system`, `sample_prompts` and `max_new_tokens`.
+A task built on it takes `ChatOptions` (template, system, roles, sample prompts, answer length).
 """
 
 from __future__ import annotations
 
+from pydantic import Field, field_validator
+
 from plugins.tasks import _chat_templates as chat_templates
-from runner import FinetuneError, ModelSpec, Task
+from plugins.tasks import _conversations as conversations
+from runner import FinetuneError, ModelSpec, Options, Task, clip
+
+
+class ChatOptions(Options):
+    """The options of every task on chat-templated text; a task's own options subclass it."""
+
+    roles: dict[str, conversations.Role] = Field(
+        default_factory=dict,
+        description="The data's role names as system, user or assistant, added to the format's own: system, user, "
+        "assistant (openai); system, human and user, gpt and assistant (sharegpt).",
+    )
+    template: str = Field(
+        default="alpaca",
+        description="'alpaca', 'chatml', 'plain', 'tokenizer' (its own chat template), or a Jinja chat template. "
+        "Use the one the model was tuned with.",
+    )
+    system: str | None = Field(default=None, description="A system message put before every conversation.")
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="Prompts answered after training; written to samples.jsonl."
+    )
+    max_new_tokens: int = Field(default=64, gt=0, description="Longest generated answer (samples, predict).")
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if value in (*chat_templates.BUILTIN, "tokenizer"):
+            return value
+        if "{" not in value:
+            known = ", ".join([*chat_templates.BUILTIN, "tokenizer"])
+            raise ValueError(f"unknown template '{clip(value)}': name one of {known}, or write a Jinja chat template")
+        problem = chat_templates.check_template(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ChatTask(Task):

@@ -22,11 +22,11 @@ from pydantic import Field, field_validator
 
 from plugins.tasks import _chat_templates as chat_templates
 from plugins.tasks import _conversations as conversations
-from plugins.tasks._chat_answers import ChatTask
-from runner import DataError, FinetuneError, Options, PackedCollator, PadCollator, clip, hookimpl
+from plugins.tasks._chat_answers import ChatOptions, ChatTask
+from runner import DataError, FinetuneError, PackedCollator, PadCollator, hookimpl
 
 
-class InstructionOptions(Options):
+class InstructionOptions(ChatOptions):
     format: Literal["alpaca", "openai", "sharegpt", "chat"] = Field(
         default="alpaca",
         description="'alpaca': columns instruction, input (optional), output; 'openai': a messages column of "
@@ -38,16 +38,6 @@ class InstructionOptions(Options):
         description="The column that holds each conversation (openai, sharegpt). Default: messages (openai), "
         "conversations (sharegpt).",
     )
-    roles: dict[str, conversations.Role] = Field(
-        default_factory=dict,
-        description="The data's role names as system, user or assistant, added to the format's own: system, user, "
-        "assistant (openai); system, human and user, gpt and assistant (sharegpt).",
-    )
-    template: str = Field(
-        default="alpaca",
-        description="'alpaca', 'chatml', 'plain', 'tokenizer' (its own chat template), or a Jinja chat template.",
-    )
-    system: str | None = Field(default=None, description="A system message put before every conversation.")
     train_on_inputs: bool = Field(
         default=False,
         description="Also train on the prompt tokens, not only responses. A turn's own train (or weight) flag "
@@ -57,28 +47,11 @@ class InstructionOptions(Options):
         default=False,
         description="Pack several samples into each row of max_length tokens, kept apart: little padding.",
     )
-    sample_prompts: list[str] = Field(
-        default_factory=list, description="Prompts answered after training; written to samples.jsonl."
-    )
-    max_new_tokens: int = Field(default=64, gt=0, description="Longest generated answer (samples, predict).")
 
     @field_validator("format")
     @classmethod
     def _format(cls, value: str) -> str:
         return conversations.ALIASES.get(value, value)
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if value in (*chat_templates.BUILTIN, "tokenizer"):
-            return value
-        if "{" not in value:
-            known = ", ".join([*chat_templates.BUILTIN, "tokenizer"])
-            raise ValueError(f"unknown template '{clip(value)}': name one of {known}, or write a Jinja chat template")
-        problem = chat_templates.check_template(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
 
 class Instruction(ChatTask):

@@ -21,14 +21,12 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Literal, NamedTuple
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from plugins.tasks import _chat_templates as chat_templates
-from plugins.tasks import _conversations as conversations
 from plugins.tasks import _preference_rows as rows_of
-from plugins.tasks._chat_answers import ChatTask
-from plugins.tasks.instruction import InstructionOptions
-from runner import DataError, FinetuneError, Options, hookimpl
+from plugins.tasks._chat_answers import ChatOptions, ChatTask
+from runner import DataError, FinetuneError, hookimpl
 
 
 class EncodedRow(NamedTuple):
@@ -49,7 +47,7 @@ class EncodedRow(NamedTuple):
         return len(self.prompt_ids) + max((len(ids) for ids in self.answer_ids), default=0)
 
 
-class PreferenceOptions(Options):
+class PreferenceOptions(ChatOptions):
     format: Literal["auto", "text", "conversation", "ultrafeedback", "hh", "unpaired"] = Field(
         default="auto",
         description="'text': columns prompt, chosen, rejected (strings); 'conversation': prompt a list of messages "
@@ -63,26 +61,6 @@ class PreferenceOptions(Options):
         "source's columns. Pairs that teach nothing (an empty answer, equal answers, a prompt filling max_length) "
         "are left out and counted.",
     )
-    roles: dict[str, conversations.Role] = Field(
-        default_factory=dict,
-        description="The data's role names as system, user or assistant, added to the known ones: system, user, "
-        "assistant, and ShareGPT's human and gpt.",
-    )
-    template: str = Field(
-        default="alpaca",
-        description="The chat template, as the instruction task's (use the one the model was tuned with): 'alpaca', "
-        "'chatml', 'plain', 'tokenizer' (its own chat template), or a Jinja chat template.",
-    )
-    system: str | None = Field(default=None, description="A system message put before every prompt.")
-    sample_prompts: list[str] = Field(
-        default_factory=list, description="Prompts answered after training; written to samples.jsonl."
-    )
-    max_new_tokens: int = Field(default=64, gt=0, description="Longest generated answer (samples, predict).")
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        return InstructionOptions._template(value)
 
 
 class Preference(ChatTask):

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from plugins.models.from_run import check_run_path, find_run
+from plugins.models.from_run import PATH_HELP, check_run_path, chosen_run
 from runner import RunContext, Tokenizer, TokenizerOptions, hookimpl, hub_load_error
 
 
 class FromRunTokenizerOptions(TokenizerOptions):
-    path: str = Field(
-        min_length=1,
-        description="A completed run directory (runs/<name>/<time>), or a folder of runs (runs/<name>): its newest "
-        "completed run. Relative to the working directory, like run.output_dir.",
-    )
+    path: str = Field(min_length=1, description=PATH_HELP)
 
 
 class FromRun(Tokenizer):
@@ -31,7 +27,7 @@ class FromRun(Tokenizer):
     def build(self, ctx: RunContext, texts):
         from transformers import AutoTokenizer
 
-        run = find_run(self.options.path)
+        run = chosen_run(self.options.path, ctx.run_dir)  # the run the model starts from, on a resume too
         try:
             return AutoTokenizer.from_pretrained(run / "model")
         except Exception as exc:

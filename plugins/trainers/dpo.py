@@ -120,6 +120,12 @@ class DPO(HF):
         "pref_loss": "loss_type",
     }
 
+    def __init__(self, options):
+        super().__init__(options)
+        # The base model's pair log-probabilities per dataset (fingerprint), kept from its evaluation as
+        # the baseline: the reference of a 'precomputed' run for the splits training never saw.
+        self.kept_reference: dict = {}
+
     @classmethod
     def check(cls, options, recipe):
         yield from super().check(options, recipe)
@@ -186,15 +192,8 @@ class DPO(HF):
             # A virtual-token adapter (prompt, prefix, p-tuning) starts other than the base: it keeps
             # TRL's frozen copy of its start.
             job.model.delete_adapter("ref")
-        trainer.reference_logps = self._reference_logps()
+        trainer.reference_logps = self.kept_reference
         return trainer
-
-    def _reference_logps(self) -> dict:
-        """The base model's pair log-probabilities per dataset (fingerprint), kept from its evaluation
-        as the baseline: the reference of a 'precomputed' run for the splits training never saw."""
-        if not hasattr(self, "_kept"):
-            self._kept = {}
-        return self._kept
 
     def frozen_copies(self, strategy) -> int:
         """The reference a plan counts: a frozen copy ('copy', or 'auto' without adapters, whose
@@ -207,7 +206,7 @@ class DPO(HF):
         if trainer is None or trainer.model is not job.model:
             return self._evaluate_alone(job, dataset)
         if "ref_chosen_logps" not in dataset.column_names and self._reference_gone(trainer):
-            kept = self._reference_logps().get(dataset._fingerprint)
+            kept = self.kept_reference.get(dataset._fingerprint)
             if kept is None:  # neither kept nor computable: the policy's own scores only
                 return self._evaluate_alone(job, dataset)
             dataset = dataset.add_column("ref_chosen_logps", kept[0].tolist())
@@ -249,7 +248,7 @@ class DPO(HF):
             with job.model.disable_adapter():
                 reference = pair_log_probs(job.model, dataset, job.collator, batch)
         elif getattr(self, "_last", None) is None and getattr(dataset, "_fingerprint", None) is not None:
-            self._reference_logps()[dataset._fingerprint] = policy  # before any training: the reference
+            self.kept_reference[dataset._fingerprint] = policy  # before any training: the reference
         self._hand_over(job, policy, reference)
         scores = preference_scores(policy, reference, self.options.beta)
         return {k: v for k, v in scores.items() if reference is not None or k not in REWARD_KEYS}
