@@ -31,6 +31,9 @@ BUILTIN = {
     "strategy_peft": "plugins.strategies.peft_methods",
     "trainer_hf": "plugins.trainers.hf",
     "trainer_dpo": "plugins.trainers.dpo",
+    "trainer_kto": "plugins.trainers.kto",
+    "trainer_orpo": "plugins.trainers.orpo",
+    "trainer_reward": "plugins.trainers.reward",
     "engine_ddp": "plugins.engines.ddp",
     "engine_deepspeed": "plugins.engines.deepspeed_zero",
     "metrics": "plugins.metrics.standard",
@@ -40,4 +43,6 @@ BUILTIN = {
     "audit_leakage": "plugins.audits.leakage",
     "audit_forgetting": "plugins.audits.forgetting",
     "audit_bias": "plugins.audits.bias",
+    "audit_verbosity": "plugins.audits.verbosity",
+    "audit_win_rate": "plugins.audits.win_rate",
 }

@@ -56,6 +56,12 @@ def register_trainers(register: Register) -> None:
 
 
 @hookspec
+def register_objectives(register: Register) -> None:
+    """Register `runner.PairObjective` subclasses: preference losses computed from each pair's
+    log-probabilities, for the trainers that take one (`[objective] type = ...`)."""
+
+
+@hookspec
 def register_engines(register: Register) -> None:
     """Register `runner.Engine` subclasses: how training spreads over processes
     (`[distributed] engine = ...`)."""

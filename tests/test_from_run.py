@@ -97,6 +97,7 @@ def test_a_second_recipe_starts_from_the_first_runs_model_and_tokenizer(sft, tmp
     assert second.status == "completed", second.message
     # Its base model is the first run's final model: the same validation loss, to float precision.
     base = next(b for b in second.baselines if b["name"] == "base model")
+    assert base["note"] == f"the final model of run {sft.path.resolve()}, untouched by this run, prompted zero-shot"
     assert base["validation"]["loss"] == pytest.approx(sft.metrics["validation"]["loss"], rel=1e-5)
 
     first, then = runner.open_run(sft.path).load(), runner.open_run(second.path)
@@ -208,3 +209,25 @@ def test_a_task_needing_another_head_is_refused(sft, tmp_path, capsys):
     out = capsys.readouterr()
     assert "trained a causal_lm model" in out.out + out.err and "sequence_classification" in out.out + out.err
     assert "Traceback" not in out.out + out.err
+
+
+def test_a_lock_pins_the_run_and_its_weights_and_refuses_another(sft, tmp_path, capsys):
+    """`finetune lock` records which run `path` resolves to and a hash of its weights; a newer run
+    completed in the folder since is a difference `--locked` refuses, naming the key."""
+    folder = sft.path.parent
+    recipe = write(tmp_path / "second.toml", FROM_RUN.format(path=folder, extra=""))
+    assert cli("lock", recipe) == 0
+    lock = json.loads(recipe.with_suffix(".lock").read_text())
+    pinned = lock["inputs"]["model.source"]
+    assert pinned == {"run": str(sft.path.resolve()), "weights_sha256": pinned["weights_sha256"]}
+    assert len(pinned["weights_sha256"]) == 64
+    capsys.readouterr()
+
+    newer = folder / "20270101-000000"
+    shutil.copytree(sft.path, newer)
+    try:
+        assert cli("run", recipe, "--locked", "--output", tmp_path / "refused") == 2
+        err = capsys.readouterr().err
+        assert "model.source" in err and str(newer) in err, err
+    finally:
+        shutil.rmtree(newer)

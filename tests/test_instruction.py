@@ -118,6 +118,19 @@ def test_the_newline_a_template_writes_after_the_end_marker_is_not_trained():
     assert text.endswith("<|im_end|>\n") and text[spans[0][0] : spans[0][1]] == "neutral<|im_end|>"
 
 
+def test_answers_stop_at_the_end_of_turn_of_a_template_taken_from_the_tokenizer():
+    """A run started from an earlier run's tokenizer (template "tokenizer") ends answers at the
+    saved ChatML template's <|im_end|> as the run that trained it did, not only at EOS."""
+    named, tokenizer = task_and_tokenizer(format="chat", template="chatml")
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end in named.stop_tokens(tokenizer)
+    taken = Instruction(InstructionOptions(format="chat", template="tokenizer"))
+    taken.prepare_tokenizer(tokenizer)
+    assert sorted(taken.stop_tokens(tokenizer)) == sorted(named.stop_tokens(tokenizer))
+    plain = Instruction(InstructionOptions(format="chat", template="alpaca"))
+    assert plain.stop_tokens(tokenizer) == [tokenizer.eos_token_id]
+
+
 def test_a_changed_tokenizer_template_encodes_the_rows_again(tmp_path):
     from datasets import Dataset
 
@@ -186,6 +199,10 @@ def test_instruction_run_lowers_validation_loss_saves_the_template_and_generates
     assert "<|im_start|>" in template
     sample = json.loads((result.run_dir.path / "samples.jsonl").read_text().splitlines()[0])
     assert sample["response"] in {"positive", "negative", "neutral"}  # learnt the format, and to stop
+    # the untouched model's answer to the same prompt, measured before training, is kept beside it
+    assert sample["before"] not in {"positive", "negative", "neutral"}
+    html = (result.run_dir.path / "report.html").read_text(encoding="utf-8")
+    assert "before training (base model)" in html and f"<pre>{sample['response']}</pre>" in html
 
     assert cli("generate", result.run_dir.path, "--prompt", "Is this post positive, negative or neutral?\nugh") == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[-1] in {"positive", "negative", "neutral"}

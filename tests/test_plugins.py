@@ -59,7 +59,7 @@ def test_builtins_register_every_kind():
     assert {"pretrained", "config"} <= set(registry.names("model"))
     assert {"classification", "regression", "causal_lm"} <= set(registry.names("task"))
     assert {"full", "freeze", "lora"} <= set(registry.names("strategy"))
-    assert registry.names("trainer") == ["dpo", "hf"]
+    assert registry.names("trainer") == ["cpo", "dpo", "hf", "kto", "orpo", "reward", "simpo"]
     assert {"accuracy", "precision", "recall", "f1", "perplexity"} <= set(registry.names("metric"))
     assert "rich" in registry.names("reporter")
 

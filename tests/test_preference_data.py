@@ -207,7 +207,8 @@ def test_only_the_answers_are_scored_and_the_prompt_ends_with_the_generation_pro
     assert labels == ["[prompt, not trained]", "[chosen, trained]", "[rejected, trained]"]
 
 
-def test_bad_rows_are_counted_by_reason_and_the_good_kept(tokenizer):
+def test_bad_rows_are_counted_by_reason_and_the_good_kept(tokenizer, tmp_path):
+    cache_dir = tmp_path
     task = task_for(tokenizer, template="chatml")
     good = pairs(6, seed=4)
     hh = as_layouts(good[0])["hh"]
@@ -226,6 +227,14 @@ def test_bad_rows_are_counted_by_reason_and_the_good_kept(tokenizer):
         "1 whose prompt alone fills max_length (64 tokens)",
     ):
         assert reason in note, note
+    # read back from the encoding cache, the split says again what was dropped
+    from runner.pipeline.encoding import encode_splits
+
+    split = {"train": Dataset.from_list([*good[:3], *bad, *good[3:]])}
+    for fresh in (True, False):
+        task.notes.clear()
+        _, cached = encode_splits(task, tokenizer, split, 64, cache_dir)
+        assert cached["train"] is not fresh and task.notes and task.notes[0] == note
     # transcripts that part before their last answer cannot be split into a prompt and two answers
     task.notes.clear()
     parted = dict(

@@ -187,7 +187,17 @@ def test_report_has_every_section_with_its_figures(run):
     assert "0" * 64 in recipe and f"changed since the run started (now <code>{actual[:12]}" in recipe
     environment = section(html, "environment")
     assert "5.23.0" in environment and "abc123" in environment
-    assert "&lt;i&gt;hi&lt;/i&gt;" in section(html, "samples")
+    samples = section(html, "samples")
+    assert "&lt;i&gt;hi&lt;/i&gt;" in samples and "before training" not in samples
+
+
+def test_samples_show_the_base_models_answer_beside_the_tuned_one(run):
+    rows = [{"prompt": "p1", "response": "after1", "before": "before1"}, {"prompt": "p2", "response": "after2"}]
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    samples = section(build_report(run).read_text(encoding="utf-8"), "samples")
+    assert "<th>before training (base model)</th><th>after training</th>" in samples
+    assert "<td><pre>p1</pre></td><td><pre>before1</pre></td><td><pre>after1</pre></td>" in samples
+    assert "<td><pre>p2</pre></td><td><pre></pre></td><td><pre>after2</pre></td>" in samples
 
 
 def test_report_escapes_user_content_and_loads_nothing(run):

@@ -147,13 +147,22 @@ def as_pair(row: dict[str, str], rng: random.Random) -> dict[str, str]:
     return {"prompt": f"{rng.choice(QUESTIONS)}\n{row['text']}", "chosen": row["label"], "rejected": wrong}
 
 
+def as_unpaired(row: dict[str, str], rng: random.Random) -> dict:
+    """An answer labelled desirable or not (for KTO), by the same rule as `as_pair`: the post's
+    sentiment (desirable, half the rows) or a wrong one (undesirable)."""
+    pair = as_pair(row, rng)
+    good = rng.random() < 0.5
+    return {"prompt": pair["prompt"], "completion": pair["chosen" if good else "rejected"], "label": good}
+
+
 class SyntheticOptions(DataSourceOptions):
-    kind: Literal["sentiment", "text", "instruction", "chat", "ner", "preference"] = Field(
+    kind: Literal["sentiment", "text", "instruction", "chat", "ner", "preference", "unpaired"] = Field(
         default="sentiment",
         description="'sentiment': posts with a 3-way label; 'text': the posts alone; 'instruction': "
         "instruction/input/output rows asking for the label; 'chat': two-turn conversations about it; "
         "'ner': words with BIO tags for people, places and organisations; 'preference': prompt/chosen/"
-        "rejected pairs asking for the label, the right label chosen over a wrong one.",
+        "rejected pairs asking for the label, the right label chosen over a wrong one; 'unpaired': prompt/"
+        "completion/label rows (task format 'unpaired', for KTO), the right label desirable, a wrong one not.",
     )
     rows: int = Field(default=3000, gt=0, le=10_000_000, description="How many rows to generate.")
     seed: int = Field(default=0, ge=0, description="Generator seed (independent of run.seed).")
@@ -180,6 +189,8 @@ class Synthetic(DataSource):
             return [as_chat(r, rng) for r in rows]
         if o.kind == "preference":
             return [as_pair(r, rng) for r in rows]
+        if o.kind == "unpaired":
+            return [as_unpaired(r, rng) for r in rows]
         return rows
 
     def load(self, ctx: RunContext) -> dict[str, RawSplit]:

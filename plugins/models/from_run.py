@@ -196,6 +196,9 @@ class FromRun(Loading, Model):
         except FinetuneError:  # not made yet (validation): the run's path stands for it
             return self.options.path
 
+    def describe_base(self) -> str | None:
+        return f"the final model of run {self.run()}, untouched by this run"
+
     def source(self) -> dict[str, Any] | None:
         run = self.run()
         return {"run": str(run), "weights_sha256": weights_sha256(run / "model")}

@@ -88,10 +88,16 @@ class ChatTask(Task):
         )
 
     def stop_tokens(self, tokenizer) -> list[int]:
-        ids = [tokenizer.eos_token_id]
-        marker = chat_templates.END_OF_TURN.get(self.options.template)
-        if marker and marker in tokenizer.get_vocab():
-            ids.append(tokenizer.convert_tokens_to_ids(marker))
+        """Generation ends at the end-of-sequence token and at the template's end of turn: the named
+        template's, or any known one the template in use writes (a tokenizer's, a recipe's own)."""
+        name = self.options.template
+        if name in chat_templates.BUILTIN:
+            markers = [chat_templates.END_OF_TURN[name]] if name in chat_templates.END_OF_TURN else []
+        else:
+            template = self.template_source or tokenizer.chat_template or ""
+            markers = [m for m in chat_templates.TURN_ENDS if m in template]
+        vocab = tokenizer.get_vocab()
+        ids = [tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(m) for m in markers if m in vocab)]
         return [i for i in ids if i is not None]
 
     def generate(

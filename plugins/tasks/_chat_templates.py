@@ -61,6 +61,9 @@ BUILTIN = {"alpaca": ALPACA, "chatml": CHATML, "plain": PLAIN}
 # Special tokens a template's markers need, so that each is one token and can end generation.
 MARKERS = {"chatml": ["<|im_start|>", "<|im_end|>"]}
 END_OF_TURN = {"chatml": "<|im_end|>"}
+# The end-of-turn tokens of common model families' templates (ChatML, Llama 3, Gemma, Phi-3): a
+# template taken from the tokenizer, or written in the recipe, that writes one ends answers with it.
+TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
 def check_template(source: str) -> str | None:

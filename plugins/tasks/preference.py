@@ -95,6 +95,16 @@ class Preference(ChatTask):
                 "format 'unpaired' (prompt, completion, label rows, for KTO) needs a trainer of unpaired rows; "
                 f"training.type = '{getattr(training, 'name', '?')}' takes chosen/rejected pairs",
             )
+        if options.format == "unpaired":
+            # an undesirable row's completion is no answer to score a generated one against
+            for spec in getattr(recipe, "metrics", ()):
+                if spec.cls.consumes == frozenset({"text"}):
+                    yield (
+                        ("format",),
+                        f"metric '{spec.name}' compares generated answers with the preferred one, which unpaired "
+                        "rows do not give (an undesirable completion is no reference): score unpaired runs with "
+                        "the preference metrics, or evaluate on pairs",
+                    )
 
     @property
     def reader(self) -> rows_of.RowReader:

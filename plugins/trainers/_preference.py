@@ -16,14 +16,29 @@ REWARD_KEYS = ("reward_accuracy", "reward_margin")
 PREFERENCE_KEYS = (*REWARD_KEYS, "likelihood_accuracy")
 
 
-def pair_log_probs(model, dataset, collator, batch_size: int, device=None):
+def pair_log_probs(model, dataset, collator, batch_size: int, device=None, lengths: bool = False):
     """(chosen, rejected): float tensors of the summed log-probabilities of each pair's answers under
     `model`, from plain logits (the collator puts a batch's chosen rows first, then its rejected
-    ones, with `completion_mask` marking the answer tokens)."""
+    ones, with `completion_mask` marking the answer tokens). With `lengths`, also (chosen, rejected)
+    answer token counts, for the length-normalised rewards of ORPO and SimPO."""
+    import torch
+
+    sums, counts = [], []
+    for summed, count in sequence_log_probs(model, dataset, collator, batch_size, device):
+        sums.append(summed.chunk(2))
+        counts.append(count.chunk(2))
+    policy = tuple(torch.cat([s[i] for s in sums]) for i in (0, 1))
+    if not lengths:
+        return policy
+    return policy, tuple(torch.cat([c[i] for c in counts]) for i in (0, 1))
+
+
+def sequence_log_probs(model, dataset, collator, batch_size: int, device=None):
+    """Per batch of `dataset` as `collator` lays it out (pairs: chosen rows then rejected ones;
+    unpaired rows: in order): each sequence's summed answer log-probability and answer token count."""
     import torch
 
     device = device or next(model.parameters()).device
-    chosen, rejected = [], []
     was_training = model.training
     model.eval()
     try:
@@ -36,13 +51,10 @@ def pair_log_probs(model, dataset, collator, batch_size: int, device=None):
             # Prompt-learning adapters prepend virtual tokens: keep the positions of the real ones.
             logits = logits[:, -ids.size(1) :]
             token = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            summed = (token * batch["completion_mask"][:, 1:].to(device)).sum(dim=1).cpu()
-            c, r = summed.chunk(2)
-            chosen.append(c)
-            rejected.append(r)
+            mask = batch["completion_mask"][:, 1:].to(device)
+            yield (token * mask).sum(dim=1).cpu(), mask.sum(dim=1).cpu()
     finally:
         model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
 
 
 def preference_scores(policy, reference, beta: float) -> dict[str, float]:
@@ -60,6 +72,47 @@ def preference_scores(policy, reference, beta: float) -> dict[str, float]:
     return out
 
 
+def objective_loss(trainer, model, inputs, return_outputs: bool):
+    """The mean of a plugin objective's pair losses (runner.PairObjective) for one batch: the policy's
+    answer log-probabilities from the same fused forward pass TRL's own loss makes, the reference's
+    as TRL takes them (precomputed, its frozen copy, or the adapters switched off), and TRL's reward
+    figures logged as for its losses."""
+    import torch
+
+    from runner import PairLogProbs
+
+    mode = "train" if trainer.model.training else "eval"
+    completion = inputs["completion_mask"]
+    kwargs = {k: v for k, v in inputs.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}
+    labels = inputs["input_ids"].masked_fill(completion == 0, -100)
+    outputs = model(**kwargs, use_cache=False, labels=labels, fused_lm_head=True)
+    shifted = completion[..., 1:]
+    chosen, rejected = outputs.log_probs[:, -shifted.size(1) :].sum(dim=1).chunk(2, dim=0)
+    if trainer.precompute_ref_logps:
+        reference = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+    else:
+        reference = trainer.compute_ref_log_probs(trainer.ref_model or model, inputs)
+    tokens = shifted.sum(dim=1).chunk(2, dim=0)
+    pairs = PairLogProbs(chosen, rejected, *reference, *tokens, beta=trainer.beta)
+    loss = trainer.objective.losses(pairs).mean()
+    with torch.no_grad():
+        chosen_rewards = trainer.beta * (chosen - reference[0])
+        rejected_rewards = trainer.beta * (rejected - reference[1])
+        figures = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+        }
+        for key, values in figures.items():
+            trainer._metrics[mode][key].append(trainer.accelerator.gather(values).mean().item())
+    if return_outputs:  # as TRL: the fused head makes no logits, so the caller's are computed again
+        with torch.no_grad():
+            outputs = model(**kwargs)
+        return loss, outputs
+    return loss
+
+
 def make_dpo_trainer_class():
     from transformers import Trainer
     from trl import DPOTrainer
@@ -70,6 +123,12 @@ def make_dpo_trainer_class():
         """TRL's DPOTrainer on the preference task's encoded pairs."""
 
         reference_logps: dict = {}  # dataset fingerprint -> the reference's pair log-probabilities
+        objective = None  # the recipe's [objective] (runner.PairObjective): the loss in place of TRL's
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            if self.objective is None:
+                return super()._compute_loss(model, inputs, return_outputs)
+            return objective_loss(self, model, inputs, return_outputs)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             # TRL 1.16 always calls this, from `__init__` (dpo_trainer.py:849-857) and from `evaluate`

@@ -26,6 +26,9 @@ class _PairMetric(Metric):
         import numpy as np
 
         values = np.asarray(predictions, dtype=np.float64).reshape(-1, 2)[:, self.column]
+        if len(values) and np.isnan(values).all():
+            return {}  # a figure these rows do not have (unpaired KTO rows: no pair to compare likelihoods of)
+        values = values[~np.isnan(values)]
         return {self.key(): float(self.reduce(values)) if len(values) else float("nan")}
 
     def reduce(self, values):

@@ -81,6 +81,13 @@ class DPOOptions(HFTrainerOptions):
         "frozen copy), 'copy' (a frozen copy), or 'precomputed' (its log-probabilities computed once before "
         "training; nothing kept in memory).",
     )
+    sft_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="RPO: add the chosen answers' negative log-likelihood (per token) with this weight (the paper: "
+        "1.0). DPO alone may lower the likelihood of both answers and so degrade what the model generates; this "
+        "keeps the chosen ones likely. 0: off.",
+    )
     ld_alpha: float | None = Field(
         default=None,
         ge=0.0,
@@ -106,6 +113,7 @@ class DPO(HF):
     name = "dpo"
     Options = DPOOptions
     preference_pairs = True
+    takes_objective = True  # `[objective]`: a plugin's pair loss in place of loss_type
     trainer_metrics = PREFERENCE_KEYS
     logged = (*LOGGED, "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
     # TRL reads transformers' old property name when it switches gradient checkpointing off around
@@ -150,8 +158,14 @@ class DPO(HF):
                 "a frozen copy of the model cannot be made under ZeRO-3, which shards the weights as they are "
                 "built: use reference = 'precomputed' (or an adapter strategy, whose reference is the base)",
             )
+        if options.sft_weight and loss == "sft":
+            yield (("sft_weight",), "loss_type 'sft' is the chosen answers' likelihood alone: sft_weight adds it again")
         if loss == "exo_pair" and not smoothing:
             yield (("label_smoothing",), "loss_type 'exo_pair' needs label_smoothing above 0 (the paper uses 1e-3)")
+        objective = getattr(recipe, "objective", None)
+        for key in ("loss_type", "label_smoothing", "ld_alpha", "sft_weight"):
+            if objective is not None and key in options.model_fields_set:
+                yield ((key,), f"[objective] '{objective.name}' is the loss: {key} would be ignored; remove one")
 
     # -- the trainer ---------------------------------------------------------------------------------
     def _make_trainer(self, job, has_eval: bool, callbacks: list):
@@ -167,7 +181,8 @@ class DPO(HF):
         config = DPOConfig(
             **self._argument_values(job, has_eval),
             beta=o.beta,
-            loss_type=[o.loss_type],
+            loss_type=[o.loss_type, "sft"] if o.sft_weight else [o.loss_type],
+            loss_weights=[1.0, o.sft_weight] if o.sft_weight else None,
             label_smoothing=o.label_smoothing,
             ld_alpha=o.ld_alpha,
             precompute_ref_log_probs=o.reference == "precomputed",
@@ -193,6 +208,7 @@ class DPO(HF):
             # TRL's frozen copy of its start.
             job.model.delete_adapter("ref")
         trainer.reference_logps = self.kept_reference
+        trainer.objective = job.objective
         return trainer
 
     def frozen_copies(self, strategy) -> int:

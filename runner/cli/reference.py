@@ -29,6 +29,11 @@ SECTION_OF_KIND = {
     **{kind: f"[[{section}]]" for section, kind in LISTS.items()},
 }
 assert set(SECTION_OF_KIND) == set(KINDS)
+# What a section says when no component of its kind is registered.
+EMPTY = {
+    "objective": "Optional: a preference loss from a plugin package, for trainer `dpo` (none is built in; TRL's "
+    "losses are `[training] loss_type`). Writing one: writing-a-plugin.md, section 3d."
+}
 
 
 def _type_name(annotation) -> str:
@@ -104,6 +109,8 @@ def component_sections(
         if skip_empty and not entries:
             continue
         out += [f"## {section}", ""]
+        if not entries:
+            out += [EMPTY.get(kind, "None registered."), ""]
         tag = TAGS.get(section.strip("[]"), "type")
         for name, registration in entries:
             cls = registration.cls

@@ -21,12 +21,14 @@ from runner.components.evaluation import (
     Metric,
 )
 from runner.components.models import Model, ModelSpec, Tokenizer, TokenizerOptions
+from runner.components.objectives import PairLogProbs, PairObjective
 from runner.components.reporters import Reporter
 from runner.components.tasks import Task
 from runner.components.training import Engine, EngineOptions, Sharding, Strategy, Trainer, TrainJob, TrainOutcome
 
 KINDS: dict[str, type[Component]] = {
-    cls.kind: cls for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, Engine, Metric, Reporter, Audit)
+    cls.kind: cls
+    for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, PairObjective, Engine, Metric, Reporter, Audit)
 }
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "Metric",
     "Model",
     "ModelSpec",
+    "PairLogProbs",
+    "PairObjective",
     "RawSplit",
     "Reporter",
     "RunContext",

@@ -104,7 +104,15 @@ class Model(Component):
     def source(self) -> dict[str, Any] | None:
         """Where the weights came from when the recipe's options alone do not pin it (a run chosen
         as the newest in a folder, say), with a hash of them: environment.json records it as
-        `model_source`. Called after `build`. None (the default) records nothing."""
+        `model_source`. Called after `build`, and by `finetune lock` before any build (which pins
+        it as `model.source`: return None where only building would tell, FinetuneError where the
+        weights are missing). None (the default) records nothing."""
+        return None
+
+    def describe_base(self) -> str | None:
+        """What the model is before training, for the baseline row's note, where it is not a
+        pretrained model ("the final model of run ..."); None (the default): "the pretrained base
+        model". Called after `build`."""
         return None
 
     def architecture(self) -> str | None:

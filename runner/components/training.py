@@ -93,6 +93,7 @@ class TrainJob:
     greater_is_better: dict[str, bool] = field(default_factory=dict)  # metric key -> direction
     stop_requested: Callable[[], bool] = lambda: False
     collective_timeout: int | None = None  # seconds a collective may wait for the other processes
+    objective: Any = None  # the recipe's `[objective]` (a runner.PairObjective), for a trainer that takes one
 
 
 @dataclass
@@ -113,6 +114,9 @@ class Trainer(Component):
     # that asks nothing of it (`Engine.frameworks` None, as DDP), and under the engines that list
     # its framework: those give it their settings in that framework's terms (`Engine.trainer_settings`).
     framework: ClassVar[str] = ""
+    # Whether it takes a preference objective from the recipe (`[objective]`, `TrainJob.objective`) in place
+    # of its own loss; the core refuses an objective for a trainer that does not.
+    takes_objective: ClassVar[bool] = False
 
     def fit(self, job: TrainJob) -> TrainOutcome:
         """Train `job.model` on `job.train` (from `job.resume_from` when set), evaluating, writing
@@ -128,6 +132,13 @@ class Trainer(Component):
         """Optimizer steps the run will take for this many training rows on `world_size`
         processes (for `finetune plan`)."""
         return None
+
+    def model_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The model the trainer trains, given the one the task asks for (`Task.model_spec`): by
+        default `spec` itself. A trainer that needs another head returns a changed copy (a reward
+        model trainer: a one-score sequence classifier on a preference task). The core builds, plans,
+        saves and loads the model by what this returns."""
+        return spec
 
     def frozen_copies(self, strategy: Strategy) -> int:
         """Whole copies of the model the trainer keeps frozen beside it while training (a preference

@@ -207,20 +207,20 @@ class Evaluator:
         return self.task.generates and any(_text_only(m) for m in self.metrics)
 
     # -- baselines -----------------------------------------------------------------------------
-    def baselines(self, base_model, random_init: bool) -> list[dict[str, Any]]:
-        """Evaluate the untouched base model, and the references that need no model."""
+    def baselines(self, base_model, random_init: bool, described: str | None = None) -> list[dict[str, Any]]:
+        """Evaluate the untouched base model, and the references that need no model. `described`: what
+        the base model is, where it is not a pretrained one (`Model.describe_base`)."""
         head_note = {
             "sequence_classification": "its classification head freshly initialised: an untrained classifier",
             "token_classification": "its tagging head freshly initialised: an untrained tagger",
         }.get(self.task.head)
+        what = described or "the pretrained base model"
         if random_init:
             note = "the base model is randomly initialised (built from a config): it has learnt nothing yet"
         elif head_note:
-            note = f"the pretrained base model, with {head_note}"
+            note = f"{what}, with {head_note}"
         else:
-            note = (
-                "the pretrained base model, prompted zero-shot" if self.task.generates else "the pretrained base model"
-            )
+            note = f"{what}, prompted zero-shot" if self.task.generates else what
         base = {"name": "base model", "note": note}
         job = self.job(base_model)
         for split in self._final_splits():

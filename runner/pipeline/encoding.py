@@ -21,7 +21,8 @@ from runner.errors import FinetuneError
 from runner.evaluation.audits import WEIGHT
 from runner.pipeline.data import ORIGIN_COLUMNS
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the task's notes (rows dropped, cut) kept with the rows
+NOTES = "notes.json"
 
 
 def default_cache_dir() -> Path:
@@ -100,13 +101,17 @@ def encode_splits(
         path = cache_dir / "encoded" / key[:32]
         if use_cache and (path / "dataset_info.json").is_file():
             encoded[name], cached[name] = load_from_disk(str(path)), True
+            # what encoding dropped or cut is said again: a cached split is no quieter than a fresh one
+            task.notes += json.loads((path / NOTES).read_text(encoding="utf-8"))
             continue
+        before = len(task.notes)
         result = _encode(task, rows, tokenizer, max_length)
         cached[name] = False
         if use_cache:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             result.save_to_disk(str(tmp))
+            (tmp / NOTES).write_text(json.dumps(task.notes[before:]), encoding="utf-8")
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
             result = load_from_disk(str(path))  # memory-mapped, like a cache hit

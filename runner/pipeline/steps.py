@@ -173,7 +173,7 @@ class Pipeline(DataSteps):
         kernel = self.model_component.attention_kernel()
         check_attention_kernel(kernel)  # before a base is loaded for nothing
         packing = getattr(self.task.options, "packing", False)
-        self.spec = self.task.model_spec(self.tokenizer, self.max_length)
+        self.spec = self.trainer.model_spec(self.task.model_spec(self.tokenizer, self.max_length))
         # Absolute: an adapter names its base by this path, and must load from any folder.
         base_dir = (self.run_dir.path / BASE_MODEL).resolve()
         had_base = base_dir.is_dir()  # read once: under ZeRO-3 every rank must take the same branch below
@@ -224,8 +224,8 @@ class Pipeline(DataSteps):
         write_json(self.run_dir.environment, env)
 
     def measure_base(self, model) -> None:
-        """The baselines and the model audits' base figures, before anything trains (read back
-        from baseline.json when a resumed run measured them already)."""
+        """The baselines, the model audits' base figures and the answers to the sample prompts, before
+        anything trains (read back from baseline.json when a resumed run measured them already)."""
         path = self.run_dir.path / RunDir.BASELINE
         self.baseline: dict[str, Any] = {"baselines": [], "audits": {}}
         if path.is_file() and self.resume_from is not None:
@@ -233,15 +233,17 @@ class Pipeline(DataSteps):
             self.audits.base = self.baseline["audits"]
             return
         wanted = self.recipe.evaluation.baseline and self.evaluator.splits
-        if not (wanted or self.audits.model_audits):
-            return
-        if self.engine.sharding().shards_weights:
+        sharded = self.engine.sharding().shards_weights
+        if sharded and (wanted or self.audits.model_audits):
             self.events.warn("no baseline under ZeRO-3: every process would hold the whole base model")
+        if sharded:
             return
-        self.events.stage("measuring the base model")
+        if wanted or self.audits.model_audits:
+            self.events.stage("measuring the base model")
         random_init = self.model_component.base_reference() is None
         if wanted:
-            self.baseline["baselines"] = self.evaluator.baselines(model, random_init)
+            described = self.model_component.describe_base()
+            self.baseline["baselines"] = self.evaluator.baselines(model, random_init, described)
             for row in self.baseline["baselines"]:
                 for split in ("validation", "test"):
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in row.get(split, {}).items() if k in self.shown)
@@ -251,7 +253,10 @@ class Pipeline(DataSteps):
             self.baseline["audits"] = self.audits.measure(
                 "base", model, self.tokenizer, self.task, self.max_length, self.audit_rows
             )
-        if self.main:
+        if self.recipe.evaluation.baseline:
+            # the recipe's sample prompts answered before training, shown beside the answers after it
+            self.baseline["samples"] = self.task.samples(model, self.tokenizer, self.max_length)
+        if self.main and (wanted or self.audits.model_audits or self.baseline.get("samples")):
             write_json(path, self.baseline)
 
     @property
@@ -276,6 +281,7 @@ class Pipeline(DataSteps):
             greater_is_better={m.key(): m.greater_is_better for m in self.metrics},
             engine=self.engine,
             collective_timeout=self.engine.collective_timeout(),
+            objective=self.recipe.objective.create() if self.recipe.objective else None,
         )
         self.events.stage("training")
         with graceful_stop(self.events.warn) as stop:
@@ -349,6 +355,12 @@ class Pipeline(DataSteps):
     def write_samples(self) -> None:
         # every rank generates: under ZeRO-3 each holds only a shard of the weights
         samples = self.task.samples(self.model, self.tokenizer, self.max_length)
+        before = self.baseline.get("samples") or []
+        if len(before) == len(samples):
+            for sample, base in zip(samples, before, strict=True):
+                answer = base.get("response", base.get("completion"))
+                if sample.get("prompt") == base.get("prompt") and answer is not None:
+                    sample["before"] = answer
         if samples and self.main:
             lines = "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples)
             atomic_write(self.run_dir.path / "samples.jsonl", lines)

@@ -30,6 +30,7 @@ HOOK_OF_KIND = {
     "task": "register_tasks",
     "strategy": "register_strategies",
     "trainer": "register_trainers",
+    "objective": "register_objectives",
     "engine": "register_engines",
     "metric": "register_metrics",
     "reporter": "register_reporters",

@@ -7,8 +7,10 @@
   another checkout);
 - `inputs`: for every Hub model, tokenizer and dataset id the commit it resolves to (or
   "unresolved (offline)" when the Hub cannot be reached), for every local model or tokenizer
-  path the SHA-256 of its bytes, and for every data source the fingerprint the run itself
-  records in environment.json (file SHA-256s, content hashes);
+  path the SHA-256 of its bytes, for every data source the fingerprint the run itself records
+  in environment.json (file SHA-256s, content hashes), and for a model whose options do not pin
+  its weights (an earlier run's, `[model] type = "run"`) its `Model.source()`: which run, and a
+  hash of its weights;
 - `versions`: finetune-runner and every distribution that provides a component the recipe uses,
   with `components` naming which one provides which.
 
@@ -127,6 +129,13 @@ def inputs(recipe: Recipe, cache_dir: Path) -> dict[str, Any]:
         for option_key, value, marker in file_options(spec):
             if isinstance(value, str):
                 out[option_key] = _local_or_hub(value, marker, getattr(spec.options, "revision", None))
+        if spec.kind == "model":  # weights the options alone do not pin (an earlier run's model)
+            try:
+                source = spec.create().source()
+            except FinetuneError as exc:
+                source = {"missing": exc.message}
+            if source is not None:
+                out[f"{key}.source"] = source
     return out
 
 

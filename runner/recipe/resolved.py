@@ -149,6 +149,7 @@ class Recipe:
     reporters: list[ComponentSpec]
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
     audits: list[ComponentSpec] = field(default_factory=list)
+    objective: ComponentSpec | None = None  # `[objective]`: a preference loss, for the trainers that take one
     metrics_defaulted: bool = False  # metrics came from the task's defaults
     # `finetune sweep`'s study; not part of resolved(): each trial's run records its own values
     sweep: SweepOptions | None = None
@@ -166,6 +167,7 @@ class Recipe:
             self.task,
             self.strategy,
             self.training,
+            *([self.objective] if self.objective else []),
             self.distributed,
             *self.metrics,
             *self.reporters,
@@ -187,6 +189,7 @@ class Recipe:
             "task": self.task.as_table(),
             "strategy": self.strategy.as_table(),
             "training": self.training.as_table(),
+            **({"objective": self.objective.as_table()} if self.objective else {}),
             "distributed": self.distributed.as_table(),
             "metrics": [m.as_table() for m in self.metrics],
             "reporters": [r.as_table() for r in self.reporters],

@@ -16,6 +16,7 @@ SECTIONS: dict[str, tuple[str, str | None]] = {
     "task": ("task", None),
     "strategy": ("strategy", "full"),
     "training": ("trainer", "hf"),
+    "objective": ("objective", None),  # optional: a preference loss from a plugin
     "distributed": ("engine", "ddp"),
 }
 # The key that names a section's component, where it is not `type`: `[distributed] engine = "deepspeed"`.

@@ -265,6 +265,7 @@ class Validator:
             reporters=reporters,
             evaluation=evaluation,
             audits=audits,
+            objective=specs.get("objective"),
             metrics_defaulted=metrics_defaulted,
             sweep=sweep,
         )

@@ -137,7 +137,7 @@ def _work_out(recipe: Recipe, found: Plan, offline: bool, samples: int, world_si
             task.prepare_tokenizer(tokenizer)
             max_length = resolve_max_length(recipe, tokenizer, model_component)
             facts["max length"] = f"{max_length} tokens, {recipe.tokenizer.options.padding} padding"
-            spec = task.model_spec(tokenizer, max_length)
+            spec = recipe.training.create().model_spec(task.model_spec(tokenizer, max_length))
             model = model_component.build_empty(ctx, spec)
             model = recipe.strategy.create().apply(model, ctx, spec)
             counts = count_parameters(model)

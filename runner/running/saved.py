@@ -52,7 +52,7 @@ def load_finished(run_dir: RunDir, debug: bool = False, recipe: Recipe | None = 
     task = recipe.task.create()
     task.restore(meta["task_state"])
     tokenizer = AutoTokenizer.from_pretrained(run_dir.model)
-    spec = task.model_spec(tokenizer, meta["max_length"])
+    spec = recipe.training.create().model_spec(task.model_spec(tokenizer, meta["max_length"]))
     strategy = recipe.strategy.create()
 
     def base():
@@ -114,6 +114,13 @@ def predict_run(run_dir: RunDir, texts: list[str], debug: bool = False, **genera
     if not texts:
         raise FinetuneError("no texts to predict")
     done = load_finished(run_dir, debug)
+    if done.task.head and done.spec.head != done.task.head:  # the trainer made another model (`Trainer.model_spec`)
+        raise FinetuneError(
+            f"run {run_dir.path} trained a {done.spec.head} model (training.type = '{done.recipe.training.name}'), "
+            f"not the {done.task.head} model task '{done.recipe.task.name}' predicts with",
+            hint="load it in Python: runner.open_run(RUN).load().model, or transformers' Auto class of that head "
+            "from RUN/model",
+        )
     if generation and done.task.produces != "tokens" and not done.task.generates:
         raise FinetuneError(f"task '{done.recipe.task.name}' does not generate text; use finetune predict")
     return done.task.predict(done.model, done.tokenizer, texts, done.meta["max_length"], **generation)

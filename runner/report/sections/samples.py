@@ -1,4 +1,5 @@
-"""The generated-samples section: prompts and responses from samples.jsonl."""
+"""The generated-samples section: prompts and responses from samples.jsonl, beside the base model's
+answers to the same prompts before training where the run measured them."""
 
 from __future__ import annotations
 
@@ -25,13 +26,17 @@ def section_samples(rec: RunRecord) -> str:
         return missing_note("not recorded: no samples.jsonl (only generating tasks with sample prompts write one).")
     if not rec.samples:
         return missing_note("samples.jsonl is empty.")
+    # answers of the base model to the same prompts, measured before training (baseline.json)
+    before = any("before" in row for row in rec.samples)
     body = []
     for row in rec.samples[:MAX_SAMPLES]:
         answer = row.get("response", row.get("completion", ""))
-        prompt = esc(clip(row.get("prompt", ""), 2000))
-        body.append(f"<tr><td><pre>{prompt}</pre></td><td><pre>{esc(clip(answer, 4000))}</pre></td></tr>")
+        cells = [clip(row.get("prompt", ""), 2000), *([clip(row.get("before", ""), 4000)] if before else [])]
+        cells.append(clip(answer, 4000))
+        body.append("<tr>" + "".join(f"<td><pre>{esc(cell)}</pre></td>" for cell in cells) + "</tr>")
     more = (
         f'<p class="note">the first {MAX_SAMPLES} of {len(rec.samples)}</p>' if len(rec.samples) > MAX_SAMPLES else ""
     )
-    head = "<thead><tr><th>prompt</th><th>response</th></tr></thead>"
+    columns = ["prompt", "before training (base model)", "after training"] if before else ["prompt", "response"]
+    head = "<thead><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr></thead>"
     return f'<table class="samples">{head}<tbody>{"".join(body)}</tbody></table>{more}'
