@@ -198,6 +198,23 @@ def flat(logs):
     return [value for row in logs for value in row]
 
 
+def test_sft_weight_adds_the_chosen_answers_likelihood_to_the_loss(data, tokenizer, tmp_path):
+    """RPO: at step 1 (policy = reference, DPO's loss log 2) the loss is log 2 plus sft_weight times
+    the initial model's mean negative log-likelihood of the chosen answers' tokens."""
+    train, _ = data
+    dpo = trainer(max_steps=1, batch_size=len(train), group_by_length=False, sft_weight=0.5)
+    work = job(causal_model(), tokenizer, train, None, tmp_path)
+    dpo.fit(work)
+    model, total, count = causal_model().eval(), 0.0, 0
+    with torch.no_grad():
+        for row in train:
+            ids = torch.tensor([row["prompt_ids"] + row["chosen_ids"]])
+            token = torch.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None])
+            answer = token[-len(row["chosen_ids"]) :]
+            total, count = total - answer.sum().item(), count + len(answer)
+    assert work.events.logs[0][1]["loss"] == pytest.approx(0.693147 + 0.5 * total / count, rel=1e-4)
+
+
 def test_copy_precomputed_and_auto_references_give_the_same_losses_and_held_out_rewards(data, tokenizer, tmp_path):
     scores = {reference: {} for reference in ("copy", "precomputed", "auto")}
     copied = first_losses("copy", data, tokenizer, tmp_path, evaluated=scores["copy"])
@@ -325,6 +342,9 @@ def test_label_smoothing_with_a_loss_that_ignores_it_is_a_recipe_error(tmp_path)
     path.write_text(path.read_text().replace("[training]\n", '[training]\ntype = "dpo"\nlabel_smoothing = 0.1\n'))
     found = "\n".join(problems(path))
     assert "label_smoothing" in found and "'sigmoid' ignores label_smoothing" in found
+    path.write_text(path.read_text().replace("label_smoothing = 0.1", 'loss_type = "sft"\nsft_weight = 1.0'))
+    found = "\n".join(problems(path))
+    assert "training.sft_weight" in found and "adds it again" in found
 
 
 def test_dpo_with_a_classification_task_is_a_recipe_error_naming_both_keys(tmp_path):

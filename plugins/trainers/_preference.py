@@ -12,8 +12,24 @@ so that importing the plugin imports neither torch nor TRL:
 
 from __future__ import annotations
 
+import importlib.util
+
 REWARD_KEYS = ("reward_accuracy", "reward_margin")
 PREFERENCE_KEYS = (*REWARD_KEYS, "likelihood_accuracy")
+# What the evaluations of TRL's preference trainers add that says nothing of preferences (token
+# statistics), or says it again (rewards/accuracies and rewards/margins are batch means of
+# reward_accuracy and reward_margin): left out of the results.
+TRL_ONLY = frozenset({"entropy", "num_tokens", "mean_token_accuracy", "rewards/accuracies", "rewards/margins"})
+
+
+def trl_missing(trainer: str):
+    """The recipe problem of a trainer on TRL where TRL is not installed (nothing where it is)."""
+    if importlib.util.find_spec("trl") is None:
+        yield (
+            ("type",),
+            f"trainer '{trainer}' needs TRL, which is not installed; install the extra: "
+            "pip install 'finetune-runner[preference]'",
+        )
 
 
 def pair_log_probs(model, dataset, collator, batch_size: int, device=None, lengths: bool = False):

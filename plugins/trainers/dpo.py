@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from plugins.trainers._hf_trainer import LOGGED
-from plugins.trainers._preference import PREFERENCE_KEYS, REWARD_KEYS, pair_log_probs, preference_scores
+from plugins.trainers._preference import (
+    PREFERENCE_KEYS,
+    REWARD_KEYS,
+    TRL_ONLY,
+    pair_log_probs,
+    preference_scores,
+    trl_missing,
+)
 from plugins.trainers._preference_metrics import METRICS, pair_table
 from plugins.trainers.hf import HF, HFTrainerOptions
 from runner import PositiveFloat, hookimpl
@@ -97,11 +103,6 @@ class DPOOptions(HFTrainerOptions):
     )
 
 
-# What TRL's evaluation adds that says nothing of preferences (token statistics), or says it again:
-# rewards/accuracies and rewards/margins are batch means of reward_accuracy and reward_margin.
-TRL_ONLY = frozenset({"entropy", "num_tokens", "mean_token_accuracy", "rewards/accuracies", "rewards/margins"})
-
-
 def _keeps_copy(reference: str, strategy) -> bool:
     """Whether the reference is a frozen copy of the whole model (not the base under its adapters)."""
     return reference == "copy" or (reference == "auto" and not strategy.saves_adapter())
@@ -137,12 +138,7 @@ class DPO(HF):
     @classmethod
     def check(cls, options, recipe):
         yield from super().check(options, recipe)
-        if importlib.util.find_spec("trl") is None:
-            yield (
-                ("type",),
-                "trainer 'dpo' needs TRL, which is not installed; install the extra: "
-                "pip install 'finetune-runner[preference]'",
-            )
+        yield from trl_missing(cls.name)
         loss, smoothing = options.loss_type, options.label_smoothing
         if smoothing and loss not in SMOOTHED:
             yield (

@@ -29,7 +29,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from plugins.trainers._hf_trainer import LOGGED
-from plugins.trainers._preference_objectives import PreferenceObjective
+from plugins.trainers._preference_trainers import PreferenceTrainer
 from plugins.trainers.dpo import _keeps_copy, _starts_as_identity
 from plugins.trainers.hf import HFTrainerOptions
 from runner import PositiveFloat, hookimpl
@@ -126,7 +126,7 @@ def kto_scores(policy, reference, labels, paired: bool, beta: float):
         return preference_scores(pairs, references, beta), found
     if reference is None:
         return {}, None
-    from plugins.trainers._preference_objectives import table
+    from plugins.trainers._preference_trainers import table
 
     reward = beta * (policy - reference)
     signed = reward.where(labels, -reward)
@@ -199,7 +199,7 @@ def make_kto_trainer_class():
     return make_trainer_class(PreTokenizedKTO)
 
 
-class KTO(PreferenceObjective):
+class KTO(PreferenceTrainer):
     """KTO (unpaired desirable/undesirable answers, or pairs) with TRL's KTOTrainer, against a reference."""
 
     name = "kto"
@@ -209,7 +209,7 @@ class KTO(PreferenceObjective):
     # TRL reads transformers' old property name around the reference's forward pass (as for dpo).
     quiet_warnings = ("`is_gradient_checkpointing` is deprecated",)
     aliases: ClassVar[dict[str, str]] = {
-        **PreferenceObjective.aliases,
+        **PreferenceTrainer.aliases,
         "precompute_ref_log_probs": "reference",
         "ref_model": "reference",
         "pref_beta": "beta",

@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from plugins.trainers._hf_trainer import LOGGED
-from plugins.trainers._preference_objectives import PreferenceObjective, table
+from plugins.trainers._preference_trainers import PreferenceTrainer, table
 from plugins.trainers.hf import HFTrainerOptions
 from runner import NonNegativeFloat, PositiveFloat, hookimpl
 
@@ -144,7 +144,7 @@ def objective_scores(model, dataset, collator, batch_size: int, beta: float, ave
     return scores, table(margin, chosen - rejected)
 
 
-class _ReferenceFree(PreferenceObjective):
+class _ReferenceFree(PreferenceTrainer):
     # TRL 1.16 keeps ORPO and CPO in trl.experimental, whose import warns that its API may change: a
     # notice to code written against it (this plugin), nothing a recipe's user can act on.
     quiet_warnings = (EXPERIMENTAL,)
@@ -194,7 +194,7 @@ class ORPO(_ReferenceFree):
     Options = ORPOOptions
     kind = "orpo"
     logged = (*LOGGED, "rewards/chosen", "rewards/rejected", "rewards/margins", "nll_loss", "log_odds_ratio")
-    aliases: ClassVar[dict[str, str]] = {**PreferenceObjective.aliases, "orpo_alpha": "beta", "pref_beta": "beta"}
+    aliases: ClassVar[dict[str, str]] = {**PreferenceTrainer.aliases, "orpo_alpha": "beta", "pref_beta": "beta"}
 
     def _config(self, job, has_eval: bool):
         from trl.experimental.orpo import ORPOConfig
@@ -208,7 +208,7 @@ class CPO(_ReferenceFree):
     name = "cpo"
     Options = CPOOptions
     logged = (*LOGGED, "rewards/chosen", "rewards/rejected", "rewards/margins", "nll_loss")
-    aliases: ClassVar[dict[str, str]] = {**PreferenceObjective.aliases, "pref_beta": "beta", "pref_loss": "loss_type"}
+    aliases: ClassVar[dict[str, str]] = {**PreferenceTrainer.aliases, "pref_beta": "beta", "pref_loss": "loss_type"}
 
     @classmethod
     def check(cls, options, recipe):

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 from typing import ClassVar
 
 from pydantic import Field
 
 from plugins.trainers._hf_trainer import LOGGED
+from plugins.trainers._preference import trl_missing
 from plugins.trainers._reward import (
     REWARD_KEYS,
     TRL_ONLY,
@@ -65,12 +65,7 @@ class Reward(HF):
     @classmethod
     def check(cls, options, recipe):
         yield from super().check(options, recipe)
-        if importlib.util.find_spec("trl") is None:
-            yield (
-                ("type",),
-                "trainer 'reward' needs TRL, which is not installed; install the extra: "
-                "pip install 'finetune-runner[preference]'",
-            )
+        yield from trl_missing(cls.name)
         # likelihood_accuracy (one of the preference task's default metrics, written out in a run's
         # resolved recipe) gives no figure for a reward model, which has no likelihood; it cannot decide "best"
         if options.best_metric in NEEDS_LANGUAGE_MODEL:

@@ -12,18 +12,13 @@ the preference metrics take them, or None.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from typing import ClassVar
 
-from plugins.trainers._preference import PREFERENCE_KEYS
+from plugins.trainers._preference import PREFERENCE_KEYS, TRL_ONLY, trl_missing
 from plugins.trainers.hf import HF
 
-# What TRL's evaluations add that says nothing of preferences (token statistics), or says it again
-# (rewards/accuracies and rewards/margins are batch means of reward_accuracy and reward_margin).
-TRL_ONLY = frozenset({"entropy", "num_tokens", "mean_token_accuracy", "rewards/accuracies", "rewards/margins"})
 
-
-class PreferenceObjective(HF):
+class PreferenceTrainer(HF):
     """Trainer `hf` with a TRL preference trainer (its `Trainer` class made by `trainer_class`)."""
 
     preference_pairs = True
@@ -34,12 +29,7 @@ class PreferenceObjective(HF):
     @classmethod
     def check(cls, options, recipe):
         yield from super().check(options, recipe)
-        if importlib.util.find_spec("trl") is None:
-            yield (
-                ("type",),
-                f"trainer '{cls.name}' needs TRL, which is not installed; install the extra: "
-                "pip install 'finetune-runner[preference]'",
-            )
+        yield from trl_missing(cls.name)
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self, job, dataset) -> dict[str, float]:
