@@ -133,15 +133,17 @@ def test_the_installed_objective_is_listed_and_trains_from_a_recipe(site, tmp_pa
 @pytest.mark.slow
 def test_objective_mistakes_are_recipe_errors_naming_their_key(site, tmp_path):
     recipe = tmp_path / "bad.toml"
-    text = RECIPE.replace('type = "dpo"', 'type = "dpo"\nloss_type = "ipo"')
-    recipe.write_text(text.replace("gamma = 0.5", "gamma = 0.5\nmargn = 1"), encoding="utf-8")
+    recipe.write_text(RECIPE.replace("gamma = 0.5", "gamma = 0.5\nmargn = 1"), encoding="utf-8")
     done = finetune("validate", recipe, path=[site])
     assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
-    assert "training.loss_type" in done.stdout and "[objective] 'margin_dpo' is the loss" in done.stdout
-    assert "objective.margn" in done.stdout  # unknown keys rejected, as for every component
+    assert "objective.margn: unknown key (known keys: gamma)" in done.stdout  # as for every component
 
-    # without the package installed, the objective is unknown; with trainer hf it has no taker
-    assert finetune("validate", recipe).returncode == 2
-    recipe.write_text(RECIPE.replace('type = "dpo"', 'type = "hf"'), encoding="utf-8")
+    recipe.write_text(RECIPE.replace('type = "dpo"', 'type = "dpo"\nloss_type = "ipo"'), encoding="utf-8")
+    done = finetune("validate", recipe, path=[site])
+    assert done.returncode == 2 and "training.loss_type" in done.stdout
+    assert "[objective] 'margin_dpo' is the loss" in done.stdout
+    assert finetune("validate", recipe).returncode == 2  # without the package the objective is unknown
+
+    recipe.write_text(RECIPE.replace('type = "dpo"\nbeta = 0.5', 'type = "hf"'), encoding="utf-8")
     done = finetune("validate", recipe, path=[site])
     assert done.returncode == 2 and "objective.type" in done.stdout and "trainer 'hf'" in done.stdout

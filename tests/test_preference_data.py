@@ -166,7 +166,12 @@ def test_prompts_and_answers_from_a_model(tokenizer, monkeypatch):
     from runner.running import saved
 
     done = SimpleNamespace(
-        task=task, model=model, tokenizer=tokenizer, meta={"max_length": 64}, recipe=SimpleNamespace(task=task)
+        task=task,
+        model=model,
+        tokenizer=tokenizer,
+        meta={"max_length": 64},
+        recipe=SimpleNamespace(task=task),
+        spec=SimpleNamespace(head=task.head),
     )
     monkeypatch.setattr(saved, "load_finished", lambda *a: done)
     (answer,) = saved.predict_run(None, ["Hi"], max_new_tokens=2)
