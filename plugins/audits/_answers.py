@@ -197,3 +197,12 @@ def digest(text: str) -> str:
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def side_by_side(pairs: dict[str, list], i: int) -> dict[str, str]:
+    """Prompt i with the base model's and the fine-tuned model's answers, for an audit's examples."""
+    return {
+        "prompt": pairs["base_prompts"][i],
+        "base answer": pairs["base_answers"][i],
+        "fine-tuned answer": pairs["finetuned_answers"][i],
+    }

@@ -150,12 +150,7 @@ def _grown(pairs: dict[str, list]) -> list[dict[str, Any]]:
     growth = [t - b for b, t in zip(pairs["base_tokens"], pairs["finetuned_tokens"], strict=True)]
     order = sorted((i for i, g in enumerate(growth) if g > 0), key=lambda i: -growth[i])[:EXAMPLES]
     return [
-        {
-            "prompt": pairs["base_prompts"][i],
-            "base answer": pairs["base_answers"][i],
-            "fine-tuned answer": pairs["finetuned_answers"][i],
-            "tokens": f"{pairs['base_tokens'][i]} → {pairs['finetuned_tokens'][i]}",
-        }
+        {**_answers.side_by_side(pairs, i), "tokens": f"{pairs['base_tokens'][i]} → {pairs['finetuned_tokens'][i]}"}
         for i in order
     ]
 

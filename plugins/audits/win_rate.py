@@ -191,9 +191,7 @@ def _extremes(pairs: dict[str, list]) -> list[dict[str, Any]]:
     picked = [i for i in order[:EXAMPLES] if gain[i] > 0] + [i for i in order[::-1][:EXAMPLES] if gain[i] < 0]
     return [
         {
-            "prompt": pairs["base_prompts"][i],
-            "base answer": pairs["base_answers"][i],
-            "fine-tuned answer": pairs["finetuned_answers"][i],
+            **_answers.side_by_side(pairs, i),
             "reward": f"{pairs['base_scores'][i]:.3g} → {pairs['finetuned_scores'][i]:.3g}",
         }
         for i in picked

@@ -19,7 +19,6 @@ implicit reward is 0 for every pair: its baseline row has likelihood_accuracy al
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -34,6 +33,7 @@ from plugins.trainers._preference import (
     trl_missing,
 )
 from plugins.trainers._preference_metrics import METRICS, pair_table
+from plugins.trainers._reference import drop_fresh_adapter_copy, frozen_reference, keeps_copy, reference_problems
 from plugins.trainers.hf import HF, HFTrainerOptions
 from runner import PositiveFloat, hookimpl
 
@@ -103,11 +103,6 @@ class DPOOptions(HFTrainerOptions):
     )
 
 
-def _keeps_copy(reference: str, strategy) -> bool:
-    """Whether the reference is a frozen copy of the whole model (not the base under its adapters)."""
-    return reference == "copy" or (reference == "auto" and not strategy.saves_adapter())
-
-
 class DPO(HF):
     """Preference tuning (DPO, IPO, robust, hinge, ...) on chosen/rejected pairs, with TRL's DPOTrainer."""
 
@@ -147,13 +142,7 @@ class DPO(HF):
             )
         if loss == "robust" and smoothing >= 0.5:
             yield (("label_smoothing",), f"loss_type 'robust' needs label_smoothing below 0.5 (got {smoothing:g})")
-        copies = _keeps_copy(options.reference, recipe.strategy.create())
-        if copies and recipe.distributed.create().sharding().shards_weights:
-            yield (
-                ("reference",),
-                "a frozen copy of the model cannot be made under ZeRO-3, which shards the weights as they are "
-                "built: use reference = 'precomputed' (or an adapter strategy, whose reference is the base)",
-            )
+        yield from reference_problems(options, recipe)
         if options.sft_weight and loss == "sft":
             yield (("sft_weight",), "loss_type 'sft' is the chosen answers' likelihood alone: sft_weight adds it again")
         if loss == "exo_pair" and not smoothing:
@@ -170,10 +159,7 @@ class DPO(HF):
         from plugins.trainers._preference import make_dpo_trainer_class
 
         o = self.options
-        adapters = hasattr(job.model, "peft_config")
-        reference = None
-        if o.reference == "copy" or (o.reference == "auto" and not adapters):
-            reference = copy.deepcopy(job.model).eval().requires_grad_(False)  # the model as training starts
+        reference = frozen_reference(job.model, o.reference)
         config = DPOConfig(
             **self._argument_values(job, has_eval),
             beta=o.beta,
@@ -194,15 +180,7 @@ class DPO(HF):
             processing_class=job.tokenizer,
             callbacks=callbacks,
         )
-        if reference is None and adapters and _starts_as_identity(job.model):
-            # TRL 1.16 gives a peft model without ref_model a frozen copy of its adapter, named "ref", as
-            # the reference (dpo_trainer.py:666-695), for an adapter trained before. The strategy has
-            # just attached a fresh one, and a fresh LoRA (B = 0) or IA3 (ones) adapter changes nothing:
-            # the base with adapters off is the model as training starts, and is the reference TRL takes
-            # once "ref" is gone (:1328-1336), without a second adapter in every checkpoint and model/.
-            # A virtual-token adapter (prompt, prefix, p-tuning) starts other than the base: it keeps
-            # TRL's frozen copy of its start.
-            job.model.delete_adapter("ref")
+        drop_fresh_adapter_copy(job.model, reference)
         trainer.reference_logps = self.kept_reference
         trainer.objective = job.objective
         return trainer
@@ -210,7 +188,7 @@ class DPO(HF):
     def frozen_copies(self, strategy) -> int:
         """The reference a plan counts: a frozen copy ('copy', or 'auto' without adapters, whose
         reference is the base with them switched off); 'precomputed' keeps none while training."""
-        return int(_keeps_copy(self.options.reference, strategy))
+        return int(keeps_copy(self.options.reference, strategy))
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self, job, dataset) -> dict[str, float]:
@@ -264,15 +242,6 @@ class DPO(HF):
         self._hand_over(job, policy, reference)
         scores = preference_scores(policy, reference, self.options.beta)
         return {k: v for k, v in scores.items() if reference is not None or k not in REWARD_KEYS}
-
-
-def _starts_as_identity(model) -> bool:
-    """Whether the model's fresh adapter leaves the base's outputs as they are (a "ref" copy to drop)."""
-    if "ref" not in model.peft_config:
-        return False
-    config = model.peft_config["default"]
-    kind = str(getattr(config.peft_type, "value", config.peft_type))
-    return (kind == "LORA" and getattr(config, "init_lora_weights", True) is True) or kind == "IA3"
 
 
 @hookimpl

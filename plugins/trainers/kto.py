@@ -23,14 +23,13 @@ has likelihood_accuracy on pairs, and nothing on unpaired rows.
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from plugins.trainers._hf_trainer import LOGGED
 from plugins.trainers._preference_trainers import PreferenceTrainer
-from plugins.trainers.dpo import _keeps_copy, _starts_as_identity
+from plugins.trainers._reference import drop_fresh_adapter_copy, frozen_reference, keeps_copy, reference_problems
 from plugins.trainers.hf import HFTrainerOptions
 from runner import PositiveFloat, hookimpl
 
@@ -239,19 +238,11 @@ class KTO(PreferenceTrainer):
             )
         if options.loss_type == "kto" and options.batch_size < 2:
             yield (("batch_size",), "loss_type 'kto' needs batch_size of at least 2 (its KL term pairs rows)")
-        if (
-            _keeps_copy(options.reference, recipe.strategy.create())
-            and recipe.distributed.create().sharding().shards_weights
-        ):
-            yield (
-                ("reference",),
-                "a frozen copy of the model cannot be made under ZeRO-3, which shards the weights as they are "
-                "built: use reference = 'precomputed' (or an adapter strategy, whose reference is the base)",
-            )
+        yield from reference_problems(options, recipe)
 
     def frozen_copies(self, strategy) -> int:
         """As trainer dpo: a frozen copy with 'copy', or 'auto' without adapters."""
-        return int(_keeps_copy(self.options.reference, strategy))
+        return int(keeps_copy(self.options.reference, strategy))
 
     def _kl_batch(self) -> int | None:
         return self.options.batch_size if self.options.loss_type == "kto" else None
@@ -262,10 +253,7 @@ class KTO(PreferenceTrainer):
         from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
         o = self.options
-        adapters = hasattr(job.model, "peft_config")
-        reference = None
-        if o.reference == "copy" or (o.reference == "auto" and not adapters):
-            reference = copy.deepcopy(job.model).eval().requires_grad_(False)  # the model as training starts
+        reference = frozen_reference(job.model, o.reference)
         values = self._argument_values(job, has_eval)
         if o.loss_type == "kto":
             values["train_sampling_strategy"] = "sequential"  # TRL requires it (kto_trainer.py:837-843)
@@ -297,8 +285,7 @@ class KTO(PreferenceTrainer):
             processing_class=job.tokenizer,
             callbacks=callbacks,
         )
-        if reference is None and adapters and _starts_as_identity(job.model):
-            job.model.delete_adapter("ref")  # as trainer dpo: a fresh adapter's base is the model as it starts
+        drop_fresh_adapter_copy(job.model, reference)
         return trainer
 
     # -- evaluation ----------------------------------------------------------------------------------
