@@ -1,5 +1,6 @@
 """Built-in plugins, grouped by the kind of component they register (`data/`, `tokenizers/`,
-`models/`, `tasks/`, `strategies/`, `trainers/`, `engines/`, `metrics/`, `reporters/`, `audits/`).
+`models/`, `tasks/`, `strategies/`, `trainers/`, `engines/`, `metrics/`, `reporters/`, `audits/`,
+`rewards/`).
 
 Each module imports only the public API (`from runner import ...`), exactly as a third-party plugin
 would: it defines components and registers them through `runner.hookimpl` hooks. A test
@@ -34,6 +35,10 @@ BUILTIN = {
     "trainer_kto": "plugins.trainers.kto",
     "trainer_orpo": "plugins.trainers.orpo",
     "trainer_reward": "plugins.trainers.reward",
+    "reward_answer_match": "plugins.rewards.answer_match",
+    "reward_text_rules": "plugins.rewards.text_rules",
+    "reward_model_score": "plugins.rewards.model_score",
+    "trainer_grpo": "plugins.trainers.grpo",
     "engine_ddp": "plugins.engines.ddp",
     "engine_deepspeed": "plugins.engines.deepspeed_zero",
     "metrics": "plugins.metrics.standard",

@@ -62,6 +62,12 @@ def register_objectives(register: Register) -> None:
 
 
 @hookspec
+def register_rewards(register: Register) -> None:
+    """Register `runner.Reward` subclasses: scores of sampled answers, for the trainers that learn
+    from rewards (`[[rewards]] type = ...`, trainer `grpo`)."""
+
+
+@hookspec
 def register_engines(register: Register) -> None:
     """Register `runner.Engine` subclasses: how training spreads over processes
     (`[distributed] engine = ...`)."""

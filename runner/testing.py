@@ -283,3 +283,91 @@ def run_recipe(tmp_path):
         return run_recipe(path, overrides=overrides, output=tmp_path / "run")
 
     return run
+
+
+class RewardContract:
+    """Contract tests for a reward. Subclass it in a module named test_*.py; set `reward` (its
+    registered name), `options` (its recipe table, without `type`) and `examples`: (prompt,
+    completion, row) triples it scores, at least one of them with a number (not None).
+
+    Options known only when the test runs (a model folder a fixture builds) come from the class
+    fixture `reward_options`: override it in the subclass (`@pytest.fixture(scope="class")` over a
+    `@classmethod`, as pytest wants class-scoped fixtures).
+
+        from runner.testing import RewardContract
+
+        class TestEndsPolitely(RewardContract):
+            reward = "ends_politely"
+            examples = [("Ask me.", "Tell me, please.", {}), ("Ask me.", "Tell me.", {})]
+    """
+
+    reward: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}
+    examples: ClassVar[list[tuple[str, str, dict[str, Any]]]] = []
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def reward_options(cls) -> dict[str, Any]:
+        return dict(cls.options)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def prepared(cls, reward_options, tmp_path_factory):
+        """The reward built from its options through the registered plugins, prepared as a run
+        prepares it (a reward model loaded), and closed after the class's tests."""
+        from runner.components import RunContext
+
+        registered = cls.registered()
+        instance = registered(registered.Options.model_validate(reward_options))
+        tmp = tmp_path_factory.mktemp("reward")
+        instance.prepare(RunContext(seed=0, cache_dir=tmp / "cache", run_dir=tmp, info=lambda _: None))
+        yield instance
+        instance.close()
+
+    @classmethod
+    def registered(cls):
+        from runner.components import Reward
+        from runner.plugins.manager import get_plugins
+
+        found = get_plugins().registry.get("reward", cls.reward)
+        assert found is not None, f"no reward '{cls.reward}' is registered"
+        assert issubclass(found, Reward), f"'{cls.reward}' is a {found.__name__}, not a runner.Reward"
+        return found
+
+    def scored(self, reward, examples) -> list[float | None]:
+        prompts, completions, rows = (list(column) for column in zip(*examples, strict=True))
+        return reward.checked_scores(prompts, completions, rows)
+
+    # -- the contract ---------------------------------------------------------------------------
+    def test_it_is_registered_and_its_options_validate(self, reward_options):
+        assert self.examples, "set `examples`: (prompt, completion, row) triples"
+        cls = self.registered()
+        assert cls.name == self.reward and cls.kind == "reward"
+        cls.Options.model_validate(reward_options)
+
+    def test_one_finite_score_or_none_per_completion(self, prepared):
+        import math
+
+        scores = self.scored(prepared, self.examples)
+        assert len(scores) == len(self.examples)
+        assert all(s is None or (isinstance(s, float) and math.isfinite(s)) for s in scores), scores
+        assert any(s is not None for s in scores), "every example was skipped (None): nothing was scored"
+
+    def test_the_same_answers_score_the_same_twice(self, prepared):
+        assert self.scored(prepared, self.examples) == self.scored(prepared, self.examples)
+
+    def test_a_score_depends_neither_on_the_batch_nor_on_its_order(self, prepared):
+        together = self.scored(prepared, self.examples)
+        alone = [self.scored(prepared, [example])[0] for example in self.examples]
+        reversed_ = self.scored(prepared, self.examples[::-1])[::-1]
+        for found in (alone, reversed_):
+            assert [s is None for s in found] == [s is None for s in together]
+            assert [s for s in found if s is not None] == pytest.approx(
+                [s for s in together if s is not None], rel=1e-5, abs=1e-5
+            )
+
+    def test_an_unknown_option_is_refused(self, reward_options):
+        from pydantic import ValidationError
+
+        with pytest.raises(ValidationError, match="no_such_option"):
+            self.registered().Options.model_validate({**reward_options, "no_such_option": 1})

@@ -552,6 +552,7 @@ def test_plan_counts_a_frozen_reference_copy(reference, strategy, copies):
     memory = found.facts["memory per device"]
     # its metrics score pairs, not generated text: no few-shot baseline is promised
     assert found.facts["evaluation"].startswith("against the untouched base model;"), found.facts["evaluation"]
+    assert "(batch 16 x 2 sequences x " in memory  # activations of each pair's two answers
     if not copies:
         assert "reference model" not in found.facts and "reference model" not in memory
         return

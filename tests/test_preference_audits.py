@@ -368,7 +368,7 @@ def test_a_lora_adapter_over_a_language_model_is_merged_into_its_base_to_judge(m
 
 
 def rewards_check(path):
-    from plugins.audits._reward_model import check
+    from plugins.rewards._reward_model import check
 
     return check(str(path))
 

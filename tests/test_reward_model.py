@@ -416,7 +416,8 @@ def test_the_saved_model_loads_with_plain_transformers_to_the_scores_the_run_rep
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from plugins.trainers._reward import load_reward_model, pair_rewards, score_texts, whole_pairs
+    from plugins.rewards._reward_model import RewardModel
+    from plugins.trainers._reward import pair_rewards, whole_pairs
     from runner import open_run
 
     outcome, rows = finished
@@ -434,11 +435,18 @@ def test_the_saved_model_loads_with_plain_transformers_to_the_scores_the_run_rep
     collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
     ours, theirs = pair_rewards(done.model, encoded, collator, 16), pair_rewards(plain, encoded, collator, 16)
     assert torch.allclose(ours[0], theirs[0], atol=1e-5) and torch.allclose(ours[1], theirs[1], atol=1e-5)
-    # the public loader, from the run directory, and texts scored as the run encoded them
-    model, loaded_tokenizer = load_reward_model(outcome.path)
-    prompt, answers = done.task.render(done.task.pair(rows[0]), tokenizer)
-    scores = score_texts(model, loaded_tokenizer, [prompt + answers[0], prompt + answers[1]])
-    assert scores == pytest.approx([float(ours[0][0]), float(ours[1][0])], abs=1e-5)
+    # the loader later recipes use (reward `reward_model`, audit `win_rate`), from the run directory,
+    # and texts scored as the run encoded them
+    judge = RewardModel(str(outcome.path), "cpu")
+    try:
+        assert judge.found.run.resolve() == outcome.path.resolve()
+        assert type(judge.model).__name__ == "GPT2ForSequenceClassification"
+        prompt, answers = done.task.render(done.task.pair(rows[0]), tokenizer)
+        texts = [prompt + answers[0], prompt + answers[1]]
+        scores, cut = judge.scores([judge.tokenizer(text)["input_ids"] for text in texts])
+    finally:
+        judge.close()
+    assert cut == 0 and scores == pytest.approx([float(ours[0][0]), float(ours[1][0])], abs=1e-5)
 
 
 def test_a_language_model_recipe_cannot_start_from_a_reward_run(finished, tmp_path):

@@ -3,7 +3,7 @@
 The base and the fine-tuned model answer the same held-out prompts (plugins/audits/_answers.py:
 the test split, else validation, the first `max_prompts` distinct prompts, the task's greedy
 generation). A reward model the recipe names (`reward_model`: a reward-model run of this runner, a
-model folder, or a Hub id; plugins/audits/_reward_model.py) scores each answer with its prompt; per
+model folder, or a Hub id; plugins/rewards/_reward_model.py) scores each answer with its prompt; per
 prompt, the fine-tuned answer wins when it scores higher, ties when the two answers are the same
 text (or score the same), and loses otherwise. The win rate is the share of wins, ties counted half:
 0.5 is "no better than where it started". Its interval is a percentile bootstrap over prompts.
@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from plugins.audits import _answers
-from plugins.audits import _reward_model as rewards
+from plugins.rewards import _reward_model as rewards
 from runner import Audit, AuditResult, Fraction, clip, hookimpl
 
 EXAMPLES = 3  # prompts of the largest reward gain, and of the largest loss, shown beside the verdict

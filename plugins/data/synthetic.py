@@ -155,14 +155,34 @@ def as_unpaired(row: dict[str, str], rng: random.Random) -> dict:
     return {"prompt": pair["prompt"], "completion": pair["chosen" if good else "rejected"], "label": good}
 
 
+def arithmetic_row(rng: random.Random) -> dict[str, str]:
+    """A sum or difference of two numbers below 10 (never negative), asked for in one fixed wording
+    ("What is 7 + 5?", alpaca columns) and answered in a fixed format checkable by a rule ("7 + 5 = 12"),
+    with the bare result in `answer` (what a reward compares an answer with). One wording keeps the
+    operands at the same place in every prompt, so a tiny model learns to copy them quickly, and every
+    prompt is the same length (no padding in a batch of them)."""
+    a, b = rng.randrange(10), rng.randrange(10)
+    if rng.random() < 0.5:
+        a, b, op, result = max(a, b), min(a, b), "-", abs(a - b)
+    else:
+        op, result = "+", a + b
+    return {
+        "instruction": f"What is {a} {op} {b}?",
+        "output": f"{a} {op} {b} = {result}",
+        "answer": str(result),
+    }
+
+
 class SyntheticOptions(DataSourceOptions):
-    kind: Literal["sentiment", "text", "instruction", "chat", "ner", "preference", "unpaired"] = Field(
+    kind: Literal["sentiment", "text", "instruction", "chat", "ner", "preference", "unpaired", "arithmetic"] = Field(
         default="sentiment",
         description="'sentiment': posts with a 3-way label; 'text': the posts alone; 'instruction': "
         "instruction/input/output rows asking for the label; 'chat': two-turn conversations about it; "
         "'ner': words with BIO tags for people, places and organisations; 'preference': prompt/chosen/"
         "rejected pairs asking for the label, the right label chosen over a wrong one; 'unpaired': prompt/"
-        "completion/label rows (task format 'unpaired', for KTO), the right label desirable, a wrong one not.",
+        "completion/label rows (task format 'unpaired', for KTO), the right label desirable, a wrong one not; "
+        "'arithmetic': instruction/output/answer rows asking 'What is 7 + 5?' (a sum or a non-negative "
+        "difference of numbers below 10), answered as '7 + 5 = 12' (answer '12'), for rewards to check.",
     )
     rows: int = Field(default=3000, gt=0, le=10_000_000, description="How many rows to generate.")
     seed: int = Field(default=0, ge=0, description="Generator seed (independent of run.seed).")
@@ -180,6 +200,8 @@ class Synthetic(DataSource):
         rng = random.Random(o.seed + 1)
         if o.kind == "ner":
             return [ner_row(rng) for _ in range(o.rows)]
+        if o.kind == "arithmetic":
+            return [arithmetic_row(rng) for _ in range(o.rows)]
         rows = generate(o.rows, o.seed, o.label_noise)
         if o.kind == "text":
             return [{"text": r["text"]} for r in rows]

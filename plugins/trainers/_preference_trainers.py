@@ -22,6 +22,7 @@ class PreferenceTrainer(HF):
     """Trainer `hf` with a TRL preference trainer (its `Trainer` class made by `trainer_class`)."""
 
     preference_pairs = True
+    sequences_per_row = 2  # each pair's two answers
     trainer_metrics = PREFERENCE_KEYS
     # What TRL calls it, for the messages.
     objective: ClassVar[str] = ""

@@ -1,21 +1,20 @@
 """The pieces trainer `reward` (plugins/trainers/reward.py) builds on TRL's `RewardTrainer`, made on
-first use so that importing the plugin imports neither torch nor TRL, and what later recipes use to
-load and ask a trained reward model:
+first use so that importing the plugin imports neither torch nor TRL:
 
 - `whole_pairs`: the preference task's rows (prompt_ids, and each answer's ids after it) as the
   RewardTrainer takes them: chosen_ids and rejected_ids the whole sequences, prompt and answer;
 - `pair_rewards`: per pair, the model's scalar score of the chosen and of the rejected sequence;
 - `reward_scores`: loss, reward accuracy and margin from those scores;
 - `make_reward_trainer_class`: the hf trainer's `Trainer` subclass (NaN check, checkpoint
-  manifests, seeded length grouping...) on top of `RewardTrainer`, whose evaluations report those scores;
-- `load_reward_model` and `score_texts`: a reward run's model (or a saved sequence classifier with
-  one output) and its tokenizer, and the scores it gives texts.
+  manifests, seeded length grouping...) on top of `RewardTrainer`, whose evaluations report those scores.
+
+Later recipes load a trained reward model with plugins/rewards/_reward_model.py (reward `reward_model`,
+audit `win_rate`).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 REWARD_KEYS = ("reward_accuracy", "reward_margin")
 # What TRL's evaluation adds that says nothing more: its accuracy and margin are batch means of
@@ -135,64 +134,3 @@ def make_reward_trainer_class():
                     logs.pop(f"eval_{key}", None)
 
     return make_trainer_class(PairScoringReward)
-
-
-# -- later recipes: loading and asking a reward model ----------------------------------------------
-def load_reward_model(path):
-    """(model, tokenizer) of a reward model: a completed reward run's directory (its model/ loaded as
-    `runner.open_run(path).load()` loads it: an adapter on its base, with its score head), or a folder
-    holding a sequence classifier with one output and its tokenizer (`save_pretrained`'s files, or a
-    peft adapter of one). The model is in eval mode; a FinetuneError says why a path holds none."""
-    from runner import FinetuneError, open_run
-
-    path = Path(path)
-    if (path / "model" / "finetune.json").is_file():
-        finished = open_run(path).load()
-        model, tokenizer = finished.model, finished.tokenizer
-    elif (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForSequenceClassification
-        from transformers import AutoTokenizer
-
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path, num_labels=1)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    elif (path / "config.json").is_file():
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    else:
-        raise FinetuneError(f"{path} holds no reward model: neither a completed run nor a saved model")
-    labels = getattr(model.config, "num_labels", None)
-    if labels != 1 or "ForSequenceClassification" not in type(_base(model)).__name__:
-        raise FinetuneError(
-            f"{path} holds a {type(_base(model)).__name__} with {labels} output(s), not a reward model "
-            "(a sequence classifier with one output)",
-            hint="train one with [training] type = 'reward' on a preference task",
-        )
-    return model.eval(), tokenizer
-
-
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def score_texts(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[float]:
-    """The reward model's score of each text (a prompt rendered with the chat template and its
-    answer, as the run encoded its pairs), read at each text's last token."""
-    import torch
-
-    device = next(model.parameters()).device
-    out: list[float] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"  # the model reads the last real token, as in training
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], padding=True, return_tensors="pt")
-            with torch.no_grad():
-                logits = model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-                ).logits
-            out += logits.float().reshape(-1).tolist()
-    finally:
-        tokenizer.padding_side = side
-    return out

@@ -109,6 +109,7 @@ class DPO(HF):
     name = "dpo"
     Options = DPOOptions
     preference_pairs = True
+    sequences_per_row = 2  # each pair's two answers
     takes_objective = True  # `[objective]`: a plugin's pair loss in place of loss_type
     trainer_metrics = PREFERENCE_KEYS
     logged = (*LOGGED, "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")

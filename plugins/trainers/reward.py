@@ -12,8 +12,8 @@ resume, Ctrl-C stop and NaN check (its `Trainer` subclass is made on `RewardTrai
 plugins/trainers/_reward.py). Evaluation reports, on held-out pairs, `reward_accuracy` (the share
 of pairs scored chosen above rejected) and `reward_margin` (the mean score difference), with
 bootstrap intervals through the metrics trainer `dpo` registers; the baseline is the untouched base
-with its freshly initialised head. Later recipes load the model with `load_reward_model`
-(plugins/trainers/_reward.py) or `runner.open_run(run).load()`.
+with its freshly initialised head. Later recipes use the model through reward `reward_model` or
+audit `win_rate` (plugins/rewards/_reward_model.py loads it), or `runner.open_run(run).load()`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Reward(HF):
     name = "reward"
     Options = RewardOptions
     preference_pairs = True
+    sequences_per_row = 2  # each pair's two answers
     trainer_metrics = REWARD_KEYS
     logged = (*LOGGED, "accuracy", "margin", "mean_reward")
     aliases: ClassVar[dict[str, str]] = {**HF.aliases, "center_rewards": "center_rewards_coefficient"}

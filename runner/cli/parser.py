@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["plugin"])
     p.add_argument("name", help="package name, e.g. finetune-bitfit")
     p.add_argument("--dir", type=Path, default=Path("."), help="where to create it (default: here)")
+    p.add_argument(
+        "--kind",
+        choices=["strategy", "reward"],
+        default="strategy",
+        help="what it registers: a strategy (BitFit, the default) or a reward (words an answer must contain)",
+    )
 
     p = sub.add_parser("plugins", help="installed plugins, versions and the components they register")
     p = sub.add_parser(

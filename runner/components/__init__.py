@@ -23,12 +23,26 @@ from runner.components.evaluation import (
 from runner.components.models import Model, ModelSpec, Tokenizer, TokenizerOptions
 from runner.components.objectives import PairLogProbs, PairObjective
 from runner.components.reporters import Reporter
+from runner.components.rewards import Reward, RewardOptions
 from runner.components.tasks import Task
 from runner.components.training import Engine, EngineOptions, Sharding, Strategy, Trainer, TrainJob, TrainOutcome
 
 KINDS: dict[str, type[Component]] = {
     cls.kind: cls
-    for cls in (DataSource, Tokenizer, Model, Task, Strategy, Trainer, PairObjective, Engine, Metric, Reporter, Audit)
+    for cls in (
+        DataSource,
+        Tokenizer,
+        Model,
+        Task,
+        Strategy,
+        Trainer,
+        PairObjective,
+        Reward,
+        Engine,
+        Metric,
+        Reporter,
+        Audit,
+    )
 }
 
 __all__ = [
@@ -52,6 +66,8 @@ __all__ = [
     "PairObjective",
     "RawSplit",
     "Reporter",
+    "Reward",
+    "RewardOptions",
     "RunContext",
     "Sharding",
     "Strategy",

@@ -94,6 +94,10 @@ class TrainJob:
     stop_requested: Callable[[], bool] = lambda: False
     collective_timeout: int | None = None  # seconds a collective may wait for the other processes
     objective: Any = None  # the recipe's `[objective]` (a runner.PairObjective), for a trainer that takes one
+    rewards: list = field(default_factory=list)  # the recipe's `[[rewards]]` (runner.Reward), prepared
+    # The training split's rows as read, per source with the task that reads them ([(Task, Dataset)]):
+    # for a trainer that builds its own inputs from them (grpo renders the prompts it samples answers to).
+    rows: list = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +121,12 @@ class Trainer(Component):
     # Whether it takes a preference objective from the recipe (`[objective]`, `TrainJob.objective`) in place
     # of its own loss; the core refuses an objective for a trainer that does not.
     takes_objective: ClassVar[bool] = False
+    # Whether it learns from the recipe's rewards (`[[rewards]]`, `TrainJob.rewards`: sampled answers
+    # scored); the core refuses rewards for a trainer that does not.
+    takes_rewards: ClassVar[bool] = False
+    # Sequences the model runs forward for each row of a batch: 2 for a preference pair (its chosen and
+    # its rejected answer). `finetune plan` counts the activations of batch_size x this many sequences.
+    sequences_per_row: ClassVar[int] = 1
 
     def fit(self, job: TrainJob) -> TrainOutcome:
         """Train `job.model` on `job.train` (from `job.resume_from` when set), evaluating, writing

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.components import TrainJob
+from runner.components.rewards import REFERENCE
+from runner.evaluation import rewarded
+from runner.evaluation.majority import against_majority, majority_warning
 
 FINAL_SPLITS = ("validation", "test")
 # Prompts per call of a task's `generate` while answering: after each chunk the reporters hear how
@@ -113,8 +116,12 @@ class Evaluator:
     events: Any
     checkpoint_dir: Any  # where the trainer may write (it writes nothing when only evaluating)
     train_labels: Any = None  # encoded training labels, for the majority-class baseline
+    rewards: list = field(default_factory=list)  # runner.Reward, prepared: scores of the answers (trainer grpo)
     record: dict[str, Any] = field(default_factory=dict)  # intervals and details, for evaluation.json
     _case: Any = field(default=False, init=False, repr=False)  # lowercasing(tokenizer), once known
+    # per split, the zero-shot prompts last answered and their rows (with the reference): what rewards score
+    _asked: dict[str, tuple[list[str], list[dict]]] = field(default_factory=dict, init=False, repr=False)
+    _base_answers: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # split -> (answers, table)
 
     def job(self, model) -> TrainJob:
         """A job that evaluates `model` (no DeepSpeed: a base model is evaluated unsharded)."""
@@ -129,6 +136,7 @@ class Evaluator:
             checkpoint_dir=self.checkpoint_dir,
             seed=self.seed,
             events=None,
+            rewards=self.rewards,
         )
 
     # -- one model on one split ----------------------------------------------------------------
@@ -145,12 +153,13 @@ class Evaluator:
         references. Generation is the slow part of an evaluation: it is asked for in chunks of
         ANSWER_CHUNK prompts, and the reporters told after each one (`label`, e.g. "base model")."""
         limit = self.options.generation_rows
-        work = []
+        work, asked = [], []
         for task, rows in self.splits[split].parts:
             take = rows.select(range(min(len(rows), limit - sum(len(p) for _, p in work))))
             if not len(take):
                 break
             work.append((task, task.prompts(take, shots, tokenizer=self.tokenizer)))
+            asked += [{REFERENCE: reference, **row} for row, (_, reference) in zip(take, work[-1][1], strict=True)]
         total, predictions, references = sum(len(pairs) for _, pairs in work), [], []
         what = f"{label}, {split}: answering"
         if self.events is not None:
@@ -162,6 +171,8 @@ class Evaluator:
                 references += [r for _, r in chunk]
                 if self.events is not None:
                     self.events.progress(what, len(predictions), total)
+        if not shots:
+            self._asked[split] = ([p for _, pairs in work for p, _ in pairs], asked)
         return predictions, references
 
     def comparable(self, predictions: list[str], references: list[str]) -> tuple[list[str], list[str]]:
@@ -225,8 +236,10 @@ class Evaluator:
         job = self.job(base_model)
         for split in self._final_splits():
             base[split], _ = self.scores(job, split)
-            if self.text_metrics:
-                base[split].update(self.text_scores(*self.answers(base_model, split, label="base model")))
+            if self.text_metrics or self.rewards:
+                answers = self.answers(base_model, split, label="base model")
+                base[split].update(self.text_scores(*answers) if self.text_metrics else {})
+                base[split].update(self._rewarded(split, answers[0], base=True).summary() if self.rewards else {})
         rows = [base]
         shots = self._shots()
         if shots and self.text_metrics:
@@ -287,10 +300,13 @@ class Evaluator:
         details: dict[str, Any] = {}
         for split in self._final_splits():
             final[split], last = self.scores(job, split)
-            answers = None
-            if self.text_metrics:
-                answers = self.comparable(*self.answers(job.model, split, label="fine-tuned model"))
-                final[split].update(self.text_scores(*answers))
+            answers = table = None
+            if self.text_metrics or self.rewards:
+                raw = self.answers(job.model, split, label="fine-tuned model")
+                table = self._rewarded(split, raw[0]) if self.rewards else None
+                final[split].update(table.summary() if table else {})
+                answers = self.comparable(*raw) if self.text_metrics else None
+                final[split].update(self.text_scores(*answers) if answers else {})
             self.events.evaluated(split, None, final[split], final=True)
             if last is not None:
                 details[split] = self._details(*last)
@@ -302,11 +318,28 @@ class Evaluator:
                         o = self.options
                         found = bootstrap(metric, *data, resamples=o.bootstrap, confidence=o.confidence, seed=self.seed)
                         intervals[split].update(found)
+                if table is not None:
+                    o = self.options
+                    intervals[split].update(rewarded.intervals(table, o.bootstrap, o.confidence, self.seed))
             for name, dataset in parts.get(split, []) if len(parts.get(split, [])) > 1 else ():
                 final[f"{split}/{name}"] = scores_only(self.trainer.evaluate(job, dataset))
                 self.events.evaluated(f"{split}/{name}", None, final[f"{split}/{name}"], final=True)
         self.record.update(intervals=intervals, details={k: v for k, v in details.items() if v})
         return final
+
+    def _rewarded(self, split: str, answers: list[str], base: bool = False):
+        """The rewards' scores of `answers` to the split's held-out prompts (runner/evaluation/rewarded.py);
+        the fine-tuned model's, beside the base model's kept from before training, make the examples."""
+        prompts, rows = self._asked[split]
+        table = rewarded.RewardTable(self.rewards, prompts, answers, rows)
+        if base:
+            self._base_answers[split] = (answers, table)
+        else:
+            before, base_table = self._base_answers.get(split, (None, None))
+            references = [row[REFERENCE] for row in rows]
+            shown = rewarded.examples(prompts, references, before, answers, base_table, table)
+            self.record.setdefault("reward_examples", {})[split] = shown
+        return table
 
     def compare_with_majority(self, baselines: list[dict[str, Any]], final: dict[str, Any], best_metric: str) -> None:
         """Record whether the fine-tuned classifier beats the majority class (`against_majority`),
@@ -328,57 +361,3 @@ class Evaluator:
         if labels and "confusion_matrix" in out:
             out["confusion_matrix"] = {**out["confusion_matrix"], "labels": list(labels)}
         return out
-
-
-def against_majority(
-    baselines: list[dict[str, Any]],
-    final: dict[str, Any],
-    intervals: dict[str, Any],
-    best_metric: str,
-    greater_is_better: dict[str, bool],
-) -> dict[str, Any] | None:
-    """Whether the fine-tuned classifier does clearly better than the majority-class baseline, on
-    the test split (else validation), by `best_metric` (else the first metric both have).
-
-    "no better" when its score is not above the baseline's, or, with a bootstrap interval, when
-    the interval reaches the baseline's score: a model that guesses the commonest label, or barely
-    differs from it, has learnt nothing measurable. None when there is nothing to compare."""
-    majority = next((row for row in baselines if row.get("name") == "majority class"), None)
-    if majority is None:
-        return None
-    split = next((s for s in ("test", "validation") if majority.get(s) and final.get(s)), None)
-    if split is None:
-        return None
-    shared = [k for k in majority[split] if k in final[split] and k != "loss"]
-    if not shared:
-        return None
-    metric = best_metric if best_metric in shared else shared[0]
-    higher = greater_is_better.get(metric, True)
-    ours, theirs = float(final[split][metric]), float(majority[split][metric])
-    interval = (intervals.get(split) or {}).get(metric)
-    if interval:
-        reached = interval["low"] <= theirs if higher else interval["high"] >= theirs
-    else:
-        reached = ours <= theirs if higher else ours >= theirs
-    return {
-        "split": split,
-        "metric": metric,
-        "finetuned": ours,
-        "majority": theirs,
-        "interval": interval,
-        "note": majority.get("note"),
-        "verdict": "no better" if reached else "better",
-    }
-
-
-def majority_warning(check: dict[str, Any]) -> str | None:
-    """One sentence for the terminal and the report when the fine-tuned model is no better."""
-    if not check or check.get("verdict") != "no better":
-        return None
-    interval = check.get("interval")
-    spread = f", {interval['confidence']:.0%} interval {interval['low']:.4g}-{interval['high']:.4g}" if interval else ""
-    return (
-        f"the fine-tuned model is no better than the majority-class baseline ({check.get('note')}): "
-        f"{check['split']} {check['metric']} {check['finetuned']:.4g}{spread}, against {check['majority']:.4g}. "
-        "It has learnt nothing measurable: check the learning rate, the steps and the strategy."
-    )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from runner.components import GROUP_COLUMN, SPLITS, RawSplit, RunContext, Task
+from runner.components.rewards import REFERENCE
 from runner.errors import DataError, format_key
 from runner.recipe.resolved import Recipe
 
@@ -66,21 +67,26 @@ class PreparedData:
         return self.origins[ds[index]["_src"]].where(ds[index]["_row"])
 
 
-def _standardize(raw: RawSplit, columns: dict[str, str], task: Task, key: tuple, src_index: int) -> RawSplit:
-    """Rename the source's columns to the task's, drop the rest, check the text columns."""
+def _standardize(
+    raw: RawSplit, columns: dict[str, str], task: Task, key: tuple, src_index: int, read: dict[str, str] | None = None
+) -> RawSplit:
+    """Rename the source's columns to the task's, drop the rest, check the text columns. `read`: the
+    columns the recipe's rewards read besides the task's (a reference answer), each with the reward."""
     ds = raw.dataset
     available = list(ds.column_names)
+    read = {c: who for c, who in (read or {}).items() if c not in task.columns and c not in task.optional_columns}
     # `group` names each row's subgroup, for the subgroup gaps of a bias audit and reweighting
-    wanted = [*task.columns, *task.optional_columns, GROUP_COLUMN]
+    wanted = [*task.columns, *task.optional_columns, GROUP_COLUMN, *read]
     rename = {}
     for name in wanted:
         source_name = columns.get(name, name)
         if source_name in available:
             rename[source_name] = name
-        elif name in task.columns:
+        elif name in task.columns or name in read:
             mapped = f" (mapped by {format_key((*key, 'columns', name))})" if name in columns else ""
+            needs = f"the task '{task.name}'" if name in task.columns else read[name]
             raise DataError(
-                f"{raw.origin}: no column '{source_name}'{mapped}; the task '{task.name}' needs it",
+                f"{raw.origin}: no column '{source_name}'{mapped}; {needs} needs it",
                 hint=f"columns found: {', '.join(available) or 'none'}; map yours with "
                 f'{format_key((*key, "columns"))} = {{ {name} = "..." }}',
             )
@@ -202,6 +208,12 @@ def prepare_data(recipe: Recipe, task: Task, ctx: RunContext) -> PreparedData:
     notes: list[str] = []
     sources: list[SourceData] = []
     fit_groups: dict[int, tuple[Task, dict[str, list[RawSplit]]]] = {}
+    read = {  # the columns rewards read; `reference` is the task's reference answer, added to the rows they see
+        column: f"reward '{reward.key()}'"
+        for reward in (spec.create() for spec in recipe.rewards)
+        for column in reward.columns
+        if column != REFERENCE
+    }
     for index, spec in enumerate(recipe.sources):
         source = spec.create()
         source_task = task_for(spec, task)
@@ -214,7 +226,9 @@ def prepare_data(recipe: Recipe, task: Task, ctx: RunContext) -> PreparedData:
             if split not in (*SPLITS, "all"):
                 raise DataError(f"{raw.origin}: unknown split '{split}' (expected train, validation, test)")
             origins.append(raw)
-            standardized[split] = _standardize(raw, source.options.columns, source_task, spec.key, len(origins) - 1)
+            standardized[split] = _standardize(
+                raw, source.options.columns, source_task, spec.key, len(origins) - 1, read
+            )
         carved = _split_source(standardized, recipe, source_task, ctx.seed, notes)
         name = source.options.name or f"{spec.name}{index}"
         data = SourceData(index, name, source.options.weight, source_task)

@@ -108,6 +108,8 @@ class Pipeline(DataSteps):
         final = self.evaluate(outcome)
         self.audit_finetuned()
         self.write_samples()
+        for reward in self.rewards:
+            reward.close()
         if self.main:
             self.write_records(final)
         self.events.stage("saving the model")
@@ -142,6 +144,9 @@ class Pipeline(DataSteps):
         self.metrics = [spec.create() for spec in self.recipe.metrics]
         for metric in self.metrics:
             metric.prepare(self.ctx)
+        self.rewards = [spec.create() for spec in self.recipe.rewards]
+        for reward in self.rewards:
+            reward.prepare(self.ctx)
         self.trainer = self.recipe.training.create()
         pad_to = self.max_length if self.recipe.tokenizer.options.padding == "max_length" else None
         self.collator = self.task.collator(self.tokenizer, pad_to)
@@ -164,6 +169,7 @@ class Pipeline(DataSteps):
             events=self.events,
             checkpoint_dir=self.run_dir.checkpoints,  # evaluating writes nothing there
             train_labels=list(self.encoded["train"]["labels"]) if self.task.produces == "classes" else None,
+            rewards=self.rewards,
         )
 
     def build_model(self) -> None:
@@ -262,7 +268,8 @@ class Pipeline(DataSteps):
     @property
     def shown(self) -> set[str]:
         """The scores worth a line: loss and the recipe's metrics, not timings."""
-        return {"loss", *(m.key() for m in self.metrics)}
+        rewarded = {"reward", "pass_rate", *(f"reward/{r.key()}" for r in self.rewards)} if self.rewards else set()
+        return {"loss", *(m.key() for m in self.metrics), *rewarded}
 
     def train(self) -> TrainOutcome:
         self.job = TrainJob(
@@ -282,6 +289,8 @@ class Pipeline(DataSteps):
             engine=self.engine,
             collective_timeout=self.engine.collective_timeout(),
             objective=self.recipe.objective.create() if self.recipe.objective else None,
+            rewards=self.rewards,
+            rows=[(part.task, part.splits["train"]) for part in self.data.parts("train")],
         )
         self.events.stage("training")
         with graceful_stop(self.events.warn) as stop:

@@ -31,6 +31,7 @@ HOOK_OF_KIND = {
     "strategy": "register_strategies",
     "trainer": "register_trainers",
     "objective": "register_objectives",
+    "reward": "register_rewards",
     "engine": "register_engines",
     "metric": "register_metrics",
     "reporter": "register_reporters",

@@ -150,6 +150,7 @@ class Recipe:
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
     audits: list[ComponentSpec] = field(default_factory=list)
     objective: ComponentSpec | None = None  # `[objective]`: a preference loss, for the trainers that take one
+    rewards: list[ComponentSpec] = field(default_factory=list)  # `[[rewards]]`, for the trainers that take them
     metrics_defaulted: bool = False  # metrics came from the task's defaults
     # `finetune sweep`'s study; not part of resolved(): each trial's run records its own values
     sweep: SweepOptions | None = None
@@ -168,6 +169,7 @@ class Recipe:
             self.strategy,
             self.training,
             *([self.objective] if self.objective else []),
+            *self.rewards,
             self.distributed,
             *self.metrics,
             *self.reporters,
@@ -190,6 +192,7 @@ class Recipe:
             "strategy": self.strategy.as_table(),
             "training": self.training.as_table(),
             **({"objective": self.objective.as_table()} if self.objective else {}),
+            **({"rewards": [r.as_table() for r in self.rewards]} if self.rewards else {}),
             "distributed": self.distributed.as_table(),
             "metrics": [m.as_table() for m in self.metrics],
             "reporters": [r.as_table() for r in self.reporters],

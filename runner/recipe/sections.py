@@ -21,7 +21,7 @@ SECTIONS: dict[str, tuple[str, str | None]] = {
 }
 # The key that names a section's component, where it is not `type`: `[distributed] engine = "deepspeed"`.
 TAGS: dict[str, str] = {"distributed": "engine"}
-LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter", "audits": "audit"}
+LISTS: dict[str, str] = {"metrics": "metric", "reporters": "reporter", "audits": "audit", "rewards": "reward"}
 DEFAULT_REPORTERS = [{"type": "rich"}]
 TOP_LEVEL = ["run", "data", *SECTIONS, "evaluation", *LISTS, "sweep"]
 REQUIRED = ["data", "tokenizer", "model", "task"]

@@ -233,6 +233,7 @@ class Validator:
         metrics = self.component_list("metric", data["metrics"], ("metrics",)) if not metrics_defaulted else []
         reporters = self.component_list("reporter", data.get("reporters", DEFAULT_REPORTERS), ("reporters",))
         audits = self.component_list("audit", data.get("audits", []), ("audits",))
+        rewards = self.component_list("reward", data.get("rewards", []), ("rewards",))
         evaluation = None
         if self._table(data, "evaluation"):
             evaluation = self.options(EvaluationOptions, data.get("evaluation", {}), ("evaluation",))
@@ -245,7 +246,7 @@ class Validator:
             ]
             metrics = [m for m in defaults if m is not None]
         if "sweep" in data and isinstance(data["sweep"], dict):  # space keys checked as the same keys in the body
-            found = [s for s in (*specs.values(), *sources, *metrics, *reporters, *audits) if s is not None]
+            found = [s for s in (*specs.values(), *sources, *metrics, *reporters, *audits, *rewards) if s is not None]
             check_space(self, data["sweep"].get("space"), {s.key: s for s in found})
 
         if self.issues or None in (run, data_options, evaluation) or any(s is None for s in specs.values()):
@@ -266,6 +267,7 @@ class Validator:
             evaluation=evaluation,
             audits=audits,
             objective=specs.get("objective"),
+            rewards=rewards,
             metrics_defaulted=metrics_defaulted,
             sweep=sweep,
         )
@@ -353,6 +355,7 @@ class Validator:
                 )
         self._unique(recipe, recipe.metrics, "metric")
         self._unique(recipe, recipe.audits, "audit", hint="give one of them a distinct `name`")
+        self._unique(recipe, recipe.rewards, "reward", hint="give one of them a distinct `name`")
         if recipe.sweep is not None and (problem := metric_problem(recipe, recipe.sweep)) is not None:
             self.issue(*problem)
         for spec in recipe.components():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import __version__
-from runner.evaluation.evaluator import majority_warning
+from runner.evaluation.majority import majority_warning
 from runner.report.run_record import (
     RunRecord,
     read_run,
@@ -32,7 +32,7 @@ from runner.report.sections.data import section_data
 from runner.report.sections.pieces import badge, duration, missing_note
 from runner.report.sections.provenance import section_environment, section_recipe
 from runner.report.sections.results import section_results
-from runner.report.sections.samples import section_samples, shows_samples
+from runner.report.sections.samples import section_rewarded, section_samples, shows_rewarded, shows_samples
 from runner.report.sections.summary import section_summary
 from runner.report.sections.training import section_training
 from runner.report.values import esc, fmt
@@ -88,6 +88,7 @@ SECTIONS: list[tuple[str, str, Callable[[RunRecord], str]]] = [
     ("summary", "Summary", section_summary),
     ("results", "Results", section_results),
     ("samples", "Generated samples", section_samples),
+    ("rewarded", "Rewarded answers", section_rewarded),
     ("training", "Training", section_training),
     ("data", "Data", section_data),
     ("audits", "Audits", section_audits),
@@ -95,7 +96,7 @@ SECTIONS: list[tuple[str, str, Callable[[RunRecord], str]]] = [
     ("environment", "Environment", section_environment),
 ]
 # Sections shown only for some runs: no "Generated samples" for a task that generates none (a classifier).
-SHOWN: dict[str, Callable[[RunRecord], bool]] = {"samples": shows_samples}
+SHOWN: dict[str, Callable[[RunRecord], bool]] = {"samples": shows_samples, "rewarded": shows_rewarded}
 
 
 def sections_of(rec: RunRecord) -> list[tuple[str, str, Callable[[RunRecord], str]]]:

@@ -60,7 +60,8 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str, a
     if shape is None:
         return 0, "activations unknown: the model config has no layer sizes"
     options = recipe.training.options
-    batch = getattr(options, "batch_size", 1)
+    per_row = recipe.training.cls.sequences_per_row  # a preference pair runs two answers forward
+    batch = getattr(options, "batch_size", 1) * per_row
     checkpointing = _checkpointing(recipe)
     # Classifier heads output labels, not the vocabulary.
     width = shape.vocab if spec.head in ("causal_lm", "seq2seq_lm") else spec.num_labels or 1
@@ -73,7 +74,8 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str, a
     )
     if found is None:  # no stack of attention blocks found: the GPT-style formula
         found = memory.activation_bytes(batch, seq, shape.hidden, shape.layers, shape.heads, width, size, checkpointing)
-    how = f"batch {batch} x {seq} tokens, {precision}" + (", gradient checkpointing" if checkpointing else "")
+    rows = f"batch {batch // per_row} x {per_row} sequences" if per_row > 1 else f"batch {batch}"
+    how = f"{rows} x {seq} tokens, {precision}" + (", gradient checkpointing" if checkpointing else "")
     if autocast and size == 2 and recipe.model.create().quantization_bits() is None:
         found += activations.autocast_copies(model)
         how += ", 16-bit copies of the weights"

@@ -40,3 +40,46 @@ def section_samples(rec: RunRecord) -> str:
     columns = ["prompt", "before training (base model)", "after training"] if before else ["prompt", "response"]
     head = "<thead><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr></thead>"
     return f'<table class="samples">{head}<tbody>{"".join(body)}</tbody></table>{more}'
+
+
+def shows_rewarded(rec: RunRecord) -> bool:
+    """Whether the run scored held-out answers with rewards (a run of trainer grpo)."""
+    return bool((rec.evaluation or {}).get("reward_examples"))
+
+
+def section_rewarded(rec: RunRecord) -> str:
+    """Held-out prompts with the base and the tuned model's answers and what each reward gave them
+    (evaluation.json `reward_examples`, on the test split where there is one)."""
+    found = (rec.evaluation or {}).get("reward_examples") or {}
+    split = "test" if "test" in found else next(iter(found), None)
+    rows = found.get(split) or []
+    if not rows:
+        return missing_note("no rewarded answers recorded.")
+    before = any("before" in row for row in rows)
+    columns = ["prompt", "reference", *(["before training (base model)"] if before else []), "after training"]
+    body = []
+    for row in rows:
+        cells = [
+            f"<pre>{esc(clip(row.get('prompt', ''), 2000))}</pre>",
+            f"<pre>{esc(clip(str(row.get('reference', '')), 500))}</pre>",
+        ]
+        sides = (("before", "before_scores"),) if before else ()
+        for answer, scores in (*sides, ("after", "after_scores")):
+            cells.append(f"<pre>{esc(clip(row.get(answer, ''), 2000))}</pre>{_scores(row.get(scores) or {})}")
+        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    head = "<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead>"
+    note = f'<p class="note">the first {len(rows)} {esc(split)} prompts, greedy answers, each reward\'s score</p>'
+    return f'{note}<table class="samples">{head}<tbody>{"".join(body)}</tbody></table>'
+
+
+def _scores(found: dict) -> str:
+    parts = [
+        f"{name} {'—' if value is None else format(value, '.3g')}"
+        for name, value in (found.get("scores") or {}).items()
+    ]
+    total = found.get("reward")
+    if total is not None:
+        parts.append(f"total {total:.3g}")
+    if found.get("passed") is not None:
+        parts.append("passed" if found["passed"] else "failed")
+    return f'<p class="note">{esc("; ".join(parts))}</p>' if parts else ""

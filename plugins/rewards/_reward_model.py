@@ -1,6 +1,9 @@
-"""The reward model the `win_rate` audit judges answers with: found, checked, loaded and run.
+"""The reward model a recipe names, found, checked, loaded and run: by the `win_rate` audit
+(plugins/audits/win_rate.py), which judges answers with it, and by the `reward_model` reward
+(plugins/rewards/model_score.py), which scores sampled answers with it.
 
-`reward_model` names, relative to the working directory (like `[model] type = "run"`'s path):
+`reward_model` (the audit's) and `path` (the reward's) name, relative to the working directory
+(like `[model] type = "run"`'s path):
 - a completed run directory of this runner (runs/<name>/<time>), or a folder of runs (its newest
   completed one): its model/ (a full model, or an adapter merged here into its base);
 - a folder holding a transformers model (config.json), or a PEFT adapter over one;

@@ -1,0 +1,166 @@
+"""The pieces trainer `grpo` (plugins/trainers/grpo.py) builds on TRL's `GRPOTrainer`, made on first use
+so that importing the plugin imports neither torch nor TRL:
+
+- `prompt_rows`: the training rows as TRL samples them: each row's prompt rendered by its task (the chat
+  template and its generation prompt, as the task's own generation renders it) and the row's index;
+- `RowsForRewards`: the rows as read, with the task's reference answer, that the recipe's rewards see;
+- `reward_functions`: each `runner.Reward` as the callable TRL calls, checked (`Reward.checked_scores`);
+- `suspects`: the check for reward hacking — answers training favoured (above their group's mean) whose
+  answer could not be extracted, or that were cut at the length cap;
+- `make_grpo_trainer_class`: the hf trainer's `Trainer` subclass (NaN check, checkpoint manifests, ...)
+  on top of `GRPOTrainer`, which logs `suspects` every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# What `suspects` logs: the share of sampled answers favoured without an extractable answer; how much more
+# often the favoured answers were cut at max_completion_length than the others.
+NO_ANSWER, CUT = "suspect/favoured_without_answer", "suspect/favoured_when_cut"
+ROW = "row_index"  # the column that leads a sampled prompt back to its row (TRL passes it to the rewards)
+REFERENCE = "reference"  # the task's reference answer, added to each row the rewards see (runner.Reward)
+
+
+class RowsForRewards:
+    """The training rows the rewards read, by index: every column as read, and `reference`, the task's
+    reference answer (an instruction row's last assistant message) where the row has no such column."""
+
+    def __init__(self):
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, dataset, references: list[str]) -> range:
+        start = len(self.rows)
+        for row, reference in zip(dataset, references, strict=True):
+            self.rows.append({REFERENCE: reference, **row})
+        return range(start, len(self.rows))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+def prompt_rows(parts, tokenizer, rows: RowsForRewards):
+    """A `datasets.Dataset` of `prompt` (rendered) and `row_index`, from [(task, raw rows)] per source."""
+    from datasets import Dataset
+
+    prompts: list[str] = []
+    index: list[int] = []
+    for task, dataset in parts:
+        rendered = task.prompts(dataset, tokenizer=tokenizer)
+        prompts += [prompt for prompt, _ in rendered]
+        index += list(rows.add(dataset, [reference for _, reference in rendered]))
+    return Dataset.from_dict({"prompt": prompts, ROW: index})
+
+
+def reward_functions(rewards, rows: RowsForRewards) -> list:
+    """Each reward as a function TRL calls with the sampled batch (prompts, completions and the dataset's
+    other columns as lists), named by the reward's key (TRL logs `rewards/<key>/mean`)."""
+    functions = []
+    for reward in rewards:
+
+        def score(prompts, completions, completion_ids=None, _reward=reward, **columns):
+            batch = [rows[i] for i in columns[ROW]]
+            return _reward.checked_scores(list(prompts), list(completions), batch)
+
+        score.__name__ = reward.key()
+        functions.append(score)
+    return functions
+
+
+def suspects(rewards, completions, completion_ids, eos: list[int], cap: int, total, start: int, generations: int):
+    """Signs that the rewards pay for something else than right answers, among the answers training favours
+    (their total reward above their group's mean):
+    - NO_ANSWER: the share of all answers that are favoured though a reward that extracts an answer
+      (`extracted`, as answer_match has) found none in them (left out where no reward extracts);
+    - CUT: the share of favoured answers that stopped at the length cap without an end, less that share
+      among the others: above 0, training prefers answers for running long (a length-paying reward).
+    `total`: the weighted total reward of every answer of the batch (all processes, in process order, groups
+    of `generations` answers in a row); these answers are those from `start`."""
+    import torch
+
+    means = torch.nanmean(total.view(-1, generations), dim=1).repeat_interleave(generations)
+    window = slice(start, start + len(completions))
+    favoured = (total[window] > means[window]).tolist()
+    out = {}
+    extractors = [r for r in rewards if callable(getattr(r, "extracted", None))]
+    if extractors:
+        found = [r.extracted(completions) for r in extractors]
+        empty = [any(values[i] is None for values in found) for i in range(len(completions))]
+        out[NO_ANSWER] = sum(f and e for f, e in zip(favoured, empty, strict=True)) / len(completions)
+    cut = [len(ids) >= cap and (not ids or ids[-1] not in eos) for ids in completion_ids]
+    out[CUT] = _share(cut, favoured) - _share(cut, [not f for f in favoured])
+    return out
+
+
+def _share(flags: list[bool], among: list[bool]) -> float:
+    chosen = [flag for flag, keep in zip(flags, among, strict=True) if keep]
+    return sum(chosen) / len(chosen) if chosen else 0.0
+
+
+def make_grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    from plugins.trainers._hf_trainer import make_trainer_class
+
+    class RowsGRPO(GRPOTrainer):
+        """TRL's GRPOTrainer on the rendered prompts, with a frozen reference it is handed."""
+
+        def __init__(self, *args, reference=None, beta: float = 0.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            # TRL builds a full model's reference by loading the policy's `name_or_path` again
+            # (grpo_trainer.py:991-1003): a model built from a config, or from an earlier run, has no such
+            # path. It is built with beta 0 (no reference), then given the frozen copy made here.
+            if beta and reference is not None:
+                self.ref_model = self.accelerator.prepare_model(reference, evaluation_mode=True)
+            self.beta = beta
+            self.rewards = []  # the recipe's runner.Reward components, for the suspects check
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            per_reward = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            if self.model.training and self.rewards:
+                weights = self.reward_weights.to(per_reward.device).unsqueeze(0)
+                total = (per_reward * weights).nansum(dim=1)
+                shares = suspects(
+                    self.rewards, [_text(c) for c in completions], completion_ids_list, self.eos_token_ids,
+                    self.max_completion_length, total, self.accelerator.process_index * len(prompts),
+                    self.num_generations,
+                )  # fmt: skip
+                for key, value in shares.items():
+                    self._metrics["train"][key].append(value)
+            return per_reward
+
+    return make_trainer_class(RowsGRPO)
+
+
+def _text(completion) -> str:
+    """A completion as text: TRL gives a conversational prompt's answers as [{role, content}]."""
+    return completion if isinstance(completion, str) else completion[0]["content"]
+
+
+def held_out_scores(model, dataset, collator, task, compute_metrics, batch_size: int) -> dict[str, float]:
+    """The loss of the held-out rows' reference answers (token-weighted: each answer token counts once) and
+    the task's metrics on them, computed here rather than by a transformers Trainer: one made after a
+    DeepSpeed run would start DeepSpeed's inference engine, which only ZeRO-3 has. Every process scores
+    every row (held-out splits are small), so none waits for another."""
+    import numpy as np
+    import torch
+    from transformers import EvalPrediction
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {k: v.to(device) for k, v in batch.items() if hasattr(v, "to")}
+            with torch.no_grad():
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            rows.append(np.asarray(task.preprocess_logits(logits, batch["labels"]).float().cpu()))
+    finally:
+        model.train(was_training)
+    table = np.concatenate(rows) if rows else np.zeros((0, 2))
+    out = {"loss": float(table[:, 0].sum() / max(table[:, 1].sum(), 1))}
+    if callable(compute_metrics):
+        out.update(compute_metrics(EvalPrediction(predictions=table, label_ids=np.zeros(len(table)))))
+    return out
