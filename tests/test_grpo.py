@@ -77,6 +77,13 @@ def grpo(**options):
     return GRPO(GRPO.Options(**{**settings, **options}))
 
 
+def rloo(**options):
+    from plugins.trainers.grpo import RLOO
+
+    settings = dict(learning_rate=1e-2, batch_size=8, generations=4, max_steps=3, log_every=1)
+    return RLOO(RLOO.Options(**{**settings, **options}))
+
+
 def job(model, tokenizer, train, tmp_path, rewards, seed=7):
     from runner import TrainJob
 
@@ -115,38 +122,49 @@ def test_grpo_raises_the_reward_of_the_sampled_answers(tmp_path):
     assert not work.events.warnings  # the reward pays for the tokens, not for running to the cap
 
 
-def test_the_loss_and_rewards_equal_a_hand_written_trl_script(tmp_path):
-    from trl import GRPOConfig, GRPOTrainer
+@pytest.mark.parametrize(("kind", "beta"), [("grpo", 0.0), ("grpo", 0.04), ("rloo", 0.05)])
+def test_the_loss_and_rewards_equal_a_hand_written_trl_script(kind, beta, tmp_path):
+    """The same tiny model (saved, so that TRL can build its reference from the path), prompts, reward and
+    seed: with beta > 0 the runner's frozen copy is the reference TRL loads again from the path."""
+    import trl
 
+    saved = tmp_path / "model"
+    causal_model(seed=1).save_pretrained(saved)
     tokenizer, train = word_tokenizer(), rows(16, seed=3)
-    work = job(causal_model(seed=1), tokenizer, train, tmp_path / "runner", [reward(LowTokens)])
-    grpo(max_steps=3, learning_rate=1e-2, group_by_length=False).fit(work)
+    load = __import__("transformers").AutoModelForCausalLM.from_pretrained
+    work = job(load(saved), tokenizer, train, tmp_path / "runner", [reward(LowTokens)])
+    trainer = grpo(max_steps=3, learning_rate=1e-2, beta=beta) if kind == "grpo" else rloo(beta=beta)
+    trainer.fit(work)
     # GRPO's loss is ~0 at every step (each group's advantages sum to zero, the ratio is 1 on-policy):
     # the gradient's norm, the sampled answers' rewards and their spread are what tell two runs apart
     keys = ("loss", "grad_norm", "reward", "reward_std", "rewards/low_tokens/mean", "completions/mean_length")
+    keys += ("kl",) if beta else ()
     ours = [v[k] for _, v in work.events.logs for k in keys]
 
-    model = causal_model(seed=1)
+    model = load(saved)
     model.generation_config.eos_token_id = [EOS]
     scorer = reward(LowTokens)
 
     def low_tokens(prompts, completions, **_):
         return scorer.scores(prompts, completions, [])
 
-    config = GRPOConfig(
+    settings = dict(
         output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, num_generations=4, max_steps=3,
         learning_rate=1e-2, lr_scheduler_type="linear", max_completion_length=MAX_NEW, logging_steps=1,
-        report_to="none", use_cpu=True, seed=7, data_seed=7, disable_dropout=False, save_strategy="no",
-        disable_tqdm=True, bf16=False,  # TRL's default is bf16 even on a CPU; the runner's 'auto' is fp32 there
+        report_to="none", use_cpu=True, seed=7, data_seed=7, save_strategy="no",
+        disable_tqdm=True, bf16=False, beta=beta,  # TRL's default is bf16 even on a CPU; the runner's 'auto' is fp32
     )  # fmt: skip
-    script = GRPOTrainer(
-        model=model, reward_funcs=[low_tokens], args=config, train_dataset=train.remove_columns("answer"),
+    config, trainer_class = (trl.GRPOConfig, trl.GRPOTrainer) if kind == "grpo" else (trl.RLOOConfig, trl.RLOOTrainer)
+    script = trainer_class(
+        model=model, reward_funcs=[low_tokens], args=config(**settings), train_dataset=train.remove_columns("answer"),
         processing_class=tokenizer,
     )  # fmt: skip
     script.train()
     theirs = [h[k] for h in script.state.log_history if "loss" in h for k in keys]
     assert len(ours) == len(theirs) == 3 * len(keys)
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    if beta:
+        assert any(v["kl"] > 0 for _, v in work.events.logs)  # the policy moved away from its reference
 
 
 def test_a_reward_that_answers_garbage_stops_the_run_naming_it(tmp_path):
@@ -208,8 +226,10 @@ def test_a_run_whose_reward_pays_for_cut_answers_is_warned(tmp_path):
         (lambda r: r.replace('type = "instruction"', 'type = "causal_lm"').replace('format = "alpaca"\n', "")
          .replace('template = "chatml"\n', "").replace("max_new_tokens = 8\n", ""), "training.type", "samples answers"),
         (lambda r: r.replace('type = "grpo"', 'type = "grpo"\nbeta = 0.1') + ZERO3, "training.beta", "ZeRO-3"),
+        (lambda r: r.replace('type = "grpo"', 'type = "grpo"\ngeneration = "vllm"'), "training.generation",
+         "pip install vllm"),
     ],
-    ids=["no rewards", "split groups", "no prompts", "a copy under ZeRO-3"],
+    ids=["no rewards", "split groups", "no prompts", "a copy under ZeRO-3", "vllm missing"],
 )  # fmt: skip
 def test_grpo_recipe_mistakes_name_their_key(change, key, message, tmp_path):
     from runner import RecipeError, load_recipe
@@ -224,3 +244,55 @@ def test_grpo_recipe_mistakes_name_their_key(change, key, message, tmp_path):
 
 
 ZERO3 = '\n[distributed]\nengine = "deepspeed"\nzero_stage = 3\n'
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "message"),
+    [
+        (lambda r: r.replace('type = "answer_match"', 'type = "my_rewards.math.exact_answer"'), "rewards[0].type",
+         "never import paths"),
+        (lambda r: r.replace('type = "answer_match"', 'type = "answer_match"\nfunction = "lambda c: 1.0"'),
+         "rewards[0].function", "unknown key"),
+        (lambda r: r.replace('type = "grpo"', 'type = "grpo"\nreward_funcs = ["my_rewards.exact_answer"]'),
+         "training.reward_funcs", "rewards"),
+    ],
+    ids=["a dotted path as the type", "code as an option", "TRL's reward_funcs"],
+)  # fmt: skip
+def test_a_reward_named_by_a_dotted_path_or_given_code_is_refused(change, key, message, tmp_path):
+    from runner import RecipeError, load_recipe
+    from tests.test_grpo_runs import RECIPE
+
+    path = tmp_path / "r.toml"
+    path.write_text(change(RECIPE), encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    found = caught.value.render()
+    assert key in found and message in found, found
+
+
+def test_a_reward_that_raises_stops_the_run_naming_it(tmp_path):
+    class Raises(Reward):
+        name = "raises"
+
+        def scores(self, prompts, completions, rows):
+            raise KeyError("score")
+
+    work = job(causal_model(), word_tokenizer(), rows(8, seed=1), tmp_path, [reward(Raises)])
+    with pytest.raises(FinetuneError, match=r"reward 'raises' failed on a batch of 8 answers .*KeyError: 'score'"):
+        grpo(max_steps=1).fit(work)
+
+
+def test_a_left_padded_row_is_scored_at_the_positions_it_has_alone():
+    """TRL's loss pass gives the model no position ids; a GPT-2 then counts them from the padding, and a
+    short prompt in a batch of longer ones is scored at other positions than it was sampled at."""
+    from plugins.trainers._grpo import PositionsFromMask
+
+    model = causal_model().eval()
+    ids = torch.tensor([[0, 0, 5, 6, 7], [4, 8, 5, 6, 7]])  # the first row: 3 tokens after 2 pads
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        alone = model(input_ids=ids[:1, 2:]).logits[0]
+        plain = model(input_ids=ids, attention_mask=mask).logits[0, 2:]
+        fixed = PositionsFromMask(model)(input_ids=ids, attention_mask=mask).logits[0, 2:]
+    assert torch.allclose(fixed, alone, atol=1e-5)
+    assert not torch.allclose(plain, alone, atol=1e-3)  # what TRL's pass computes on its own

@@ -96,6 +96,8 @@ def test_a_grpo_run_logs_its_rewards_and_scores_held_out_answers_before_and_afte
         assert 0 <= scores["pass_rate"] <= 1 and "loss" in scores
     interval = evaluation["intervals"]["test"]["reward"]
     assert interval["low"] <= tuned["reward"] <= interval["high"]
+    before = next(b for b in evaluation["baselines"] if b["name"] == "base model")["intervals"]["test"]["pass_rate"]
+    assert before["low"] <= base["pass_rate"] <= before["high"]  # the base model's answers resampled too
     examples = evaluation["reward_examples"]["test"]
     assert examples and {"prompt", "reference", "before", "after", "before_scores", "after_scores"} <= set(examples[0])
     assert set(examples[0]["after_scores"]["scores"]) == {"answer_match", "format"}
@@ -133,3 +135,26 @@ def test_grpo_trains_under_zero2_on_two_processes(tmp_path):
     logs = train_logs(tmp_path / "run")
     assert [r["step"] for r in logs] == [1, 2] and all("rewards/answer_match/mean" in r for r in logs)
     assert json.loads((tmp_path / "run" / "environment.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("avx512bf16", [False, True], ids=["cpu", "cpu-avx512bf16"])
+def test_grpo_trains_lora_adapters_on_a_4bit_base_on_either_cpu_path(avx512bf16, tmp_path, monkeypatch):
+    """QLoRA: the answers are sampled from, and the loss computed through, the 4-bit base with its adapters,
+    on both of bitsandbytes' CPU paths (forced either way: this machine has one of them)."""
+    from runner import open_run
+    from tests.test_quantization import LLAMA, force_avx512bf16, four_bit_layers
+
+    force_avx512bf16(monkeypatch, avx512bf16)
+    model = "config = { n_layer = 1, n_head = 2, n_embd = 32, n_positions = 48 }"
+    quantized = f'config = {LLAMA}\nquantization = {{ bits = 4, type = "nf4", compute_dtype = "float32" }}'
+    text = RECIPE.replace(model, quantized).replace('architecture = "gpt2"', 'architecture = "llama"')
+    text = (
+        text.replace("max_steps = 6", "max_steps = 2")
+        + '\n[strategy]\ntype = "lora"\nr = 4\ntarget_modules = "all-linear"\n'
+    )
+    recipe = write(tmp_path / "qlora.toml", text)
+    assert cli("run", recipe, "--output", tmp_path / "run") == 0
+    logs = train_logs(tmp_path / "run")
+    assert [r["step"] for r in logs] == [1, 2] and all(r["completions/mean_length"] > 0 for r in logs)
+    loaded = open_run(tmp_path / "run").load().model
+    assert four_bit_layers(loaded) and all("lora_" in n for n, p in loaded.named_parameters() if p.requires_grad)

@@ -59,7 +59,7 @@ def test_builtins_register_every_kind():
     assert {"pretrained", "config"} <= set(registry.names("model"))
     assert {"classification", "regression", "causal_lm"} <= set(registry.names("task"))
     assert {"full", "freeze", "lora"} <= set(registry.names("strategy"))
-    assert registry.names("trainer") == ["cpo", "dpo", "grpo", "hf", "kto", "orpo", "reward", "simpo"]
+    assert registry.names("trainer") == ["cpo", "dpo", "grpo", "hf", "kto", "orpo", "reward", "rloo", "simpo"]
     assert registry.names("reward") == ["answer_match", "format", "length_penalty", "reward_model"]
     assert {"accuracy", "precision", "recall", "f1", "perplexity"} <= set(registry.names("metric"))
     assert "rich" in registry.names("reporter")

@@ -155,20 +155,25 @@ def as_unpaired(row: dict[str, str], rng: random.Random) -> dict:
     return {"prompt": pair["prompt"], "completion": pair["chosen" if good else "rejected"], "label": good}
 
 
-def arithmetic_row(rng: random.Random) -> dict[str, str]:
+def arithmetic_row(rng: random.Random, noise: float = 0.0) -> dict[str, str]:
     """A sum or difference of two numbers below 10 (never negative), asked for in one fixed wording
     ("What is 7 + 5?", alpaca columns) and answered in a fixed format checkable by a rule ("7 + 5 = 12"),
     with the bare result in `answer` (what a reward compares an answer with). One wording keeps the
     operands at the same place in every prompt, so a tiny model learns to copy them quickly, and every
-    prompt is the same length (no padding in a batch of them)."""
+    prompt is the same length (no padding in a batch of them).
+
+    `noise` (the source's `label_noise`) is the share of rows whose written answer is one too high
+    ("7 + 5 = 13"): a careless teacher for SFT to imitate. `answer` stays the true result, so a reward
+    that checks it can correct what SFT learnt."""
     a, b = rng.randrange(10), rng.randrange(10)
     if rng.random() < 0.5:
         a, b, op, result = max(a, b), min(a, b), "-", abs(a - b)
     else:
         op, result = "+", a + b
+    written = result + 1 if noise and rng.random() < noise else result
     return {
         "instruction": f"What is {a} {op} {b}?",
-        "output": f"{a} {op} {b} = {result}",
+        "output": f"{a} {op} {b} = {written}",
         "answer": str(result),
     }
 
@@ -182,7 +187,8 @@ class SyntheticOptions(DataSourceOptions):
         "rejected pairs asking for the label, the right label chosen over a wrong one; 'unpaired': prompt/"
         "completion/label rows (task format 'unpaired', for KTO), the right label desirable, a wrong one not; "
         "'arithmetic': instruction/output/answer rows asking 'What is 7 + 5?' (a sum or a non-negative "
-        "difference of numbers below 10), answered as '7 + 5 = 12' (answer '12'), for rewards to check.",
+        "difference of numbers below 10), answered as '7 + 5 = 12' (answer '12'), for rewards to check; with "
+        "label_noise, that share of the written answers is one too high (answer keeps the true result).",
     )
     rows: int = Field(default=3000, gt=0, le=10_000_000, description="How many rows to generate.")
     seed: int = Field(default=0, ge=0, description="Generator seed (independent of run.seed).")
@@ -201,7 +207,7 @@ class Synthetic(DataSource):
         if o.kind == "ner":
             return [ner_row(rng) for _ in range(o.rows)]
         if o.kind == "arithmetic":
-            return [arithmetic_row(rng) for _ in range(o.rows)]
+            return [arithmetic_row(rng, o.label_noise) for _ in range(o.rows)]
         rows = generate(o.rows, o.seed, o.label_noise)
         if o.kind == "text":
             return [{"text": r["text"]} for r in rows]

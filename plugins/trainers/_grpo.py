@@ -1,5 +1,5 @@
-"""The pieces trainer `grpo` (plugins/trainers/grpo.py) builds on TRL's `GRPOTrainer`, made on first use
-so that importing the plugin imports neither torch nor TRL:
+"""The pieces trainers `grpo` and `rloo` (plugins/trainers/grpo.py) build on TRL's `GRPOTrainer` and
+`RLOOTrainer`, made on first use so that importing the plugin imports neither torch nor TRL:
 
 - `prompt_rows`: the training rows as TRL samples them: each row's prompt rendered by its task (the chat
   template and its generation prompt, as the task's own generation renders it) and the row's index;
@@ -7,8 +7,9 @@ so that importing the plugin imports neither torch nor TRL:
 - `reward_functions`: each `runner.Reward` as the callable TRL calls, checked (`Reward.checked_scores`);
 - `suspects`: the check for reward hacking — answers training favoured (above their group's mean) whose
   answer could not be extracted, or that were cut at the length cap;
-- `make_grpo_trainer_class`: the hf trainer's `Trainer` subclass (NaN check, checkpoint manifests, ...)
-  on top of `GRPOTrainer`, which logs `suspects` every step.
+- `make_sampling_trainer_class`: the hf trainer's `Trainer` subclass (NaN check, checkpoint manifests,
+  ...) on top of TRL's trainer, which logs `suspects` every step;
+- `held_out_scores`: the loss of held-out reference answers, without a transformers Trainer.
 """
 
 from __future__ import annotations
@@ -97,23 +98,46 @@ def _share(flags: list[bool], among: list[bool]) -> float:
     return sum(chosen) / len(chosen) if chosen else 0.0
 
 
-def make_grpo_trainer_class():
-    from trl import GRPOTrainer
+def make_sampling_trainer_class(kind: str = "grpo"):
+    """The hf trainer's class on TRL's GRPOTrainer (`kind` "grpo") or RLOOTrainer ("rloo"): both sample
+    groups of answers, score them with the reward functions and build a reference the same way."""
+    from trl import GRPOTrainer, RLOOTrainer
 
     from plugins.trainers._hf_trainer import make_trainer_class
 
-    class RowsGRPO(GRPOTrainer):
-        """TRL's GRPOTrainer on the rendered prompts, with a frozen reference it is handed."""
+    class RowsGRPO({"grpo": GRPOTrainer, "rloo": RLOOTrainer}[kind]):
+        """TRL's trainer on the rendered prompts, with a frozen reference it is handed."""
 
         def __init__(self, *args, reference=None, beta: float = 0.0, **kwargs):
             super().__init__(*args, **kwargs)
-            # TRL builds a full model's reference by loading the policy's `name_or_path` again
-            # (grpo_trainer.py:991-1003): a model built from a config, or from an earlier run, has no such
+            # TRL builds a full model's reference by loading the policy's `name_or_path` again (grpo_trainer.py
+            # :991-1003, rloo_trainer.py:677-689): a model built from a config, or from an earlier run, has no such
             # path. It is built with beta 0 (no reference), then given the frozen copy made here.
             if beta and reference is not None:
-                self.ref_model = self.accelerator.prepare_model(reference, evaluation_mode=True)
+                self.ref_model = self._prepared_reference(reference)
             self.beta = beta
             self.rewards = []  # the recipe's runner.Reward components, for the suspects check
+
+        def _prepared_reference(self, reference):
+            """The reference as TRL prepares one it built itself (grpo_trainer.py:1074-1077, 1182-1188): its
+            LM head fused to give per-token log-probabilities, then placed by the accelerator or DeepSpeed."""
+            from trl.models import prepare_deepspeed
+            from trl.trainer.utils import add_fused_lm_head
+
+            cast = getattr(self.args, "cast_lm_head_to_fp32", False)  # GRPO's option; RLOO has none
+            fp32 = {"cast_lm_head_to_fp32": cast} if cast else {}
+            add_fused_lm_head(reference, temperature=self.temperature, **fp32)
+            if self.is_deepspeed_enabled:
+                return prepare_deepspeed(reference, self.accelerator)
+            return self.accelerator.prepare_model(reference, evaluation_mode=True)
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, *args, **kwargs):
+            # TRL scores the left-padded prompt and answer without position ids (grpo_trainer.py:1448-1492),
+            # and a model then counts positions from the first pad (GPT-2 from 0 at the pad, Llama's cache
+            # positions likewise), where generation counted them from the first real token: every prompt
+            # shorter than the batch's longest was scored at other positions than it was sampled at.
+            wrapped = PositionsFromMask(model)
+            return super()._get_per_token_logps_and_entropies(wrapped, input_ids, attention_mask, *args, **kwargs)
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             per_reward = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -130,6 +154,21 @@ def make_grpo_trainer_class():
             return per_reward
 
     return make_trainer_class(RowsGRPO)
+
+
+class PositionsFromMask:
+    """A model called with position ids counted from each row's first real token, as generation counts
+    them: a left-padded row then reads its tokens at the positions it has alone."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, **inputs):
+        mask = inputs.get("attention_mask")
+        if mask is not None and inputs.get("position_ids") is None:
+            positions = mask.long().cumsum(-1) - 1
+            inputs["position_ids"] = positions.masked_fill(mask == 0, 1)  # as transformers' generation does
+        return self.model(**inputs)
 
 
 def _text(completion) -> str:

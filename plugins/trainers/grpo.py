@@ -1,4 +1,5 @@
-"""Trainer `grpo`: group relative policy optimisation from the recipe's rewards, on TRL's `GRPOTrainer`.
+"""Trainers `grpo` and `rloo`: reinforcement fine-tuning from the recipe's rewards, on TRL's `GRPOTrainer`
+(group relative policy optimisation) and `RLOOTrainer` (REINFORCE with leave-one-out baselines).
 
 For every training prompt the model samples `generations` answers; each reward of the recipe
 (`[[rewards]]`, registered plugins, never code named in a recipe) scores them, and their weighted sum,
@@ -20,6 +21,7 @@ and the KL to the reference where `beta` > 0.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import ClassVar, Literal
 
@@ -49,8 +51,10 @@ GRPO_LOGGED = (
 SUSPECT_WARNING = 0.1
 
 
-class GRPOOptions(HFTrainerOptions):
-    learning_rate: PositiveFloat = Field(default=1e-6, description="Peak learning rate (TRL's GRPO default).")
+class SamplingOptions(HFTrainerOptions):
+    """What the trainers that sample answers and learn from rewards (grpo, rloo) share."""
+
+    learning_rate: PositiveFloat = Field(default=1e-6, description="Peak learning rate (TRL's default).")
     generations: int = Field(
         default=8,
         ge=2,
@@ -76,6 +80,29 @@ class GRPOOptions(HFTrainerOptions):
     epsilon_high: PositiveFloat | None = Field(
         default=None, description="Upper clipping bound, if other than epsilon (DAPO suggests 0.28)."
     )
+    iterations: int = Field(
+        default=1, ge=1, le=1024, description="Optimisation passes over each batch of sampled answers (mu)."
+    )
+    mask_truncated_completions: bool = Field(
+        default=False, description="Leave answers cut at max_completion_length out of the loss (DAPO)."
+    )
+    disable_dropout: bool = Field(
+        default=True,
+        description="Switch the model's dropout off while training (TRL's default): the probabilities of an answer "
+        "sampled without dropout are then the ones its loss reads, and the reference's the same way.",
+    )
+    generation: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="What samples the answers: 'transformers' (generate, on any machine) or 'vllm' (TRL's colocated "
+        "vLLM engine, far faster on a CUDA GPU; needs the vllm package, which is not in the lock).",
+    )
+    # The hf trainer's defaults that do not fit sampling: TRL groups prompts itself, and a validation
+    # split is evaluated by the core after training (loss on its reference answers, text metrics).
+    group_by_length: bool = Field(default=False, description="Not used by grpo: answers are sampled in groups.")
+    keep_best: bool = Field(default=False, description="Not used by grpo: it ends with the last weights.")
+
+
+class GRPOOptions(SamplingOptions):
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] = Field(
         default="dapo",
         description="How token losses are summed: 'dapo' (over the batch's answer tokens; no length bias), "
@@ -87,16 +114,17 @@ class GRPOOptions(HFTrainerOptions):
         description="Divide each advantage by the rewards' spread in its group ('group'), in the batch "
         "('batch'), or not at all ('none', as Dr. GRPO recommends).",
     )
-    iterations: int = Field(
-        default=1, ge=1, le=1024, description="Optimisation passes over each batch of sampled answers (mu)."
+
+
+class RLOOOptions(SamplingOptions):
+    beta: NonNegativeFloat = Field(
+        default=0.05,
+        description="Weight of the KL divergence to the reference model, added to the reward (TRL's RLOO default; "
+        "0: none, and no reference kept). With adapters the reference is the base with them off, else a frozen copy.",
     )
-    mask_truncated_completions: bool = Field(
-        default=False, description="Leave answers cut at max_completion_length out of the loss (DAPO)."
+    normalize_advantages: bool = Field(
+        default=False, description="Scale the advantages of each batch of sampled answers to mean 0 and spread 1."
     )
-    # The hf trainer's defaults that do not fit sampling: TRL groups prompts itself, and a validation
-    # split is evaluated by the core after training (loss on its reference answers, text metrics).
-    group_by_length: bool = Field(default=False, description="Not used by grpo: answers are sampled in groups.")
-    keep_best: bool = Field(default=False, description="Not used by grpo: it ends with the last weights.")
 
 
 class GRPO(HF):
@@ -121,14 +149,19 @@ class GRPO(HF):
         if not recipe.task.cls.generates:
             yield (
                 ("type",),
-                f"trainer 'grpo' samples answers to prompts: task '{recipe.task.name}' has none "
+                f"trainer '{cls.name}' samples answers to prompts: task '{recipe.task.name}' has none "
                 "(use task 'instruction')",
             )
         if not recipe.rewards:
             yield (
                 ("type",),
-                "trainer 'grpo' learns from rewards and the recipe names none: add [[rewards]] tables "
+                f"trainer '{cls.name}' learns from rewards and the recipe names none: add [[rewards]] tables "
                 "(e.g. type = 'answer_match'; `finetune reference` lists them)",
+            )
+        if options.generation == "vllm" and importlib.util.find_spec("vllm") is None:
+            yield (
+                ("generation",),
+                "generation = 'vllm' needs vLLM, which is not installed: pip install vllm (CUDA only)",
             )
         answers = options.batch_size * options.gradient_accumulation_steps
         if answers % options.generations:
@@ -149,7 +182,8 @@ class GRPO(HF):
             )
         for key in ("group_by_length", "keep_best", "early_stopping_patience"):
             if getattr(options, key):
-                yield ((key,), f"trainer 'grpo' samples its own batches and keeps the last weights: {key} is not used")
+                why = "samples its own batches and keeps the last weights"
+                yield ((key,), f"trainer '{cls.name}' {why}: {key} is not used")
 
     # -- the trainer ---------------------------------------------------------------------------------
     def fit(self, job):
@@ -168,18 +202,21 @@ class GRPO(HF):
         return self.options.max_completion_length or getattr(task.options, "max_new_tokens", None) or 128
 
     def _make_trainer(self, job, has_eval: bool, callbacks: list):
-        from trl import GRPOConfig
-
-        from plugins.trainers._grpo import RowsForRewards, make_grpo_trainer_class, prompt_rows, reward_functions
+        from plugins.trainers._grpo import RowsForRewards, make_sampling_trainer_class, prompt_rows, reward_functions
         from plugins.trainers._reference import frozen_reference
 
         o = self.options
+        if o.generation == "vllm":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise FinetuneError("training.generation = 'vllm' needs a CUDA GPU", hint="use 'transformers' here")
         stop = getattr(job.task, "stop_tokens", lambda tokenizer: [])(job.tokenizer)
         if stop:  # TRL stops sampling at the model's eos ids: the template's end of turn is one
             job.model.generation_config.eos_token_id = stop
         rows = RowsForRewards()
         train = prompt_rows(job.rows, job.tokenizer, rows)
-        config = GRPOConfig(
+        config = self._config_class()(
             **self._argument_values(job, False),
             num_generations=o.generations,
             max_completion_length=self._max_completion_length(job.task),
@@ -189,17 +226,18 @@ class GRPO(HF):
             beta=0.0,  # the reference is handed over after construction (plugins/trainers/_grpo.py)
             epsilon=o.epsilon,
             epsilon_high=o.epsilon_high,
-            loss_type=o.loss_type,
-            scale_rewards=o.scale_rewards,
+            **self._own_arguments(),
             num_iterations=o.iterations,
             mask_truncated_completions=o.mask_truncated_completions,
+            use_vllm=o.generation == "vllm",
+            vllm_mode="colocate",  # in this process, sharing its GPU: no server to start
             reward_weights=[r.options.weight for r in job.rewards],
-            disable_dropout=False,  # the strategy's dropout, as the recipe says
+            disable_dropout=o.disable_dropout,
             log_completions=False,
             shuffle_dataset=True,
         )
         reference = frozen_reference(job.model, "auto") if o.beta else None
-        trainer = make_grpo_trainer_class()(
+        trainer = make_sampling_trainer_class(self.name)(
             model=job.model,
             reward_funcs=reward_functions(job.rewards, rows),
             args=config,
@@ -211,6 +249,15 @@ class GRPO(HF):
         )
         trainer.rewards = job.rewards
         return trainer
+
+    def _config_class(self):
+        from trl import GRPOConfig
+
+        return GRPOConfig
+
+    def _own_arguments(self) -> dict:
+        """The config's arguments that only this trainer's TRL class takes."""
+        return dict(loss_type=self.options.loss_type, scale_rewards=self.options.scale_rewards)
 
     def frozen_copies(self, strategy) -> int:
         """A frozen copy of the model as training starts, where beta > 0 and no adapter's base serves."""
@@ -240,6 +287,21 @@ class GRPO(HF):
         return steps
 
 
+class RLOO(GRPO):
+    """Reinforcement fine-tuning (REINFORCE with leave-one-out baselines) from the rewards, with TRL's RLOOTrainer."""
+
+    name = "rloo"
+    Options = RLOOOptions
+
+    def _config_class(self):
+        from trl import RLOOConfig
+
+        return RLOOConfig
+
+    def _own_arguments(self) -> dict:
+        return dict(normalize_advantages=self.options.normalize_advantages)
+
+
 def suspect_warnings(history: list[dict], cap: int) -> list[str]:
     """What the reward-hacking check saw in the last quarter of the logged steps, said when it is much."""
     logs = [h for h in history if CUT in h]
@@ -263,3 +325,4 @@ def suspect_warnings(history: list[dict], cap: int) -> list[str]:
 @hookimpl
 def register_trainers(register):
     register(GRPO)
+    register(RLOO)

@@ -1,6 +1,6 @@
 """Rewards (`[[rewards]] type = ...`): the scores of sampled answers that reinforcement trainers learn from.
 
-A trainer that takes rewards (`Trainer.takes_rewards`: trainer `grpo`) samples several answers to each
+A trainer that takes rewards (`Trainer.takes_rewards`: trainers `grpo`, `rloo`) samples several answers to each
 training prompt and asks every reward of the recipe to score them; it adds the scores up with each
 reward's `weight`. A reward is a registered component like any other — never a dotted import path in a
 recipe, so a shared recipe runs no code that is not an installed plugin:
@@ -79,7 +79,7 @@ class Reward(Component):
         if not getattr(recipe.training.cls, "takes_rewards", False):
             yield (
                 ("type",),
-                f"reward '{cls.name}' needs a trainer that learns from rewards (trainer 'grpo'); "
+                f"reward '{cls.name}' needs a trainer that learns from rewards (trainer 'grpo' or 'rloo'); "
                 f"trainer '{recipe.training.name}' learns from its data's answers",
             )
 

@@ -239,7 +239,12 @@ class Evaluator:
             if self.text_metrics or self.rewards:
                 answers = self.answers(base_model, split, label="base model")
                 base[split].update(self.text_scores(*answers) if self.text_metrics else {})
-                base[split].update(self._rewarded(split, answers[0], base=True).summary() if self.rewards else {})
+                table = self._rewarded(split, answers[0], base=True) if self.rewards else None
+                base[split].update(table.summary() if table else {})
+                if table and split == "test" and self.options.bootstrap:  # is the tuned model's clear of these?
+                    o = self.options
+                    found = rewarded.intervals(table, o.bootstrap, o.confidence, self.seed)
+                    base.setdefault("intervals", {})[split] = found
         rows = [base]
         shots = self._shots()
         if shots and self.text_metrics:

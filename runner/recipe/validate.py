@@ -193,6 +193,11 @@ class Validator:
         if cls is None:
             close = suggest(name, names)
             hint = f"did you mean '{close}'?" if close else f"available: {', '.join(names) or 'none'}"
+            if "." in name and not close:  # `module.function`, as other tools' configs name code
+                hint = (
+                    f"a recipe names registered components only, never import paths (a shared recipe runs no code "
+                    f"that is not an installed plugin): install the package that registers it; {hint}"
+                )
             self.issue((*key, tag), f"unknown {noun} '{clip(name)}'", hint=hint)
             return None
         options = self.options(cls.Options, {k: v for k, v in raw.items() if k != tag}, key, cls.aliases)
