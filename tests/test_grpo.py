@@ -218,6 +218,18 @@ def test_a_run_whose_reward_pays_for_cut_answers_is_warned(tmp_path):
     assert min(v["completions/clipped_ratio"] for v in logs) < 1  # some answers end early
 
 
+def recipe_problems(change, tmp_path) -> str:
+    """The recipe errors of tests/test_grpo_runs.py's recipe as `change` rewrites it (one must be found)."""
+    from runner import RecipeError, load_recipe
+    from tests.test_grpo_runs import RECIPE
+
+    path = tmp_path / "r.toml"
+    path.write_text(change(RECIPE), encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    return caught.value.render()
+
+
 @pytest.mark.parametrize(
     ("change", "key", "message"),
     [
@@ -232,14 +244,7 @@ def test_a_run_whose_reward_pays_for_cut_answers_is_warned(tmp_path):
     ids=["no rewards", "split groups", "no prompts", "a copy under ZeRO-3", "vllm missing"],
 )  # fmt: skip
 def test_grpo_recipe_mistakes_name_their_key(change, key, message, tmp_path):
-    from runner import RecipeError, load_recipe
-    from tests.test_grpo_runs import RECIPE
-
-    path = tmp_path / "r.toml"
-    path.write_text(change(RECIPE), encoding="utf-8")
-    with pytest.raises(RecipeError) as caught:
-        load_recipe(path)
-    found = caught.value.render()
+    found = recipe_problems(change, tmp_path)
     assert key in found and message in found, found
 
 
@@ -259,14 +264,7 @@ ZERO3 = '\n[distributed]\nengine = "deepspeed"\nzero_stage = 3\n'
     ids=["a dotted path as the type", "code as an option", "TRL's reward_funcs"],
 )  # fmt: skip
 def test_a_reward_named_by_a_dotted_path_or_given_code_is_refused(change, key, message, tmp_path):
-    from runner import RecipeError, load_recipe
-    from tests.test_grpo_runs import RECIPE
-
-    path = tmp_path / "r.toml"
-    path.write_text(change(RECIPE), encoding="utf-8")
-    with pytest.raises(RecipeError) as caught:
-        load_recipe(path)
-    found = caught.value.render()
+    found = recipe_problems(change, tmp_path)
     assert key in found and message in found, found
 
 

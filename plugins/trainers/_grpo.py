@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from runner import Reward
+
 # What `suspects` logs: the share of sampled answers favoured without an extractable answer; how much more
 # often the favoured answers were cut at max_completion_length than the others.
 NO_ANSWER, CUT = "suspect/favoured_without_answer", "suspect/favoured_when_cut"
 ROW = "row_index"  # the column that leads a sampled prompt back to its row (TRL passes it to the rewards)
-REFERENCE = "reference"  # the task's reference answer, added to each row the rewards see (runner.Reward)
+REFERENCE = Reward.REFERENCE  # the task's reference answer, added to each row the rewards see
 
 
 class RowsForRewards:

@@ -12,12 +12,14 @@ def keeps_copy(reference: str, strategy) -> bool:
     return reference == "copy" or (reference == "auto" and not strategy.saves_adapter())
 
 
+def copy_refused(recipe) -> bool:
+    """Whether a frozen copy of the model cannot be made: ZeRO-3 shards the weights as they are built."""
+    return recipe.distributed.create().sharding().shards_weights
+
+
 def reference_problems(options, recipe):
     """A frozen copy cannot be made where ZeRO-3 shards the weights as they are built."""
-    if (
-        keeps_copy(options.reference, recipe.strategy.create())
-        and recipe.distributed.create().sharding().shards_weights
-    ):
+    if keeps_copy(options.reference, recipe.strategy.create()) and copy_refused(recipe):
         yield (
             ("reference",),
             "a frozen copy of the model cannot be made under ZeRO-3, which shards the weights as they are "

@@ -30,6 +30,7 @@ from pydantic import Field
 from plugins.trainers._grpo import CUT, NO_ANSWER
 from plugins.trainers._hf_trainer import LOGGED
 from plugins.trainers._preference import trl_missing
+from plugins.trainers._reference import copy_refused
 from plugins.trainers.hf import HF, HFTrainerOptions
 from runner import MAX_STEPS, FinetuneError, NonNegativeFloat, PositiveFloat, hookimpl
 
@@ -170,11 +171,7 @@ class GRPO(HF):
                 f"each step takes batch_size x gradient_accumulation_steps = {answers} answers, not a multiple of "
                 f"generations = {options.generations}: a prompt's group would be split",
             )
-        if (
-            options.beta
-            and not recipe.strategy.create().saves_adapter()
-            and recipe.distributed.create().sharding().shards_weights
-        ):
+        if keeps_copy(options, recipe.strategy.create()) and copy_refused(recipe):
             yield (
                 ("beta",),
                 "beta > 0 keeps a frozen copy of the model as the reference, which cannot be made under ZeRO-3 "
@@ -261,7 +258,7 @@ class GRPO(HF):
 
     def frozen_copies(self, strategy) -> int:
         """A frozen copy of the model as training starts, where beta > 0 and no adapter's base serves."""
-        return int(bool(self.options.beta) and not strategy.saves_adapter())
+        return int(keeps_copy(self.options, strategy))
 
     def evaluate(self, job, dataset) -> dict[str, float]:
         """The loss of the held-out rows' reference answers and the task's metrics on them (plugins/trainers/
@@ -320,6 +317,11 @@ def suspect_warnings(history: list[dict], cap: int) -> list[str]:
                 "pays for a right answer, not for its form or length alone"
             )
     return out
+
+
+def keeps_copy(options, strategy) -> bool:
+    """Whether the run keeps a frozen copy of the model as the reference: beta > 0 without adapters."""
+    return bool(options.beta) and not strategy.saves_adapter()
 
 
 @hookimpl

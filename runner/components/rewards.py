@@ -48,6 +48,7 @@ class Reward(Component):
 
     kind = "reward"
     Options = RewardOptions
+    REFERENCE: ClassVar[str] = REFERENCE  # for plugins: the row column holding the task's reference answer
     # The row columns it reads (a reference answer): the run keeps them beside the task's columns, and a
     # source without one fails the run as it loads, naming the reward. May be set per instance, from its
     # options. `reference` (REFERENCE), the task's reference answer, is in every row without asking.

@@ -242,9 +242,7 @@ class Evaluator:
                 table = self._rewarded(split, answers[0], base=True) if self.rewards else None
                 base[split].update(table.summary() if table else {})
                 if table and split == "test" and self.options.bootstrap:  # is the tuned model's clear of these?
-                    o = self.options
-                    found = rewarded.intervals(table, o.bootstrap, o.confidence, self.seed)
-                    base.setdefault("intervals", {})[split] = found
+                    base.setdefault("intervals", {})[split] = self._reward_intervals(table)
         rows = [base]
         shots = self._shots()
         if shots and self.text_metrics:
@@ -324,8 +322,7 @@ class Evaluator:
                         found = bootstrap(metric, *data, resamples=o.bootstrap, confidence=o.confidence, seed=self.seed)
                         intervals[split].update(found)
                 if table is not None:
-                    o = self.options
-                    intervals[split].update(rewarded.intervals(table, o.bootstrap, o.confidence, self.seed))
+                    intervals[split].update(self._reward_intervals(table))
             for name, dataset in parts.get(split, []) if len(parts.get(split, [])) > 1 else ():
                 final[f"{split}/{name}"] = scores_only(self.trainer.evaluate(job, dataset))
                 self.events.evaluated(f"{split}/{name}", None, final[f"{split}/{name}"], final=True)
@@ -345,6 +342,10 @@ class Evaluator:
             shown = rewarded.examples(prompts, references, before, answers, base_table, table)
             self.record.setdefault("reward_examples", {})[split] = shown
         return table
+
+    def _reward_intervals(self, table) -> dict[str, Any]:
+        o = self.options
+        return rewarded.intervals(table, o.bootstrap, o.confidence, self.seed)
 
     def compare_with_majority(self, baselines: list[dict[str, Any]], final: dict[str, Any], best_metric: str) -> None:
         """Record whether the fine-tuned classifier beats the majority class (`against_majority`),
