@@ -218,6 +218,21 @@ def test_a_run_whose_reward_pays_for_cut_answers_is_warned(tmp_path):
     assert min(v["completions/clipped_ratio"] for v in logs) < 1  # some answers end early
 
 
+def test_prompt_lengths_refuse_a_prompt_with_no_room_to_answer_and_warn_of_cut_ones():
+    from plugins.trainers._grpo import prompt_lengths
+
+    model, tokenizer = causal_model(), word_tokenizer()
+    tokenizer.model_max_length = 5
+    short, long = "w3 w4", " ".join(["w5"] * 8)
+    assert prompt_lengths([short], tokenizer, model, MAX_NEW) == []
+    (warning,) = prompt_lengths([short, long, short], tokenizer, model, MAX_NEW)
+    assert "1 of 3 training prompts are longer than tokenizer.max_length (5 tokens; the longest has 8)" in warning
+    limit = model.config.n_positions
+    assert prompt_lengths([" ".join(["w5"] * (limit - MAX_NEW))], tokenizer, model, MAX_NEW)  # fits: a warning
+    with pytest.raises(FinetuneError, match=f"needs {limit + 1} positions, and the model has {limit}"):
+        prompt_lengths([" ".join(["w5"] * (limit - MAX_NEW + 1))], tokenizer, model, MAX_NEW)
+
+
 def recipe_problems(change, tmp_path) -> str:
     """The recipe errors of tests/test_grpo_runs.py's recipe as `change` rewrites it (one must be found)."""
     from runner import RecipeError, load_recipe

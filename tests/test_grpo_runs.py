@@ -105,6 +105,16 @@ def test_a_grpo_run_logs_its_rewards_and_scores_held_out_answers_before_and_afte
     assert "Rewarded answers" in report and examples[0]["reference"] in report
 
 
+def test_eval_of_a_finished_grpo_run_scores_its_answers_with_the_rewards_again(lora):
+    _, run = lora
+    assert cli("eval", run.path, "--split", "test") == 0
+    (saved,) = (run.path / "evaluations").glob("test-*.json")
+    again = json.loads(saved.read_text())
+    reported = json.loads((run.path / "evaluation.json").read_text())["finetuned"]["test"]
+    for key in ("reward/answer_match", "reward/format", "reward", "pass_rate", "exact_match", "loss"):
+        assert again[key] == pytest.approx(reported[key]), key  # the reloaded model answers alike
+
+
 def test_a_killed_lora_grpo_run_resumes_to_the_same_steps_bitwise(lora, tmp_path):
     from runner.storage import checkpoints
     from tests.test_resume import start, wait_for

@@ -3,6 +3,8 @@
 
 - `prompt_rows`: the training rows as TRL samples them: each row's prompt rendered by its task (the chat
   template and its generation prompt, as the task's own generation renders it) and the row's index;
+- `prompt_lengths`: what the prompts' token lengths mean for the run: an error where a prompt and its
+  answer cannot fit the model's positions, a warning where the held-out evaluation will cut prompts;
 - `RowsForRewards`: the rows as read, with the task's reference answer, that the recipe's rewards see;
 - `reward_functions`: each `runner.Reward` as the callable TRL calls, checked (`Reward.checked_scores`);
 - `suspects`: the check for reward hacking — answers training favoured (above their group's mean) whose
@@ -53,6 +55,36 @@ def prompt_rows(parts, tokenizer, rows: RowsForRewards):
         prompts += [prompt for prompt, _ in rendered]
         index += list(rows.add(dataset, [reference for _, reference in rendered]))
     return Dataset.from_dict({"prompt": prompts, ROW: index})
+
+
+def prompt_lengths(prompts: list[str], tokenizer, model, completion: int) -> list[str]:
+    """Warnings about the prompts' token lengths; a FinetuneError where sampling cannot work.
+
+    TRL samples from the whole prompt (it never cuts one): a prompt whose tokens and `completion` new
+    ones exceed the model's position limit would fail deep inside sampling, so it is refused here. The
+    held-out evaluation keeps a prompt's last tokenizer.max_length tokens (plugins/tasks/_chat_answers.py):
+    a model trained on whole prompts would be scored on cut ones, which the warning says."""
+    from runner import FinetuneError
+
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] or [0]
+    longest = max(lengths)
+    config = getattr(model, "config", None)
+    limit = next((v for v in (getattr(config, n, None) for n in ("max_position_embeddings", "n_positions")) if v), None)
+    if isinstance(limit, int) and longest + completion > limit:
+        raise FinetuneError(
+            f"the longest training prompt has {longest} tokens: with max_completion_length {completion} it needs "
+            f"{longest + completion} positions, and the model has {limit}",
+            hint="shorten the prompts (filter the data), or lower training.max_completion_length",
+        )
+    cut = sum(n > tokenizer.model_max_length for n in lengths)
+    if not cut:
+        return []
+    return [
+        f"{cut} of {len(lengths)} training prompts are longer than tokenizer.max_length "
+        f"({tokenizer.model_max_length} tokens; the longest has {longest}): training samples from the whole "
+        "prompt, the held-out evaluation keeps the last tokenizer.max_length tokens of each — raise "
+        "tokenizer.max_length to score whole prompts"
+    ]
 
 
 def reward_functions(rewards, rows: RowsForRewards) -> list:

@@ -199,7 +199,13 @@ class GRPO(HF):
         return self.options.max_completion_length or getattr(task.options, "max_new_tokens", None) or 128
 
     def _make_trainer(self, job, has_eval: bool, callbacks: list):
-        from plugins.trainers._grpo import RowsForRewards, make_sampling_trainer_class, prompt_rows, reward_functions
+        from plugins.trainers._grpo import (
+            RowsForRewards,
+            make_sampling_trainer_class,
+            prompt_lengths,
+            prompt_rows,
+            reward_functions,
+        )
         from plugins.trainers._reference import frozen_reference
 
         o = self.options
@@ -213,10 +219,13 @@ class GRPO(HF):
             job.model.generation_config.eos_token_id = stop
         rows = RowsForRewards()
         train = prompt_rows(job.rows, job.tokenizer, rows)
+        completion = self._max_completion_length(job.task)
+        for warning in prompt_lengths(list(train["prompt"]), job.tokenizer, job.model, completion):
+            job.events.warn(warning)
         config = self._config_class()(
             **self._argument_values(job, False),
             num_generations=o.generations,
-            max_completion_length=self._max_completion_length(job.task),
+            max_completion_length=completion,
             temperature=o.temperature,
             top_p=o.top_p,
             top_k=o.top_k,

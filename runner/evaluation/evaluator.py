@@ -175,6 +175,15 @@ class Evaluator:
             self._asked[split] = ([p for _, pairs in work for p, _ in pairs], asked)
         return predictions, references
 
+    def answer_scores(self, model, split: str) -> dict[str, float]:
+        """The scores of `model`'s own greedy answers on `split`: the text metrics and the rewards
+        (`finetune eval` of a finished run; a run's evaluation adds intervals and baselines itself)."""
+        if not (self.text_metrics or self.rewards):
+            return {}
+        predictions, references = self.answers(model, split)
+        out = self.text_scores(predictions, references) if self.text_metrics else {}
+        return {**out, **(self._rewarded(split, predictions).summary() if self.rewards else {})}
+
     def comparable(self, predictions: list[str], references: list[str]) -> tuple[list[str], list[str]]:
         """Answers and references as the text metrics compare them: the way the model can write.
         A tokenizer that lowercases makes every answer lower-case, so both sides are lower-cased

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from runner.components import RunContext, TrainJob
 from runner.errors import FinetuneError
-from runner.evaluation.evaluator import MetricsComputer
+from runner.evaluation.evaluator import Evaluator, MetricsComputer, SplitRows
 from runner.pipeline.run import quiet_libraries
 from runner.pipeline.steps import BASE_MODEL, MODEL_META
 from runner.recipe.resolved import Recipe
@@ -105,6 +105,29 @@ def evaluate_run(run_dir: RunDir, split: str, debug: bool = False) -> Reevaluati
         events=None,
     )
     result = trainer.evaluate(job, encoded[split])
+    rewards = [spec.create() for spec in recipe.rewards]
+    for reward in rewards:
+        reward.prepare(done.ctx)
+    evaluator = Evaluator(
+        options=recipe.evaluation,
+        trainer=trainer,
+        task=task,
+        tokenizer=done.tokenizer,
+        max_length=done.meta["max_length"],
+        metrics=metrics,
+        collator=job.collator,
+        splits={split: SplitRows([(s.task, s.splits[split]) for s in data.parts(split)], encoded[split])},
+        train_rows=None,
+        seed=recipe.run.seed,
+        events=None,
+        checkpoint_dir=job.checkpoint_dir,
+        rewards=rewards,
+    )
+    try:  # the answers' own scores, as the run's final evaluation has them
+        result.update(evaluator.answer_scores(done.model, split))
+    finally:
+        for reward in rewards:
+            reward.close()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     write_json(run_dir.path / "evaluations" / f"{split}-{stamp}.json", result)
     return Reevaluation(result, len(encoded[split]), recipe.name)
