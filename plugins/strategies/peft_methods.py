@@ -60,19 +60,23 @@ class PeftStrategy(Strategy):
     def apply(self, model, ctx, spec):
         from peft import get_peft_model, prepare_model_for_kbit_training
 
+        from plugins.strategies._lora_casts import skip_autocast_input_casts
+
         model_type = getattr(model.config, "model_type", "?")
         if getattr(model, "is_quantized", False):
             # Norms, embeddings and head in fp32 for stable adapter training; gradient checkpointing
             # is the trainer's (transformers 5 checkpoints without reentrancy, so inputs need no grad).
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         try:
-            return get_peft_model(model, self.peft_config(model, ctx, spec, TASK_TYPES[spec.head]))
+            adapted = get_peft_model(model, self.peft_config(model, ctx, spec, TASK_TYPES[spec.head]))
         except (ValueError, TypeError, KeyError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FinetuneError(
                 f"strategy '{self.name}' cannot adapt this '{model_type}' model: {detail}",
                 hint="name the modules with strategy.target_modules, or choose another strategy",
             ) from exc
+        skip_autocast_input_casts(adapted)  # exact: see plugins/strategies/_lora_casts.py
+        return adapted
 
     def saves_adapter(self) -> bool:
         return True
@@ -89,7 +93,12 @@ class PeftStrategy(Strategy):
 class LoraOptions(Options):
     r: int = Field(default=8, gt=0, description="Rank of the update matrices.")
     alpha: PositiveFloat = Field(default=16, description="Scaling numerator: updates are scaled by alpha / r.")
-    dropout: Fraction = Field(default=0.05, description="Dropout on the adapter input.")
+    dropout: Fraction | None = Field(
+        default=None,
+        description="Dropout on the adapter input. Default: 0 for a language model (causal LM), as peft, torchtune, "
+        "LLaMA-Factory and Unsloth default, and what lets mixed precision skip a copy of each adapter's input; "
+        "0.05 for the other heads (small classification data).",
+    )
     target_modules: list[str] | Literal["all-linear"] | None = TargetModules
     modules_to_save: list[str] | None = ModulesToSave
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases train.")
@@ -118,7 +127,7 @@ class Lora(PeftStrategy):
         return LoraConfig(
             r=o.r,
             lora_alpha=o.alpha,
-            lora_dropout=o.dropout,
+            lora_dropout=o.dropout if o.dropout is not None else (0.0 if spec.head == "causal_lm" else 0.05),
             target_modules=o.target_modules or self.default_targets(model),
             modules_to_save=o.modules_to_save,
             bias=o.bias,
