@@ -35,6 +35,7 @@ BUILTIN = {
     "trainer_kto": "plugins.trainers.kto",
     "trainer_orpo": "plugins.trainers.orpo",
     "trainer_reward": "plugins.trainers.reward",
+    "extractors": "plugins.rewards.extractors",
     "reward_answer_match": "plugins.rewards.answer_match",
     "reward_text_rules": "plugins.rewards.text_rules",
     "reward_model_score": "plugins.rewards.model_score",

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 from runner.components import (
     GROUP_COLUMN,
+    AnswerExtractor,
     Audit,
     AuditData,
     AuditOptions,
@@ -52,6 +53,7 @@ from runner.hookspecs import hookimpl
 from runner.options import (
     MAX_BATCH,
     MAX_STEPS,
+    ComponentOf,
     DirPath,
     FilePath,
     Fraction,
@@ -72,14 +74,16 @@ from runner.toolkit.collate import PackedCollator, PadCollator
 from runner.toolkit.hub import hub_load_error, is_offline
 from runner.toolkit.modeling import auto_class, token_losses
 
-# The Python API of the front door (runner/running, docs/python-api.md): loaded when first used, so
-# that importing runner (every plugin does, and `finetune --help`) stays as light as before.
+# The Python API of the front door (runner/running, docs/python-api.md), and `create_component` (it needs
+# the plugin manager): loaded when first used, so that importing runner (every plugin does, and
+# `finetune --help`) stays as light as before.
 FRONT_DOOR = {
     "FinishedRun": "runner.running.finished",
     "InProcess": "runner.running.starting",
     "Launch": "runner.distributed.launch",
     "Plan": "runner.running.planning",
     "Recipe": "runner.recipe.resolved",
+    "create_component": "runner.plugins.manager",
     "RunOutcome": "runner.running.starting",
     "load_recipe": "runner.running.recipes",
     "open_run": "runner.running.finished",
@@ -100,6 +104,7 @@ def __getattr__(name: str):
 
 __all__ = [
     *FRONT_DOOR,
+    "AnswerExtractor",
     "Audit",
     "AuditData",
     "AuditOptions",
@@ -107,6 +112,7 @@ __all__ = [
     "AuditSubject",
     "CHECKPOINT_MANIFEST",
     "Component",
+    "ComponentOf",
     "DataError",
     "DataSource",
     "DataSourceOptions",

@@ -68,6 +68,12 @@ def register_rewards(register: Register) -> None:
 
 
 @hookspec
+def register_extractors(register: Register) -> None:
+    """Register `runner.AnswerExtractor` subclasses: how a reward finds the final answer in a completion
+    (`[[rewards]] type = "answer_match"`, `extract = ...`)."""
+
+
+@hookspec
 def register_engines(register: Register) -> None:
     """Register `runner.Engine` subclasses: how training spreads over processes
     (`[distributed] engine = ...`)."""

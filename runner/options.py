@@ -9,7 +9,7 @@ and integers are accepted where a float is expected.
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -41,6 +41,26 @@ DirPath = Annotated[str, _FileMarker(directory=True)]
 HubOrPath = Annotated[str, _FileMarker(must_exist=False, hub=True)]
 """A Hugging Face Hub id ("gpt2", "org/name") or a local directory. A value that exists relative to
 the recipe, or that starts with "/", "./", "../" or "~", is a local path and must exist."""
+
+
+class _ComponentMarker:
+    """Marks an option that names a registered component of another kind (see `ComponentOf`)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"ComponentOf({self.kind!r})"
+
+
+def ComponentOf(kind: str) -> Any:
+    """The type of an option that names a registered component of `kind`, inside another component's
+    options: a name (`extract = "last_number"`) or a table with `type` and that component's options
+    (`extract = { type = "json_field", field = "answer" }`). Validation checks the name (with a
+    did-you-mean) and the options at their key paths as for any component; the component that holds
+    the option builds it with `runner.create_component(kind, value)`. A recipe still names only
+    registered components."""
+    return Annotated[str | dict[str, Any], _ComponentMarker(kind)]
 
 
 # Bounds on counts that no machine reaches: a value beyond them is a typo (1e300 epochs), and

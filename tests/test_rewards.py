@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from runner import FinetuneError, RecipeError, Reward, hookimpl, load_recipe
+from runner import AnswerExtractor, FinetuneError, Options, RecipeError, Reward, hookimpl, load_recipe
 from runner.testing import RewardContract
 from tests.conftest import tiny_recipe
 
@@ -189,7 +189,7 @@ def test_boxed_takes_the_last_box_with_its_nested_braces():
 
 
 def test_json_field_reads_the_last_top_level_object():
-    reward = make_reward("answer_match", extract="json_field", field="answer")
+    reward = make_reward("answer_match", extract={"type": "json_field", "field": "answer"})
     completions = [
         'draft {"answer": 1} final {"answer": 42, "why": {"answer": 0}}',
         '{"answer": "Paris"} and then {not json',
@@ -206,10 +206,47 @@ def test_json_field_reads_the_last_top_level_object():
 
 
 def test_after_reads_the_rest_of_the_line_after_the_last_marker():
-    reward = make_reward("answer_match", extract="after", marker="Answer:")
+    reward = make_reward("answer_match", extract={"type": "after", "marker": "Answer:"})
     completions = ["Answer: 3\nwait.\nAnswer:  Blue whale \nthanks", "Answer:\n5", "no marker"]
     assert reward.extracted(completions) == ["Blue whale", None, None]
     assert score(reward, completions, [{"answer": "blue whale."}] * 3) == [1.0, 0.0, 0.0]
+
+
+class FencedCode(AnswerExtractor):
+    """The last fenced code block of `language` (a third party's extractor, with an option of its own)."""
+
+    name = "fenced_code"
+
+    class Options(Options):
+        language: str
+
+    def extract(self, text):
+        fence = "```" + self.options.language + "\n"
+        at = text.rfind(fence)
+        end = text.find("```", at + len(fence)) if at >= 0 else -1
+        return text[at + len(fence) : end].strip() if end >= 0 else None
+
+
+def test_a_plugin_s_extractor_is_named_in_a_recipe_like_a_built_in(tmp_path):
+    from runner.plugins.manager import Plugins, reset_plugins
+
+    plugin = types.ModuleType("fenced_code_plugin")
+    plugin.register_extractors = hookimpl(lambda register: register(FencedCode))
+    plugin.register_trainers = hookimpl(lambda register: register(fake_grpo_class()))
+    plugins = Plugins(extra=[plugin])
+    reset_plugins(plugins)  # the run builds nested components from the process's plugins
+    table = (
+        '\n[[rewards]]\ntype = "answer_match"\nnormalize = false\nextract = { type = "fenced_code", language = "%s" }\n'
+    )
+    assert "rewards[0].extract.language: required key is missing" in problems(
+        tmp_path, table.replace(', language = "%s"', ""), plugins=plugins
+    )
+    path = tiny_recipe(tmp_path / "ok.toml", extra=table % "python")
+    path.write_text(path.read_text().replace("[training]\n", '[training]\ntype = "fake_grpo"\n'))
+    reward = load_recipe(path, plugins=plugins).rewards[0].create()
+    completions = ["```python\nprint(1)\n```", "```js\nprint(1)\n```", "print(1)"]
+    assert score(reward, completions, [{"answer": "print(1)"}] * 3) == [1.0, 0.0, 0.0]
+    assert reward.extracted(completions) == ["print(1)", None, None]
 
 
 def test_reference_extract_finds_the_reference_in_a_worked_solution():
@@ -225,23 +262,11 @@ def test_a_row_without_the_column_is_an_error_naming_it_and_the_row_columns():
     assert "prompt, answer" in caught.value.message and "answer_match" in caught.value.message
 
 
-@pytest.mark.parametrize(
-    ("options", "key", "message"),
-    [
-        ({"field": "x"}, ("field",), "json_field"),
-        ({"marker": "A:"}, ("marker",), "after"),
-        ({"extract": "json_field"}, ("field",), "needs `field`"),
-        ({"extract": "after"}, ("marker",), "needs `marker`"),
-        ({"reference_extract": "after"}, ("marker",), "reference_extract = 'after' needs"),
-        ({"correct": 0.0}, ("correct",), "alike"),
-    ],
-)
-def test_options_that_do_not_fit_the_extractor_are_found_by_check(options, key, message):
+def test_answer_match_refuses_a_right_answer_scored_like_a_wrong_one():
     cls = make_reward("answer_match").__class__
     recipe = types.SimpleNamespace(training=types.SimpleNamespace(cls=FakeGRPO, name="fake_grpo"))
-    found = list(cls.check(cls.Options.model_validate(options), recipe))
-    assert [k for k, _ in found] == [key], found
-    assert message in found[0][1]
+    found = list(cls.check(cls.Options.model_validate({"correct": 0.0}), recipe))
+    assert [k for k, _ in found] == [("correct",)] and "alike" in found[0][1], found
     assert not list(cls.check(cls.Options.model_validate({}), recipe))
 
 
@@ -353,8 +378,16 @@ def test_two_rewards_of_one_type_need_distinct_names(tmp_path, plugins):
 @pytest.mark.parametrize(
     ("table", "key", "message"),
     [
-        ('type = "answer_match"\nmarker = "A:"', "rewards[0].marker", "after"),
-        ('type = "answer_match"\nextract = "last_word"', "rewards[0].extract", "last_number"),
+        ('type = "answer_match"\nmarker = "A:"', "rewards[0].marker", "unknown key"),
+        ('type = "answer_match"\nextract = "last_word"', "rewards[0].extract:", "did you mean 'last_number'"),
+        ('type = "answer_match"\nextract = "my.module.extract"', "rewards[0].extract:", "never import paths"),
+        ('type = "answer_match"\nextract = "json_field"', "rewards[0].extract.field", "required key is missing"),
+        ('type = "answer_match"\nextract = {{ type = "after", mark = "A:" }}', "rewards[0].extract.mark", "'marker'"),
+        (
+            'type = "answer_match"\nreference_extract = {{ type = "boxd" }}',
+            "rewards[0].reference_extract.type",
+            "boxed",
+        ),
         ('type = "answer_match"\ncolum = "x"', "rewards[0].colum", "column"),
         ('type = "format"\npattern = "(unclosed"', "rewards[0].pattern", "not a regular expression"),
         ('type = "length_penalty"\nlimit = 0', "rewards[0].limit", "greater than or equal to 1"),

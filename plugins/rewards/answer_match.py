@@ -1,46 +1,41 @@
 """Reward `answer_match`: is the completion's final answer the one the row's reference column holds?
 
-The recipe picks an extractor (`extract`, plugins/rewards/_extractors.py): the last number, the
-content of the last `\\boxed{}`, a field of the last JSON object, the text after a marker, or the
-whole text. The extracted answer is compared with the row's `column` (a list there: any of them),
-normalised by default (case, spaces, a trailing period; numbers as numbers, so "1,000" is 1000 and
-"3.0" is 3). A match scores `correct`, anything else `wrong` — a completion where the extractor finds
-nothing too; `extracted` lets the trainer count those (the reward-hacking check: rewards rising while
-answers go unfound). `reference_extract` finds the reference in a longer text (a worked solution
-ending in its number). A row without a reference (None, or nothing extracted) is skipped: its score
-is None.
+The recipe picks a registered extractor (`extract`; the built-ins in plugins/rewards/extractors.py): the
+last number, the content of the last `\\boxed{}`, a field of the last JSON object, the text after a
+marker, or the whole text — or one a plugin package registers. The extracted answer is compared with
+the row's `column` (a list there: any of them), normalised by default (case, spaces, a trailing period;
+numbers as numbers, so "1,000" is 1000 and "3.0" is 3). A match scores `correct`, anything else
+`wrong` — a completion where the extractor finds nothing too; `extracted` lets the trainer count those
+(the reward-hacking check: rewards rising while answers go unfound). `reference_extract` finds the
+reference in a longer text (a worked solution ending in its number). A row without a reference (None,
+or nothing extracted) is skipped: its score is None.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from plugins.rewards._extractors import EXTRACTORS, NEEDS, same
-from runner import FinetuneError, Reward, RewardOptions, clip, hookimpl
-
-Extractor = Literal[tuple(EXTRACTORS)]  # type: ignore[valid-type]  # the registered names
+from plugins.rewards.extractors import same
+from runner import ComponentOf, FinetuneError, Reward, RewardOptions, clip, create_component, hookimpl
 
 
 class AnswerMatchOptions(RewardOptions):
     """Options of the `answer_match` reward."""
 
     column: str = Field(default="answer", min_length=1, description="The row's column with the reference answer.")
-    extract: Extractor = Field(  # type: ignore[valid-type]
+    extract: ComponentOf("extractor") = Field(  # type: ignore[valid-type]
         default="last_number",
-        description="How the answer is found in the completion: `last_number` (thousands commas removed), `boxed` "
-        "(the last \\boxed{...}), `json_field` (`field` of the last JSON object), `after` (the rest of the line "
-        "after the last `marker`), `whole` (the completion, stripped).",
+        description="How the answer is found in the completion: a registered extractor, by name or as a table with "
+        "its options. Built in: `last_number` (thousands commas removed), `boxed` (the last \\boxed{...}), "
+        '`{ type = "json_field", field = "answer" }` (a field of the last JSON object), `{ type = "after", marker = '
+        '"Answer:" }` (the rest of the line after the last marker), `whole` (the completion, stripped).',
     )
-    reference_extract: Extractor | None = Field(  # type: ignore[valid-type]
+    reference_extract: ComponentOf("extractor") | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Find the reference in the column's text with this extractor too (GSM8K's answers end in "
         "'#### 72': 'last_number'); unset: the column holds the answer itself.",
-    )
-    field: str | None = Field(default=None, min_length=1, description="The JSON field `extract = 'json_field'` reads.")
-    marker: str | None = Field(
-        default=None, min_length=1, description="The text the answer follows, for `extract = 'after'` (`Answer:`)."
     )
     normalize: bool = Field(
         default=True,
@@ -64,17 +59,13 @@ class AnswerMatch(Reward):
         # The column the recipe names, for a core that reads a reward's columns on the instance;
         # the class's `columns` cannot say it, so `scores` checks each row too.
         self.columns = (options.column,)
+        self.extractor = create_component("extractor", options.extract)
+        given = options.reference_extract
+        self.reference_extractor = create_component("extractor", given) if given is not None else None
 
     @classmethod
     def check(cls, options, recipe):
         yield from super().check(options, recipe)
-        used = {options.extract, options.reference_extract}
-        for key, extractor in NEEDS.items():
-            if getattr(options, key) is not None and extractor not in used:
-                yield (key,), f"`{key}` is read by extract = '{extractor}' only (extract is '{options.extract}')"
-            if getattr(options, key) is None and extractor in used:
-                which = "extract" if options.extract == extractor else "reference_extract"
-                yield (key,), f"{which} = '{extractor}' needs `{key}`"
         if options.correct == options.wrong:
             yield ("correct",), f"`correct` and `wrong` are both {options.correct:g}: every answer would score alike"
 
@@ -84,8 +75,7 @@ class AnswerMatch(Reward):
 
     def extracted(self, completions: list[str]) -> list[str | None]:
         """The answer found in each completion, or None where the extractor finds none."""
-        extract = EXTRACTORS[self.options.extract]
-        return [extract(text, self.options) for text in completions]
+        return [self.extractor.extract(text) for text in completions]
 
     def reference(self, value: Any) -> Any:
         """The row's reference answer (or answers: a list), extracted with `reference_extract` when
@@ -93,9 +83,9 @@ class AnswerMatch(Reward):
         if isinstance(value, list | tuple):
             found = [r for r in (self.reference(v) for v in value) if r is not None]
             return found or None
-        if self.options.reference_extract is None or value is None:
+        if self.reference_extractor is None or value is None:
             return value
-        return EXTRACTORS[self.options.reference_extract](str(value), self.options)
+        return self.reference_extractor.extract(str(value))
 
     def scores(self, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> list[float | None]:
         o = self.options

@@ -27,6 +27,7 @@ SECTION_OF_KIND = {
     "data_source": "[[data.sources]]",
     **{kind: f"[{section}]" for section, (kind, _default) in SECTIONS.items()},
     **{kind: f"[[{section}]]" for section, kind in LISTS.items()},
+    "extractor": "[[rewards]] extract = ...",  # named inside a reward's options (runner.ComponentOf)
 }
 assert set(SECTION_OF_KIND) == set(KINDS)
 # What a section says when no component of its kind is registered.

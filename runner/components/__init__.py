@@ -23,7 +23,7 @@ from runner.components.evaluation import (
 from runner.components.models import Model, ModelSpec, Tokenizer, TokenizerOptions
 from runner.components.objectives import PairLogProbs, PairObjective
 from runner.components.reporters import Reporter
-from runner.components.rewards import Reward, RewardOptions
+from runner.components.rewards import AnswerExtractor, Reward, RewardOptions
 from runner.components.tasks import Task
 from runner.components.training import Engine, EngineOptions, Sharding, Strategy, Trainer, TrainJob, TrainOutcome
 
@@ -38,6 +38,7 @@ KINDS: dict[str, type[Component]] = {
         Trainer,
         PairObjective,
         Reward,
+        AnswerExtractor,
         Engine,
         Metric,
         Reporter,
@@ -48,6 +49,7 @@ KINDS: dict[str, type[Component]] = {
 __all__ = [
     "GROUP_COLUMN",
     "KINDS",
+    "AnswerExtractor",
     "SPLITS",
     "Audit",
     "AuditData",

@@ -125,3 +125,17 @@ class Reward(Component):
             f"reward '{self.key()}' scored answer {i} of its batch {what}, not a finite number or None "
             f"(prompt: {clip(prompts[i])!r}; answer: {clip(completions[i])!r})"
         )
+
+
+class AnswerExtractor(Component):
+    """Finds the final answer in a completion's text: what a reward such as `answer_match` compares with
+    the reference (and what the trainers' reward-hacking check counts when nothing is found).
+
+    A reward names one by an option typed `runner.ComponentOf("extractor")`: `extract = "boxed"`, or a
+    table with the extractor's options, `extract = { type = "json_field", field = "answer" }`."""
+
+    kind = "extractor"
+
+    def extract(self, text: str) -> str | None:
+        """The answer found in `text`, as text; None where there is none."""
+        raise NotImplementedError

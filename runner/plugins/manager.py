@@ -32,6 +32,7 @@ HOOK_OF_KIND = {
     "trainer": "register_trainers",
     "objective": "register_objectives",
     "reward": "register_rewards",
+    "extractor": "register_extractors",
     "engine": "register_engines",
     "metric": "register_metrics",
     "reporter": "register_reporters",
@@ -154,6 +155,20 @@ def get_plugins() -> Plugins:
     if _DEFAULT is None:
         _DEFAULT = Plugins()
     return _DEFAULT
+
+
+def create_component(kind: str, value: str | dict):
+    """The component an option typed `runner.ComponentOf(kind)` names (validated with the recipe): a name,
+    or a table with `type` and the component's options."""
+    from runner.errors import FinetuneError
+
+    table = {"type": value} if isinstance(value, str) else dict(value)
+    name = table.pop("type", None)
+    cls = get_plugins().registry.get(kind, name) if isinstance(name, str) else None
+    if cls is None:
+        noun = kind.replace("_", " ")
+        raise FinetuneError(f"no {noun} {name!r} is registered", hint=f"finetune reference --kind {kind}")
+    return cls(cls.Options.model_validate(table))
 
 
 def reset_plugins(plugins: Plugins | None = None) -> None:

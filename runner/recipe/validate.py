@@ -8,6 +8,7 @@ feed). Nothing in a recipe can name code: a `type` is looked up among registered
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import Issue, KeyPath, PluginError, RecipeError, clip
-from runner.options import Options
+from runner.options import Options, _ComponentMarker
 from runner.plugins.registry import Registry
 from runner.recipe.combinations import engine_problems, packing_problems, quantization_problems
 from runner.recipe.keys import parse_key_path
@@ -88,6 +89,16 @@ def _fields_at(model: type[BaseModel], path: KeyPath) -> list[str] | None:
             return None
         current = nxt
     return sorted({name for m in current for name in m.model_fields})
+
+
+def _component_marker(annotation: Any, metadata: list) -> _ComponentMarker | None:
+    """The `runner.ComponentOf` marker of an option: in pydantic's metadata, or inside an Optional."""
+    found = next((m for m in metadata if isinstance(m, _ComponentMarker)), None)
+    if found is None and typing.get_origin(annotation) is typing.Annotated:
+        found = next((m for m in typing.get_args(annotation)[1:] if isinstance(m, _ComponentMarker)), None)
+    for arg in typing.get_args(annotation) if found is None else ():
+        found = found or _component_marker(arg, [])
+    return found
 
 
 class Validator:
@@ -204,7 +215,26 @@ class Validator:
         if options is None:
             return None
         resolve_paths(options, key, self.source, self.issue, self.registry.packs)
+        self._nested(options, key)
         return ComponentSpec(kind=kind, name=name, cls=cls, options=options, key=key, tag=tag)
+
+    def _nested(self, options: Options, key: KeyPath) -> None:
+        """The components an option names (`runner.ComponentOf`), checked like any component: a name
+        alone (`extract = "boxed"`) is answered at its own key, a table at its keys."""
+        for field_name, field in type(options).model_fields.items():
+            marker = _component_marker(field.annotation, field.metadata)
+            value = getattr(options, field_name)
+            if marker is None or value is None:
+                continue
+            at = (*key, field_name)
+            if isinstance(value, dict):
+                self.component(marker.kind, value, at)
+                continue
+            before = len(self.issues)
+            self.component(marker.kind, {"type": value}, at)
+            for i in range(before, len(self.issues)):  # no `type` key to point at: the option is the name
+                if self.issues[i].key == (*at, "type"):
+                    self.issues[i] = dataclasses.replace(self.issues[i], key=at, location=self.source.locate(at))
 
     def component_list(self, kind: str, raw: Any, key: KeyPath) -> list[ComponentSpec]:
         if not isinstance(raw, list):
