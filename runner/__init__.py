@@ -73,6 +73,8 @@ from runner.storage.checkpoints import written_by as checkpoint_written_by
 from runner.toolkit.collate import PackedCollator, PadCollator
 from runner.toolkit.hub import hub_load_error, is_offline
 from runner.toolkit.modeling import auto_class, token_losses
+from runner.toolkit.varlen_attention import problems as varlen_attention_problems
+from runner.toolkit.varlen_attention import register as register_varlen_attention
 
 # The Python API of the front door (runner/running, docs/python-api.md), and `create_component` (it needs
 # the plugin manager): loaded when first used, so that importing runner (every plugin does, and
@@ -165,8 +167,10 @@ __all__ = [
     "key_paths",
     "latest_checkpoint",
     "mark_checkpoint_complete",
+    "register_varlen_attention",
     "rotate_checkpoints",
     "sha256_file",
     "token_losses",
+    "varlen_attention_problems",
     "world_size",
 ]

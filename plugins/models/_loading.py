@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from runner import Options
+from runner import FinetuneError, Options, register_varlen_attention, varlen_attention_problems
 
 COMPUTE_DTYPES = Literal["float32", "bfloat16", "float16"]
-KERNELS = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
+KERNELS = Literal["eager", "sdpa", "flash_attention_2", "flex_attention", "varlen"]
 # The packages a kernel needs beyond torch, and the pip name that provides each.
 KERNEL_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn")}
 # Options that mean something for 4-bit weights only.
@@ -77,8 +77,10 @@ class LoadingOptions(Options):
     )
     attn_implementation: KERNELS | None = Field(
         default=None,
-        description="Attention kernel: 'eager', 'sdpa', 'flash_attention_2' (CUDA, the flash-attn package) "
-        "or 'flex_attention' (default: transformers' choice for the architecture).",
+        description="Attention kernel: 'eager', 'sdpa', 'flash_attention_2' (CUDA, the flash-attn package), "
+        "'flex_attention', or the runner's 'varlen' (packed rows through a variable-length flash kernel on CUDA; "
+        "sdpa per sample elsewhere). Default: 'varlen' for packed rows on a CUDA GPU in 16 bits where the "
+        "model can take it, else transformers' choice for the architecture.",
     )
 
 
@@ -118,11 +120,31 @@ def check_loading(options) -> list[tuple[tuple, str]]:
     return problems
 
 
+def kernel(options) -> str | None:
+    """The attn_implementation to build with, made known to transformers first where it is the
+    runner's own ('varlen': runner.toolkit.varlen_attention)."""
+    if options.attn_implementation == "varlen":
+        register_varlen_attention()
+    return options.attn_implementation
+
+
+def check_kernel(model, options):
+    """Refuse a built model that cannot run the kernel the recipe names; return the model."""
+    if options.attn_implementation == "varlen":
+        found = varlen_attention_problems(model)
+        if found:
+            raise FinetuneError(
+                f"model.attn_implementation = 'varlen' cannot run this model: {'; '.join(found)}",
+                hint="use attn_implementation = 'sdpa' (or leave it unset)",
+            )
+    return model
+
+
 def loading_kwargs(options) -> dict[str, Any]:
     """Keyword arguments of `from_pretrained` for the attention kernel and quantization."""
     kwargs: dict[str, Any] = {}
     if options.attn_implementation:
-        kwargs["attn_implementation"] = options.attn_implementation
+        kwargs["attn_implementation"] = kernel(options)
     if options.quantization is not None:
         kwargs["quantization_config"] = options.quantization.bnb_config()
         kwargs["device_map"] = {"": _this_device()}

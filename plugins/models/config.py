@@ -13,7 +13,7 @@ import tempfile
 from pydantic import Field
 
 from plugins.models._config_checks import built_problems, static_problems
-from plugins.models._loading import Loading, LoadingOptions, check_loading, loading_kwargs
+from plugins.models._loading import Loading, LoadingOptions, check_kernel, check_loading, kernel, loading_kwargs
 from plugins.models._transformers_static import architectures, config_fields
 from runner import FinetuneError, Model, ModelSpec, RunContext, auto_class, clip, hookimpl
 
@@ -114,7 +114,7 @@ class FromConfig(Loading, Model):
         except REFUSALS as exc:  # `check_build` normally said so before any data was read
             raise self._refused(exc) from exc
         if self.options.quantization is None:
-            return model
+            return check_kernel(model, self.options)
         # bitsandbytes quantizes weights as transformers loads them: the seeded random weights go
         # through a checkpoint, exactly as a pretrained base would.
         # (Written with safetensors directly: under torch.distributed, `save_pretrained` writes on
@@ -125,20 +125,18 @@ class FromConfig(Loading, Model):
             model.config.save_pretrained(directory)
             save_model(model, f"{directory}/model.safetensors", metadata={"format": "pt"})
             del model
-            return cls.from_pretrained(directory, **loading_kwargs(self.options))
+            return check_kernel(cls.from_pretrained(directory, **loading_kwargs(self.options)), self.options)
 
     def _from_config(self, cls, config):
         # An engine that partitions the weights builds them partitioned here, with the weights one
         # process draws (its `Engine.building` context: DeepSpeed's ZeRO-3).
-        return cls.from_config(config, attn_implementation=self.options.attn_implementation)
+        return cls.from_config(config, attn_implementation=kernel(self.options))
 
     def build_empty(self, ctx: RunContext, spec: ModelSpec):
         import torch
 
         with torch.device("meta"):  # unquantized: `finetune plan` counts the weights at their width
-            return auto_class(spec.head).from_config(
-                self.build_config(spec), attn_implementation=self.options.attn_implementation
-            )
+            return auto_class(spec.head).from_config(self.build_config(spec), attn_implementation=kernel(self.options))
 
     def _refused(self, exc: Exception) -> FinetuneError:
         return FinetuneError(

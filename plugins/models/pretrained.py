@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from plugins.models._loading import Loading, LoadingOptions, check_loading, loading_kwargs
+from plugins.models._loading import Loading, LoadingOptions, check_kernel, check_loading, kernel, loading_kwargs
 from runner import FinetuneError, HubOrPath, Model, ModelSpec, RunContext, auto_class, hookimpl, hub_load_error
 
 DTYPES = Literal["float32", "bfloat16", "float16", "auto"]
@@ -58,7 +58,7 @@ class Pretrained(Loading, Model):
         if embeddings is not None and spec.vocab_size > embeddings.num_embeddings:
             ctx.info(f"resizing token embeddings {embeddings.num_embeddings} -> {spec.vocab_size} (new tokens)")
             model.resize_token_embeddings(spec.vocab_size)
-        return model
+        return check_kernel(model, o)
 
     def _pickled(self) -> FinetuneError:
         return FinetuneError(
@@ -78,7 +78,7 @@ class Pretrained(Loading, Model):
         for key, value in spec.config_overrides().items():
             setattr(config, key, value)
         with torch.device("meta"):
-            return auto_class(spec.head).from_config(config, attn_implementation=o.attn_implementation)
+            return auto_class(spec.head).from_config(config, attn_implementation=kernel(o))
 
     def base_reference(self) -> str | None:
         return self.options.path

@@ -6,10 +6,13 @@ sample is trained to predict the start of the next.
 
 Keeping the samples apart is the model's part. PackedCollator sends position ids that restart at
 every sample and no attention mask. From those position ids transformers builds a block-diagonal
-causal mask for the 'eager', 'sdpa' and 'flex_attention' kernels, and the cumulative sequence
-lengths (cu_seqlens) of a variable-length call for 'flash_attention_2': no token attends to
-another sample, and a sample's loss inside a packed row equals its loss alone
-(tests/test_packing_kernels.py). Not every architecture's modeling code does this (MIXES_PACKED in
+causal mask for the 'eager', 'sdpa' and 'flex_attention' kernels, and the runner's 'varlen' kernel
+(runner.toolkit.varlen_attention, chosen for packed rows on a CUDA GPU) derives the cumulative
+sequence lengths (cu_seqlens) of one variable-length flash call: no token attends to another
+sample, and a sample's loss inside a packed row equals its loss alone
+(tests/test_packing_kernels.py, tests/test_varlen_attention.py). transformers' 'flash_attention_2'
+reads cu_seqlens from the position ids only for a batch of one row, and attends across the samples
+of several: validation refuses it with packing. Not every architecture's modeling code does this (MIXES_PACKED in
 runner.recipe.combinations: a mask built without the position ids, bidirectional attention, a
 recurrent state), nor do peft's virtual tokens (put once in front of each row). Packing that would
 mix samples is refused, never done silently:
@@ -169,6 +172,30 @@ def tolerance(model) -> float:
         dtypes.add(compute)
     eps = max((torch.finfo(d).eps for d in dtypes), default=torch.finfo(torch.float32).eps)
     return max(1e-3, 4 * eps)
+
+
+def packing_kernel(model, requested: str | None, mixed_precision: str | None, info=print) -> str | None:
+    """The attention kernel a packing run trains with: the recipe's, else 'varlen' where it runs its
+    flash kernel (runner.toolkit.varlen_attention.choose), set on the model; else None, transformers'
+    default. A 'varlen' chosen here that lets the probe's samples mix (a model whose attention never
+    sees the position ids) is taken back: the default then keeps them apart, as before."""
+    from runner.toolkit import varlen_attention
+
+    previous = getattr(model.config, "_attn_implementation", None)
+    kernel, why = varlen_attention.use_for_packing(model, requested, mixed_precision)
+    if requested is not None or kernel != varlen_attention.NAME:
+        return requested
+    try:
+        apart = mixing(model) <= tolerance(model)
+    except Exception:  # any failure means: not this kernel
+        apart = False
+    if not apart:
+        model.set_attn_implementation(previous)
+        info(f"attention: '{previous}' for packed rows ('{kernel}' lets this model's packed samples mix)")
+        return None
+    backend = varlen_attention.describe(model, mixed_precision)["backend"]
+    info(f"attention: '{kernel}' for packed rows ({why}; {backend})")
+    return kernel
 
 
 def check_packing(model, kernel: str | None = None) -> float:

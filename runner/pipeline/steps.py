@@ -24,6 +24,7 @@ from runner.pipeline.preparing import DataSteps
 from runner.pipeline.signals import graceful_stop
 from runner.storage import checkpoints
 from runner.storage.rundir import RunDir, atomic_write, publish, read_json, write_json
+from runner.toolkit import varlen_attention
 from runner.toolkit.modeling import (
     auto_class,
     count_parameters,
@@ -93,6 +94,7 @@ class Pipeline(DataSteps):
         self.model_component = recipe.model.create()
         self.strategy = recipe.strategy.create()
         self.engine = recipe.distributed.create()  # asked wherever spreading the work matters
+        self.precision = getattr(recipe.training.options, "mixed_precision", None)  # what attention computes in
         self.recipe_sha256 = hashlib.sha256(run_dir.recipe.read_bytes()).hexdigest()
 
     def run(self) -> RunResult:
@@ -173,7 +175,7 @@ class Pipeline(DataSteps):
         )
 
     def build_model(self) -> None:
-        from runner.pipeline.packing import check_packing
+        from runner.pipeline.packing import check_packing, packing_kernel
 
         self.events.stage("building the model")
         kernel = self.model_component.attention_kernel()
@@ -194,6 +196,7 @@ class Pipeline(DataSteps):
         keep_4bit_layout(model)  # before any forward: see runner/toolkit/quantized.py
         check_positions(model, self.max_length, self.strategy.extra_positions())
         if packing:  # the samples of a packed row must not mix: the base's own attention, before measuring it
+            kernel = packing_kernel(model, kernel, self.precision, self.events.info)
             check_packing(model, kernel)
         self.measure_base(model)
         from transformers import set_seed
@@ -224,6 +227,7 @@ class Pipeline(DataSteps):
             world_size=process_group.world_size(),
             distributed=self.recipe.distributed.as_table(),
         )
+        env["attention"] = varlen_attention.describe(self.model, self.precision)  # the kernel built, chosen or not
         source = self.model_component.source()
         if source is not None:
             env["model_source"] = source

@@ -41,8 +41,10 @@ MIXES_PACKED = frozenset(
     }
 )  # fmt: skip
 # The kernels that measurement covers (None: transformers' default, one of them); 'flash_attention_2'
-# needs CUDA, so a recipe with it is left to the build-time probe.
-MEASURED_KERNELS = (None, "eager", "sdpa", "flex_attention")
+# needs CUDA, and is refused with packing below whatever the architecture. The runner's 'varlen' keeps only
+# the attention apart, as these kernels do: recurrent state, bidirectional attention and position
+# embeddings not reset by the position ids mix samples under it alike, so the table refuses it too.
+MEASURED_KERNELS = (None, "eager", "sdpa", "flex_attention", "varlen")
 
 
 def engine_problems(recipe: Recipe) -> Iterator[Problem]:
@@ -115,6 +117,15 @@ def packing_problems(recipe: Recipe) -> Iterator[Problem]:
         )
     component = model.create()
     architecture, kernel = component.architecture(), component.attention_kernel()
+    if kernel == "flash_attention_2":
+        yield (
+            (*model.key, "attn_implementation"),
+            "packing would mix samples: transformers' 'flash_attention_2' keeps packed samples apart only in a "
+            "batch of one row (it reads their boundaries from the position ids then alone); the runner batches "
+            "several packed rows, which it attends across",
+            "use attn_implementation = 'varlen' (it calls flash-attn's variable-length kernel where flash-attn is "
+            "installed), or leave it unset",
+        )
     if architecture in MIXES_PACKED and kernel in MEASURED_KERNELS:
         shown = f"'{kernel}'" if kernel else "its default"
         yield (

@@ -62,7 +62,8 @@ class PackedCollator:
 
     Each row's position ids restart at every sample it holds; transformers derives a causal mask
     that keeps the samples apart from them, which it does only when there is no attention mask and
-    no cache. Padding at a row's end gets positions of its own, so it forms a separate segment that
+    no cache (the 'varlen' kernel derives its cu_seqlens from them: runner.toolkit.varlen_attention).
+    Padding at a row's end gets positions of its own, so it forms a separate segment that
     no real token attends to, and labels of -100.
     """
 
