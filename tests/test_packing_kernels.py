@@ -145,7 +145,7 @@ def test_packing_with_virtual_tokens_is_a_recipe_error(tmp_path, local_opt):
 
 
 def test_flex_attention_cannot_train_without_cuda(monkeypatch):
-    from runner.pipeline.steps import check_attention_kernel as check_kernel
+    from runner.pipeline.model_checks import check_attention_kernel as check_kernel
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for kernel in (None, "eager", "sdpa", "flash_attention_2"):

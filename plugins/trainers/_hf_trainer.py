@@ -12,7 +12,12 @@ use so that importing the plugin imports neither torch nor transformers:
 - `recorded_best`: the best checkpoint a checkpoint's trainer state records, which a resume on
   another number of processes has the engine make loadable too;
 - `bridge_events`: the callback that passes progress to the run's events and stops at the end of the
-  step when the job is asked to stop (Ctrl-C, SIGTERM).
+  step when the job is asked to stop (Ctrl-C, SIGTERM);
+- `compile_unavailable`, `evaluation_only`: why torch.compile cannot run here; a quantized base
+  evaluated by a Trainer.
+
+The subclass's training steps compute a causal LM's loss chunked (or with Liger's kernel) where the
+trainer set `loss_choice` (plugins/trainers/_fused_loss.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from plugins.trainers._fused_loss import fused_loss
 from runner import (
     FinetuneError,
     PeerFailed,
@@ -113,8 +119,12 @@ def make_trainer_class(base=None):
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weight = inputs.pop("weight", None)
+            fused = getattr(self, "loss_choice", None)  # set by trainer hf (training.loss)
             if weight is not None:
                 result = self._weighted_loss(model, inputs, weight, return_outputs)
+            elif fused and fused.name != "plain" and model.training and not return_outputs and "labels" in inputs:
+                # Training steps only: evaluation returns the logits its metrics read.
+                result = fused_loss(self, model, inputs, num_items_in_batch, fused)
             else:
                 result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = result[0] if return_outputs else result
@@ -291,3 +301,33 @@ def bridge_events(job, state_holder, logged=LOGGED):
             job.events.train_end()
 
     return Bridge()
+
+
+@contextmanager
+def evaluation_only(model):
+    """transformers' Trainer refuses a quantized model without adapters, even one it only evaluates
+    (the base before adapters are attached, measured as the baseline). Its check reads this flag;
+    evaluating changes no weight, so the flag is raised only while the Trainer is built."""
+    if not getattr(model, "is_quantized", False) or getattr(model, "_hf_peft_config_loaded", False):
+        yield
+        return
+    model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        del model._hf_peft_config_loaded
+
+
+def compile_unavailable() -> str | None:
+    """Why torch.compile cannot train here, or None: its default backend (inductor) builds C++ for
+    the CPU, with the compiler $CXX names (g++ by default); on CUDA it uses the Triton torch ships."""
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    compilers = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    if not any(shutil.which(c) for c in compilers):
+        return f"torch.compile on the CPU needs a C++ compiler, and none of {', '.join(compilers)} is on PATH"
+    return None

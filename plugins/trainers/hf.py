@@ -10,24 +10,26 @@ What it adds to the plain Trainer:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import Field, model_validator
-
-from plugins.trainers._hf_trainer import LOGGED, NonFiniteLoss, bridge_events, make_trainer_class, recorded_best
+from plugins.trainers import _fused_loss
+from plugins.trainers._hf_options import BNB_OPTIMIZERS, HFOptions, HFTrainerOptions
+from plugins.trainers._hf_trainer import (
+    LOGGED,
+    NonFiniteLoss,
+    bridge_events,
+    compile_unavailable,
+    evaluation_only,
+    make_trainer_class,
+    recorded_best,
+)
 from runner import (
-    MAX_BATCH,
     MAX_STEPS,
     FinetuneError,
-    Fraction,
-    NonNegativeFloat,
-    Options,
-    PositiveFloat,
     Trainer,
     TrainingDiverged,
     TrainOutcome,
@@ -36,102 +38,12 @@ from runner import (
     world_size,
 )
 
-Interval = Literal["epoch"] | int
-
-# Our names of the bitsandbytes optimizers -> transformers' names.
-BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
-
-
-class HFTrainerOptions(Options):
-    learning_rate: PositiveFloat = Field(default=5e-5, description="Peak learning rate.")
-    batch_size: int = Field(
-        default=16, gt=0, le=MAX_BATCH, description="Rows per device per micro-batch (at most 2**20)."
-    )
-    eval_batch_size: int | None = Field(
-        default=None, gt=0, le=MAX_BATCH, description="Rows per evaluation batch (default: 2x)."
-    )
-    gradient_accumulation_steps: int = Field(
-        default=1, gt=0, le=MAX_BATCH, description="Micro-batches per optimizer step (at most 2**20)."
-    )
-    epochs: PositiveFloat = Field(
-        default=3.0, le=MAX_STEPS, description="Passes over the training data (a run plans at most 10**9 steps)."
-    )
-    max_steps: int | None = Field(
-        default=None,
-        gt=0,
-        le=MAX_STEPS,
-        description="Stop after this many optimizer steps (overrides epochs; at most 10**9).",
-    )
-    weight_decay: NonNegativeFloat = Field(default=0.0, description="AdamW weight decay.")
-    warmup_ratio: Fraction = Field(default=0.0, description="Share of steps spent warming the learning rate up.")
-    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="Warm-up steps (instead of warmup_ratio).")
-    scheduler: Literal[
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-        "constant",
-        "constant_with_warmup",
-        "inverse_sqrt",
-    ] = Field(default="linear", description="Learning-rate schedule after warm-up.")
-    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit"] = (
-        Field(
-            default="adamw_torch",
-            description="Optimizer. 'adamw_8bit' and 'paged_adamw_8bit' (bitsandbytes, the `quantization` extra) keep "
-            "Adam's states in 8 bits; 'paged' lets them spill to CPU memory on a CUDA GPU.",
-        )
-    )
-    max_grad_norm: NonNegativeFloat = Field(default=1.0, description="Clip gradients to this norm (0: no clipping).")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        default="auto", description="'auto': bf16 on GPUs that have it, else fp16 on GPU, none on CPU."
-    )
-    eval_every: Interval = Field(default="epoch", description="Evaluate every N steps, or every 'epoch'.")
-    eval_on_start: bool = Field(default=False, description="Also evaluate before the first step (step 0).")
-    save_every: Interval | None = Field(
-        default=None, description="Checkpoint every N steps or 'epoch' (default: as eval_every)."
-    )
-    log_every: int = Field(default=10, gt=0, le=MAX_STEPS, description="Log training loss every N steps.")
-    keep_checkpoints: int = Field(default=2, gt=0, description="Newest complete checkpoints to keep (plus the best).")
-    keep_best: bool = Field(default=True, description="End with the weights of the best evaluation, not the last.")
-    best_metric: str = Field(
-        default="loss", description="Validation metric that decides 'best': 'loss' or a metric key."
-    )
-    early_stopping_patience: int | None = Field(
-        default=None, gt=0, description="Stop after this many evaluations without improvement."
-    )
-    group_by_length: bool = Field(default=True, description="Batch rows of similar length together (less padding).")
-    gradient_checkpointing: bool | None = Field(
-        default=None,
-        description="Recompute activations to save memory (default: on for a quantized base, off otherwise).",
-    )
-    dataloader_workers: int = Field(default=0, ge=0, le=1024, description="Worker processes loading batches.")
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        for name in ("eval_every", "save_every"):
-            every = getattr(self, name)
-            if isinstance(every, int) and not 0 < every <= MAX_STEPS:
-                raise ValueError(f"{name} must be 'epoch' or a number of steps from 1 to {MAX_STEPS:,} (got {every})")
-        if self.warmup_ratio and self.warmup_steps:
-            raise ValueError("give warmup_ratio or warmup_steps, not both")
-        save = self.save_every if self.save_every is not None else self.eval_every
-        if self.keep_best or self.early_stopping_patience:
-            why = "keep_best" if self.keep_best else "early_stopping_patience"
-            if isinstance(save, int) != isinstance(self.eval_every, int) or (
-                isinstance(save, int) and save % self.eval_every
-            ):
-                raise ValueError(
-                    f"with {why}, checkpoints must fall on evaluations: save_every ({save}) must be "
-                    f"eval_every ({self.eval_every}) or a multiple of it"
-                )
-        return self
-
 
 class HF(Trainer):
     """The Hugging Face Trainer: AdamW, schedules, mixed precision, early stopping, best model."""
 
     name = "hf"
-    Options = HFTrainerOptions
+    Options = HFOptions
     # The engine's settings are keyword arguments of transformers' TrainingArguments (deepspeed=...).
     framework = "transformers"
     # Whether it trains on preference pairs (a task that `produces` "preferences"), and no other task.
@@ -161,6 +73,19 @@ class HF(Trainer):
 
     @classmethod
     def check(cls, options, recipe):
+        loss, head = getattr(options, "loss", None), getattr(recipe.task.cls, "head", "")
+        if loss in ("chunked", "liger") and head not in ("causal_lm", ""):
+            yield (("loss",), f"'{loss}' is a causal language model's loss, and task.type = '{recipe.task.name}' "
+                              f"trains a {head} head: use 'auto' or 'plain'")  # fmt: skip
+        if loss == "liger" and not _fused_loss.liger_installed():
+            yield (
+                ("loss",),
+                "'liger' needs the liger-kernel package (Triton, a CUDA GPU), which is not installed: "
+                "pip install liger-kernel, or use 'chunked'",
+            )
+        if loss == "chunked" and recipe.distributed.create().sharding().zero_stage == 3:
+            why = "each process would gather the output layer a different number of times, and wait for ever"
+            yield (("loss",), f"'chunked' cannot run under ZeRO-3: {why}; use 'auto' or 'plain'")
         if options.optimizer in BNB_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
             yield (
                 ("optimizer",),
@@ -258,6 +183,7 @@ class HF(Trainer):
             full_determinism=job.deterministic,
             activation_checkpointing=self._checkpointing(job.model),
             dataloader_num_workers=o.dataloader_workers,
+            torch_compile=o.compile,
             **self._precision(),
             **(job.engine.trainer_settings(self.framework, job.resume_from) if job.engine else {}),
         )
@@ -295,12 +221,22 @@ class HF(Trainer):
             self.planned_steps(len(job.train), world_size())
         if self.options.early_stopping_patience and not has_eval:
             raise FinetuneError("training.early_stopping_patience needs a validation split, and there is none")
+        if self.options.compile and (why := compile_unavailable()):
+            raise FinetuneError(f"training.compile = true: {why}", hint="install g++ (or set $CXX), or set it false")
         holder: dict = {"fitting": True}
         bridge = bridge_events(job, holder, self.logged)
         callbacks = [bridge]
         if self.options.early_stopping_patience and has_eval:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.options.early_stopping_patience))
         trainer = self._trainer(job, has_eval, callbacks)
+        # the preference trainers' options have no `loss`: they compute their own
+        choice = self.loss_choice(job.model, job.engine) if hasattr(self.options, "loss") else None
+        trainer.loss_choice = choice
+        said = [f"loss: {choice.describe()}"] if choice is not None and choice.name != "plain" else []
+        if self.options.compile:
+            said.append("the model is compiled (torch.compile)")
+        if said:
+            job.events.info("; ".join(said))
         self._last = trainer
         try:
             output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
@@ -337,7 +273,7 @@ class HF(Trainer):
     def evaluate(self, job, dataset) -> dict[str, float]:
         trainer = getattr(self, "_last", None)
         if trainer is None or trainer.model is not job.model:
-            with _evaluation_only(job.model):
+            with evaluation_only(job.model):
                 trainer = self._trainer(job, has_eval=False)
             self._last = trainer
         marked = hasattr(job.model, "_is_accelerate_prepared")
@@ -347,6 +283,23 @@ class HF(Trainer):
             # and each process would train on its own gradients (the base model is evaluated first).
             del job.model._is_accelerate_prepared
         return {k.removeprefix("eval_"): v for k, v in metrics.items()}
+
+    def loss_choice(self, model, engine=None) -> _fused_loss.LossChoice:
+        """The loss training computes (training.loss resolved for this model, machine and engine)."""
+        import torch
+
+        zero_stage = engine.sharding().zero_stage if engine is not None else 0
+        requested = getattr(self.options, "loss", "plain")
+        return _fused_loss.choose(requested, model, cuda=torch.cuda.is_available(), zero_stage=zero_stage)
+
+    def training_speed(self, model, engine=None) -> dict:
+        """training.loss resolved (the preference trainers' options have none: they compute their own)
+        and training.compile."""
+        speed = {"compile": self.options.compile}
+        if hasattr(self.options, "loss"):
+            choice = self.loss_choice(model, engine)
+            speed.update(loss=choice.name, loss_why=choice.why)
+        return speed
 
     def resume_checkpoints(self, checkpoint: Path) -> list[tuple[Path, str, str]]:
         """With keep_best, the best checkpoint so far: the run ends by loading its weights."""
@@ -379,21 +332,6 @@ def divergence_hint(options: HFTrainerOptions) -> str:
         f"lower training.learning_rate (gradients are already clipped to norm {options.max_grad_norm:g}); "
         "check the data for extreme or empty rows"
     )
-
-
-@contextlib.contextmanager
-def _evaluation_only(model):
-    """transformers' Trainer refuses a quantized model without adapters, even one it only evaluates
-    (the base before adapters are attached, measured as the baseline). Its check reads this flag;
-    evaluating changes no weight, so the flag is raised only while the Trainer is built."""
-    if not getattr(model, "is_quantized", False) or getattr(model, "_hf_peft_config_loaded", False):
-        yield
-        return
-    model._hf_peft_config_loaded = True
-    try:
-        yield
-    finally:
-        del model._hf_peft_config_loaded
 
 
 @hookimpl

@@ -155,6 +155,13 @@ class Trainer(Component):
         trainer's reference model) with `strategy`: `finetune plan` counts their weights. None by default."""
         return 0
 
+    def training_speed(self, model: PreTrainedModel, engine: Engine | None = None) -> dict[str, Any]:
+        """How this trainer will compute with `model` on this machine and `engine`: the run records it
+        in environment.json (`training_speed`) and `finetune plan` shows it. Key `loss` ('plain',
+        'chunked', 'liger': a causal LM's loss that never holds all the logits) with `loss_why`, which
+        the plan's memory estimate follows; `compile` (bool). Empty by default: the library's own."""
+        return {}
+
     def resume_checkpoints(self, checkpoint: Path) -> list[tuple[Path, str, str]]:
         """The checkpoints a run resumed from `checkpoint` loads besides it, as (checkpoint, why it
         is loaded, the setting that avoids loading it): the engine makes each loadable on the new

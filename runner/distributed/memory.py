@@ -17,6 +17,7 @@ only inside them.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,19 @@ def activation_bytes(
     kept = layers * 2 * seq * batch * hidden * scale + per_layer if checkpointing else layers * per_layer
     logits = batch * seq * vocab * 4
     return int(kept + logits)
+
+
+def chunked_loss_bytes(tokens: int, vocab: int, hidden: int, bytes_per_element: int = 2) -> int:
+    """Bytes a chunked cross-entropy (trainer hf's training.loss = 'chunked' or 'liger') holds in
+    place of the logits of `tokens` tokens: the final hidden states of the scored tokens, gathered
+    (in the compute dtype) and kept for the recomputation in backward, and one chunk's logits with
+    their gradient, 8 bytes an entry as `activation_bytes` counts the plain logits. A chunk is
+    Liger Kernel's (plugins/trainers/_fused_loss.chunk_tokens): about V/H chunks, a power of two
+    tokens each, so a chunk's logits hold about as many elements as the hidden states. An upper
+    bound: tokens whose label is -100 are left out before chunking."""
+    chunks = max(1, math.ceil(vocab / max(1, hidden)))
+    chunk = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / chunks)))))
+    return tokens * hidden * bytes_per_element + min(chunk, tokens) * vocab * 8
 
 
 def largest_layer(model) -> int:

@@ -16,10 +16,11 @@ from typing import Any
 
 from runner.components import RunContext, TrainJob, TrainOutcome
 from runner.distributed import process_group
-from runner.errors import FinetuneError, RunInterrupted, RunStopped
+from runner.errors import RunInterrupted, RunStopped
 from runner.evaluation.evaluator import Evaluator, MetricsComputer, SplitRows
 from runner.pipeline.encoding import default_cache_dir
 from runner.pipeline.environment import describe, plugin_versions
+from runner.pipeline.model_checks import check_attention_kernel, check_positions
 from runner.pipeline.preparing import DataSteps
 from runner.pipeline.signals import graceful_stop
 from runner.storage import checkpoints
@@ -47,31 +48,6 @@ class RunResult:
     tokenizer: Any = None
     audits_failed: list[str] = field(default_factory=list)  # model audits that did not pass
     baselines: list[dict[str, Any]] = field(default_factory=list)  # evaluation.json's baselines
-
-
-def check_attention_kernel(kernel: str | None) -> None:
-    """Refuse to train with a kernel this machine cannot train with (before the model is built)."""
-    if kernel != "flex_attention":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise FinetuneError(
-            "model.attn_implementation = 'flex_attention' cannot train on this machine: PyTorch implements "
-            "FlexAttention's backward pass only on CUDA GPUs, and none is available",
-            hint="use attn_implementation = 'sdpa' (or 'eager'), or run on a CUDA GPU",
-        )
-
-
-def check_positions(model, max_length: int, extra: int = 0) -> None:
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None) if config is not None else None
-    if isinstance(limit, int) and max_length + extra > limit:
-        also = f" plus {extra} virtual tokens" if extra else ""
-        raise FinetuneError(
-            f"tokenizer.max_length = {max_length}{also} exceeds the model's {limit} positions",
-            hint=f"set tokenizer.max_length <= {limit - extra}",
-        )
 
 
 class Pipeline(DataSteps):
@@ -196,8 +172,9 @@ class Pipeline(DataSteps):
         keep_4bit_layout(model)  # before any forward: see runner/toolkit/quantized.py
         check_positions(model, self.max_length, self.strategy.extra_positions())
         if packing:  # the samples of a packed row must not mix: the base's own attention, before measuring it
-            kernel = packing_kernel(model, kernel, self.precision, self.events.info)
-            check_packing(model, kernel)
+            with self.engine.whole_model(model):  # the probe's forward pass needs every weight (ZeRO-3)
+                kernel = packing_kernel(model, kernel, self.precision, self.events.info)
+                check_packing(model, kernel)
         self.measure_base(model)
         from transformers import set_seed
 
@@ -209,7 +186,8 @@ class Pipeline(DataSteps):
             model.name_or_path = str(base_dir)  # peft records this as the adapter's base model
         self.model = read_last_real_token(self.strategy.apply(model, self.ctx, self.spec))
         if packing:  # and what the strategy wraps around it
-            check_packing(self.model, kernel)
+            with self.engine.whole_model(self.model):
+                check_packing(self.model, kernel)
         self.parameters = count_parameters(self.model)
         self.events.info(f"{self.recipe.strategy.name}: {describe_parameters(self.parameters)}")
 
@@ -228,6 +206,7 @@ class Pipeline(DataSteps):
             distributed=self.recipe.distributed.as_table(),
         )
         env["attention"] = varlen_attention.describe(self.model, self.precision)  # the kernel built, chosen or not
+        env["training_speed"] = self.trainer.training_speed(self.model, self.engine)  # its loss, compile
         source = self.model_component.source()
         if source is not None:
             env["model_source"] = source

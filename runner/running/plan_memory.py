@@ -48,11 +48,19 @@ def _suggestions(recipe: Recipe, sharding, world_size: int) -> str:
     return "; try " + ", ".join(tips) if tips else ""
 
 
-def _activations(recipe: Recipe, model, spec, max_length: int, precision: str, autocast: bool) -> tuple[int, str]:
+def _speed(recipe: Recipe, model, engine) -> dict:
+    """How the trainer will compute (`Trainer.training_speed`): its loss is what the estimate follows."""
+    return recipe.training.create().training_speed(model, engine)
+
+
+def _activations(
+    recipe: Recipe, model, spec, max_length: int, precision: str, autocast: bool, loss: str = "plain"
+) -> tuple[int, str]:
     """Activation bytes per device and how they were reckoned; (0, why) when the config lacks sizes.
 
     `autocast`: the weights stay fp32 and matmuls run in 16 bits (the trainer without DeepSpeed):
-    the residual stream is fp32, and each forward pass makes 16-bit copies of the weights."""
+    the residual stream is fp32, and each forward pass makes 16-bit copies of the weights. `loss`:
+    'chunked' or 'liger' never hold all the logits (memory.chunked_loss_bytes counts what they do)."""
     from runner.distributed import activations, memory
 
     config = getattr(model, "config", None)
@@ -65,6 +73,8 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str, a
     checkpointing = _checkpointing(recipe)
     # Classifier heads output labels, not the vocabulary.
     width = shape.vocab if spec.head in ("causal_lm", "seq2seq_lm") else spec.num_labels or 1
+    chunked = loss != "plain" and spec.head == "causal_lm"
+    width = 0 if chunked else width  # the chunked loss's share is added below
     seq = max_length + recipe.strategy.create().extra_positions()
     size = 4 if precision == "fp32" else 2
     residual = 4 if autocast or precision == "fp32" else 2
@@ -76,6 +86,9 @@ def _activations(recipe: Recipe, model, spec, max_length: int, precision: str, a
         found = memory.activation_bytes(batch, seq, shape.hidden, shape.layers, shape.heads, width, size, checkpointing)
     rows = f"batch {batch // per_row} x {per_row} sequences" if per_row > 1 else f"batch {batch}"
     how = f"{rows} x {seq} tokens, {precision}" + (", gradient checkpointing" if checkpointing else "")
+    if chunked:
+        found += memory.chunked_loss_bytes(batch * seq, shape.vocab, shape.hidden, size)
+        how += f", {loss} loss"
     if autocast and size == 2 and recipe.model.create().quantization_bits() is None:
         found += activations.autocast_copies(model)
         how += ", 16-bit copies of the weights"
@@ -147,7 +160,10 @@ def memory_facts(
         quantized=quantized,
         quantized_bytes=quantized_bytes,
     )
-    activations, how = _activations(recipe, model, spec, max_length, precision, autocast=not deepspeed)
+    speed = _speed(recipe, model, engine)
+    activations, how = _activations(
+        recipe, model, spec, max_length, precision, autocast=not deepspeed, loss=speed.get("loss", "plain")
+    )
     device = states.device + activations
     # A frozen reference model (preference tuning) holds weights only, in the dtype the model trains in.
     copies = recipe.training.create().frozen_copies(recipe.strategy.create())
@@ -165,6 +181,8 @@ def memory_facts(
     elif accelerator.cuda:
         parts += "; not counted: the CUDA context and allocator, some hundreds of MiB more"
     facts = {"memory per device": f"~{fmt(device)}: {parts}"}
+    if "loss" in speed:
+        facts["loss"] = f"{speed['loss']}: {speed['loss_why']}"
     if quantized_how:
         facts["quantized base"] = quantized_how
     if reference:
