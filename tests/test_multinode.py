@@ -86,7 +86,8 @@ def scores(run: RunDir) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("node_1_first", [False, True], ids=["started together", "node 1 started first"])
+# Node 1 first, the order in which it must wait for node 0; the DeepSpeed test below starts both together.
+@pytest.mark.parametrize("node_1_first", [True], ids=["node 1 started first"])
 def test_two_machines_started_in_any_order_both_exit_0_and_train_what_one_machine_trains(
     recipe, one_machine, tmp_path, node_1_first
 ):
