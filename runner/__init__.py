@@ -72,7 +72,7 @@ from runner.storage.checkpoints import step_of as checkpoint_step
 from runner.storage.checkpoints import written_by as checkpoint_written_by
 from runner.toolkit.collate import PackedCollator, PadCollator
 from runner.toolkit.hub import hub_load_error, is_offline
-from runner.toolkit.modeling import auto_class, token_losses
+from runner.toolkit.modeling import auto_class, position_limit, token_losses
 from runner.toolkit.varlen_attention import problems as varlen_attention_problems
 from runner.toolkit.varlen_attention import register as register_varlen_attention
 
@@ -167,6 +167,7 @@ __all__ = [
     "key_paths",
     "latest_checkpoint",
     "mark_checkpoint_complete",
+    "position_limit",
     "register_varlen_attention",
     "rotate_checkpoints",
     "sha256_file",

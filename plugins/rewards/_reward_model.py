@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plugins.models.from_run import find_run, run_model_meta
-from runner import FinetuneError, clip, hub_load_error, open_run
+from runner import FinetuneError, clip, hub_load_error, open_run, position_limit
 
 ADAPTER = "adapter_config.json"
 BATCH = 8
@@ -186,7 +186,7 @@ class RewardModel:
         if model.config.pad_token_id is None and self.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = self.tokenizer.pad_token_id  # right padding is found by it
         self.model = model.to(device).eval()
-        self.limit = _positions(model.config)
+        self.limit = position_limit(model.config)
 
     def ids(self, prompt_text: str, messages: list[dict] | None, answer: str) -> list[int]:
         """Prompt and answer as the reward model reads them, as TRL's RewardTrainer tokenizes rows:
@@ -243,11 +243,3 @@ class RewardModel:
 def _problem(config, name: str) -> str | None:
     architectures = list(getattr(config, "architectures", None) or [])
     return not_a_reward_model(architectures, config.num_labels, name, getattr(config, "model_type", "model"))
-
-
-def _positions(config) -> int | None:
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None

@@ -10,15 +10,7 @@ Prompts are batched by length (less padding) and answers returned in the prompts
 
 from __future__ import annotations
 
-
-def _positions(model) -> int | None:
-    """The longest sequence a decoder-only model's position embeddings allow, if it says."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+from runner import position_limit
 
 
 def greedy(
@@ -34,7 +26,7 @@ def greedy(
     pad = tokenizer.pad_token_id
     if pad is None:  # padding is masked out: any id will do
         pad = stop[0] if stop else 0
-    limit = _positions(model) if decoder_only else None
+    limit = position_limit(model.config) if decoder_only else None
     if limit:
         max_new_tokens = min(max_new_tokens, limit - 1)
         inputs = [ids[-(limit - max_new_tokens) :] for ids in inputs]

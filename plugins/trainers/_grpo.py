@@ -64,13 +64,12 @@ def prompt_lengths(prompts: list[str], tokenizer, model, completion: int) -> lis
     ones exceed the model's position limit would fail deep inside sampling, so it is refused here. The
     held-out evaluation keeps a prompt's last tokenizer.max_length tokens (plugins/tasks/_chat_answers.py):
     a model trained on whole prompts would be scored on cut ones, which the warning says."""
-    from runner import FinetuneError
+    from runner import FinetuneError, position_limit
 
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] or [0]
     longest = max(lengths)
-    config = getattr(model, "config", None)
-    limit = next((v for v in (getattr(config, n, None) for n in ("max_position_embeddings", "n_positions")) if v), None)
-    if isinstance(limit, int) and longest + completion > limit:
+    limit = position_limit(model.config)
+    if limit is not None and longest + completion > limit:
         raise FinetuneError(
             f"the longest training prompt has {longest} tokens: with max_completion_length {completion} it needs "
             f"{longest + completion} positions, and the model has {limit}",

@@ -14,6 +14,16 @@ def auto_class(head: str):
     return getattr(transformers, HEADS[head])
 
 
+def position_limit(config) -> int | None:
+    """The longest sequence a model's position embeddings allow, where its config says
+    (`max_position_embeddings`, GPT-2's `n_positions`); None where it says nothing."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def ensure_pad_token(tokenizer) -> str | None:
     """Give a tokenizer without a pad token (GPT-2) one; return a note saying what was done.
 
